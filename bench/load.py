@@ -70,6 +70,8 @@ class Result:
 
     samples: list[Sample] = field(default_factory=list)
     window: float = 0.0
+    completed: int = 0  # every answered request, warm-up included (for CPU per request)
+    elapsed: float = 0.0  # wall time of the whole run, warm-up included
     driver_cpu: float = 0.0
     concurrency: int = 0
     stream: bool = False
@@ -87,11 +89,13 @@ class Result:
             "stream": self.stream,
             "requests": len(self.samples),
             "ok": len(good),
+            "completed_incl_warmup": self.completed,
             "errors": errors,
             "window_s": round(self.window, 3),
+            "elapsed_s": round(self.elapsed, 3),
             "rps": round(len(good) / self.window, 1) if self.window > 0 else 0.0,
             "driver_cpu_s": round(self.driver_cpu, 3),
-            "driver_cpu_frac": round(self.driver_cpu / self.window, 3) if self.window > 0 else 0.0,
+            "driver_cpu_frac": round(self.driver_cpu / self.elapsed, 3) if self.elapsed > 0 else 0.0,
             "latency_ms": stats([s.latency for s in good]),
         }
         if self.stream:
@@ -319,6 +323,7 @@ async def run(
     deadline = measure_from + duration if duration is not None else math.inf
     budget = [count if count is not None else math.inf]
     samples: list[Sample] = []
+    completed = [0]
     cpu0 = time.process_time()
 
     async def worker() -> None:
@@ -349,6 +354,7 @@ async def run(
                 client = None
             finally:
                 timer.cancel()
+            completed[0] += 1
             if sample.start >= measure_from:
                 samples.append(sample)
         if client is not None and client.transport is not None:
@@ -356,7 +362,9 @@ async def run(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     t_end = max((s.start + s.latency for s in samples), default=perf())
-    result = Result(samples, max(t_end - measure_from, 1e-9), time.process_time() - cpu0)
+    result = Result(
+        samples, max(t_end - measure_from, 1e-9), completed[0], perf() - t_start, time.process_time() - cpu0
+    )
     result.concurrency = concurrency
     result.stream = target.stream
     return result
