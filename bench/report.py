@@ -71,156 +71,130 @@ def environment(results: dict) -> str:
     )
 
 
-def rows(results: dict) -> list[tuple[str, str, str, str, str, str, str]]:
-    """(scenario, metric, direct, gateway, figure, target, pass) for every reported figure."""
-    out = []
-    r = results
+def _at_most(value, limit) -> bool | None:
+    return None if value is None else value <= limit
 
-    s1d, s1g = _get(r, "s1", "direct", "latency_ms"), _get(r, "s1", "gateway", "latency_ms")
+
+def rows(results: dict) -> list[tuple[str, ...]]:
+    """(scenario, metric, direct, gateway, figure, target, result) for every reported figure."""
+    r, out = results, []
+
+    def add(scenario, metric, direct="", gateway="", figure="", target="", passed=None) -> None:
+        out.append((scenario, metric, direct, gateway, figure, target, _ok(passed)))
+
+    def errors(scenario: str, run: dict | None) -> None:
+        if run and run.get("errors"):
+            add(scenario, "errors", gateway=json.dumps(run["errors"]), target="none", passed=False)
+
     for q in ("p50", "p99"):
-        d, g = _get(s1d or {}, q), _get(s1g or {}, q)
+        d, g = _get(r, "s1", "direct", "latency_ms", q), _get(r, "s1", "gateway", "latency_ms", q)
         added = _diff(d, g)
-        if q == "p50":
-            passed = None if added is None else added <= ADDED_LATENCY_P50_MS
-            out.append(
-                (
-                    "S1 c=1",
-                    f"latency {q}",
-                    _ms(d),
-                    _ms(g),
-                    f"+{_ms(added)}",
-                    f"added ≤ {ADDED_LATENCY_P50_MS:g} ms",
-                    _ok(passed),
-                )
-            )
-        else:
-            out.append(("S1 c=1", f"latency {q}", _ms(d), _ms(g), f"+{_ms(added)}", "", _ok(None)))
+        target = f"added ≤ {ADDED_LATENCY_P50_MS:g} ms" if q == "p50" else ""
+        passed = _at_most(added, ADDED_LATENCY_P50_MS) if q == "p50" else None
+        add("S1 c=1", f"latency {q}", _ms(d), _ms(g), f"+{_ms(added)}", target, passed)
+    errors("S1 c=1", _get(r, "s1", "gateway"))
 
     for c in (32, 128):
-        d, g = _get(r, "s2", f"c{c}", "direct"), _get(r, "s2", f"c{c}", "gateway")
-        rps_g = _get(g or {}, "rps")
+        d, g = _get(r, "s2", f"c{c}", "direct") or {}, _get(r, "s2", f"c{c}", "gateway") or {}
+        rps = g.get("rps")
         if c == 32:
-            passed = None if rps_g is None else rps_g >= RPS_C32
-            out.append(
-                (
-                    f"S2 c={c}",
-                    "throughput",
-                    _rps(_get(d or {}, "rps")),
-                    _rps(rps_g),
-                    _rps(rps_g),
-                    f"≥ {RPS_C32} req/s",
-                    _ok(passed),
-                )
+            passed = None if rps is None else rps >= RPS_C32
+            add(
+                f"S2 c={c}",
+                "throughput",
+                _rps(d.get("rps")),
+                _rps(rps),
+                _rps(rps),
+                f"≥ {RPS_C32} req/s",
+                passed,
             )
         else:
-            out.append(
-                (
-                    f"S2 c={c}",
-                    "throughput",
-                    _rps(_get(d or {}, "rps")),
-                    _rps(rps_g),
-                    _rps(rps_g),
-                    "",
-                    _ok(None),
-                )
-            )
+            add(f"S2 c={c}", "throughput", _rps(d.get("rps")), _rps(rps), _rps(rps))
         for q in ("p50", "p99"):
-            dq, gq = _get(d or {}, "latency_ms", q), _get(g or {}, "latency_ms", q)
-            out.append(
-                (f"S2 c={c}", f"latency {q}", _ms(dq), _ms(gq), f"+{_ms(_diff(dq, gq))}", "", _ok(None))
-            )
-        errors = _get(g or {}, "errors")
-        if errors:
-            out.append((f"S2 c={c}", "errors", "", json.dumps(errors), "", "none", _ok(False)))
+            dq, gq = _get(d, "latency_ms", q), _get(g, "latency_ms", q)
+            add(f"S2 c={c}", f"latency {q}", _ms(dq), _ms(gq), f"+{_ms(_diff(dq, gq))}")
+        errors(f"S2 c={c}", g)
     cpu = _get(r, "s2", "cpu_ms_per_request")
-    out.append(
-        (
-            "S2",
-            "gateway CPU per request",
-            "",
-            f"{_get(r, 's2', 'gateway_cpu_s')} s / {_get(r, 's2', 'requests')} req",
-            _ms(cpu),
-            f"≤ {CPU_MS_PER_REQUEST:g} ms",
-            _ok(None if cpu is None else cpu <= CPU_MS_PER_REQUEST),
-        )
+    spent = f"{_get(r, 's2', 'gateway_cpu_s')} s / {_get(r, 's2', 'requests')} req" if cpu else "n/a"
+    add(
+        "S2",
+        "gateway CPU per request",
+        "",
+        spent,
+        _ms(cpu),
+        f"≤ {CPU_MS_PER_REQUEST:g} ms",
+        _at_most(cpu, CPU_MS_PER_REQUEST),
     )
 
     for c in (1, 64):
-        d, g = _get(r, "s3", f"c{c}", "direct"), _get(r, "s3", f"c{c}", "gateway")
+        d, g = _get(r, "s3", f"c{c}", "direct") or {}, _get(r, "s3", f"c{c}", "gateway") or {}
         for q in ("p50", "p99"):
-            dq, gq = _get(d or {}, "ttfc_ms", q), _get(g or {}, "ttfc_ms", q)
+            dq, gq = _get(d, "ttfc_ms", q), _get(g, "ttfc_ms", q)
             added = _diff(dq, gq)
-            target, passed = "", None
-            if c == 1 and q == "p50":
-                target = f"added ≤ {ADDED_TTFC_P50_MS:g} ms"
-                passed = None if added is None else added <= ADDED_TTFC_P50_MS
-            out.append((f"S3 c={c}", f"TTFC {q}", _ms(dq), _ms(gq), f"+{_ms(added)}", target, _ok(passed)))
-        dq, gq = _get(d or {}, "spread_ms", "p50"), _get(g or {}, "spread_ms", "p50")
-        rel = _pct(dq, gq)
-        out.append(
-            (
+            gated = c == 1 and q == "p50"
+            add(
                 f"S3 c={c}",
-                "first→last chunk spread p50",
+                f"TTFC {q}",
                 _ms(dq),
                 _ms(gq),
-                "n/a" if rel is None else f"{rel:+.1%}",
-                f"within ±{SPREAD_TOLERANCE:.0%} of direct",
-                _ok(None if rel is None else abs(rel) <= SPREAD_TOLERANCE),
+                f"+{_ms(added)}",
+                f"added ≤ {ADDED_TTFC_P50_MS:g} ms" if gated else "",
+                _at_most(added, ADDED_TTFC_P50_MS) if gated else None,
             )
+        dq, gq = _get(d, "spread_ms", "p50"), _get(g, "spread_ms", "p50")
+        rel = _pct(dq, gq)
+        add(
+            f"S3 c={c}",
+            "first→last chunk spread p50",
+            _ms(dq),
+            _ms(gq),
+            "n/a" if rel is None else f"{rel:+.1%}",
+            f"within ±{SPREAD_TOLERANCE:.0%} of direct",
+            None if rel is None else abs(rel) <= SPREAD_TOLERANCE,
         )
-        errors = _get(g or {}, "errors")
-        if errors:
-            out.append((f"S3 c={c}", "errors", "", json.dumps(errors), "", "none", _ok(False)))
+        errors(f"S3 c={c}", g)
 
-    s4 = r.get("s4")
-    if s4 is not None:
-        n, ok = s4["streams"], s4["ok"]
-        seconds = r["profile"]["s4_chunks"] * r["profile"]["s4_gap_ms"] / 1000
-        label = f"S4 {n}×~{seconds:g} s"
-        out.append((label, "streams completed", "", f"{ok}/{n}", f"{ok}/{n}", f"{n}/{n}", _ok(ok == n)))
-        ttfc = _get(s4, "ttfc_ms", "p99")
-        out.append(
-            (
-                label,
-                "TTFC p99",
-                "",
-                _ms(ttfc),
-                _ms(ttfc),
-                f"≤ {S4_TTFC_P99_MS:g} ms",
-                _ok(None if ttfc is None else ttfc <= S4_TTFC_P99_MS),
-            )
-        )
-        peak = max(s4.get("peak_rss_mb", 0), s4.get("vmhwm_mb", 0))
-        out.append(
-            (
-                label,
-                "gateway peak RSS (VmHWM)",
-                "",
-                _mb(peak),
-                _mb(peak),
-                f"≤ {S4_PEAK_RSS_MB:g} MB",
-                _ok(peak <= S4_PEAK_RSS_MB),
-            )
-        )
-        if s4.get("errors"):
-            out.append((label, "errors", "", json.dumps(s4["errors"]), "", "none", _ok(False)))
-    else:
-        out.append(("S4", "long streams", "", "n/a", "n/a", "all complete", _ok(None)))
+    d, g = r.get("s4_direct") or {}, r.get("s4") or {}
+    n = g.get("streams") or d.get("streams") or 0
+    seconds = r["profile"]["s4_chunks"] * r["profile"]["s4_gap_ms"] / 1000
+    label = f"S4 {n}×~{seconds:g} s"
+    done_d = f"{d['ok']}/{n}" if d else "n/a"
+    done_g = f"{g['ok']}/{n}" if g else "n/a"
+    add(label, "streams completed", done_d, done_g, done_g, f"{n}/{n}", (g["ok"] == n) if g else None)
+    ttfc = _get(g, "ttfc_ms", "p99")
+    add(
+        label,
+        "TTFC p99",
+        _ms(_get(d, "ttfc_ms", "p99")),
+        _ms(ttfc),
+        _ms(ttfc),
+        f"≤ {S4_TTFC_P99_MS:g} ms",
+        _at_most(ttfc, S4_TTFC_P99_MS),
+    )
+    peak = max(g.get("peak_rss_mb", 0), g.get("vmhwm_mb", 0)) if g else None
+    add(
+        label,
+        "gateway peak RSS (VmHWM)",
+        "",
+        _mb(peak),
+        _mb(peak),
+        f"≤ {S4_PEAK_RSS_MB:g} MB",
+        _at_most(peak, S4_PEAK_RSS_MB),
+    )
+    errors(label, g)
 
     idle = _get(r, "s5", "idle_rss_mb")
-    out.append(
-        (
-            "S5",
-            "idle RSS after startup",
-            "",
-            _mb(idle),
-            _mb(idle),
-            f"≤ {IDLE_RSS_MB:g} MB",
-            _ok(None if idle is None else idle <= IDLE_RSS_MB),
-        )
+    add(
+        "S5",
+        "idle RSS after startup",
+        "",
+        _mb(idle),
+        _mb(idle),
+        f"≤ {IDLE_RSS_MB:g} MB",
+        _at_most(idle, IDLE_RSS_MB),
     )
     warm = _get(r, "s5", "rss_after_first_requests_mb")
-    out.append(("S5", "RSS after first 6 requests", "", _mb(warm), _mb(warm), "", _ok(None)))
+    add("S5", "RSS after first 6 requests", "", _mb(warm), _mb(warm))
     return out
 
 
@@ -241,13 +215,11 @@ def table(results: dict) -> str:
         )
     checks = results.get("checks", {})
     if checks:
-        marker = sum(_get(checks, m, "marker_seen", default=0) for m in ("mock_fast", "mock_long"))
-        upstream = sum(_get(checks, m, "requests", default=0) for m in ("mock_fast", "mock_long"))
+        rows_logged = checks.get("request_log_rows", "n/a")
         lines.append(
-            f"Stored prompt seen upstream in {marker:,} of {upstream:,} mock requests; "
-            f"request-log rows written: {checks.get('request_log_rows', 'n/a'):,}."
-            if isinstance(checks.get("request_log_rows"), int)
-            else f"Stored prompt seen upstream in {marker:,} of {upstream:,} mock requests; request log: n/a."
+            f"Gateway requests sent: {checks['gateway_requests_sent']:,}; upstream requests: "
+            f"{checks['upstream_requests']:,}, of which carried the stored prompt: "
+            f"{checks['upstream_with_prompt']:,}; request-log rows: {rows_logged}."
         )
     if lines:
         lines.append("")

@@ -105,6 +105,7 @@ class Bench:
         self.fast_port = self.long_port = self.gateway_port = 0
         self.fast_mock = self.long_mock = self.gateway = None
         self.key = ""
+        self.gateway_requests = 0  # every request sent through the gateway, to check the log and prompt
 
     # -- mock upstreams -------------------------------------------------------------------------
 
@@ -183,6 +184,8 @@ class Bench:
             }
             for c in (1, 64)
         }
+        url = f"http://127.0.0.1:{self.long_port}/v1/chat/completions"
+        r["s4_direct"] = self.run_s4(load.Target.build(url, chat_body("mock-long", True), stream=True), None)
 
     # -- gateway --------------------------------------------------------------------------------
 
@@ -291,6 +294,7 @@ class Bench:
             "threads_idle": procs.threads(pid),
             "processes": len(procs.tree(pid)),
         }
+        self.results["mock_stats_before_gateway"] = self.mock_stats()
         self.check_gateway()
         self.results["s5"]["rss_after_first_requests_mb"] = round(procs.status_kb(pid, "VmRSS") / 1024, 1)
 
@@ -298,6 +302,7 @@ class Bench:
         """One request of each kind must succeed before any figure is worth taking."""
         for stream in (False, True):
             result = load.drive(self.through(stream), 1, count=3, timeout=30)
+            self.gateway_requests += result.completed
             bad = [s for s in result.samples if not s.ok]
             if bad:
                 raise RuntimeError(
@@ -308,33 +313,37 @@ class Bench:
         """S1-S4 through the gateway, with its CPU and memory read from /proc."""
         p, r, pid = self.profile, self.results, self.gateway.pid
         print(f"Through the gateway (pid {pid}, {self.args.threads} threads):", flush=True)
-        r["s1"]["gateway"] = measure(
-            self.through(False), 1, "S1 latency", duration=p.s1_seconds, warmup=p.warmup
-        )
-        completed, cpu = 0, 0.0
-        for c in (32, 128):
-            cpu0 = procs.cpu_seconds(pid)
-            summary = measure(self.through(False), c, "S2 throughput", duration=p.s2_seconds, warmup=p.warmup)
-            cpu += procs.cpu_seconds(pid) - cpu0
-            completed += summary["completed_incl_warmup"]
-            summary["gateway_cpu_frac"] = round((procs.cpu_seconds(pid) - cpu0) / summary["elapsed_s"], 3)
-            r["s2"][f"c{c}"]["gateway"] = summary
-        r["s2"]["gateway_cpu_s"] = round(cpu, 3)
-        r["s2"]["requests"] = completed
-        r["s2"]["cpu_ms_per_request"] = round(cpu * 1000 / completed, 3) if completed else None
-        for c in (1, 64):
-            r["s3"][f"c{c}"]["gateway"] = measure(
-                self.through(True), c, "S3 streaming", duration=p.s3_seconds, warmup=p.warmup
-            )
-        r["s4"] = self.run_s4()
 
-    def run_s4(self) -> dict:
-        """N long streams at once; RSS and threads sampled every 100 ms while they run."""
-        p, pid = self.profile, self.gateway.pid
+        def through(stream: bool, c: int, label: str, seconds: float) -> dict:
+            cpu0 = procs.cpu_seconds(pid)
+            summary = measure(self.through(stream), c, label, duration=seconds, warmup=p.warmup)
+            summary["gateway_cpu_s"] = round(procs.cpu_seconds(pid) - cpu0, 3)
+            summary["gateway_cpu_frac"] = round(summary["gateway_cpu_s"] / summary["elapsed_s"], 3)
+            self.gateway_requests += summary["completed_incl_warmup"]
+            return summary
+
+        r["s1"]["gateway"] = through(False, 1, "S1 latency", p.s1_seconds)
+        for c in (32, 128):
+            r["s2"][f"c{c}"]["gateway"] = through(False, c, "S2 throughput", p.s2_seconds)
+        runs = [r["s2"][f"c{c}"]["gateway"] for c in (32, 128)]
+        cpu, completed = sum(s["gateway_cpu_s"] for s in runs), sum(s["completed_incl_warmup"] for s in runs)
+        r["s2"] |= {
+            "gateway_cpu_s": round(cpu, 3),
+            "requests": completed,
+            "cpu_ms_per_request": round(cpu * 1000 / completed, 3) if completed else None,
+        }
+        for c in (1, 64):
+            r["s3"][f"c{c}"]["gateway"] = through(True, c, "S3 streaming", p.s3_seconds)
+        r["s4"] = self.run_s4(self.through(True, "bench-long"), pid)
+        self.gateway_requests += r["s4"]["completed_incl_warmup"]
+
+    def run_s4(self, target: load.Target, pid: int | None) -> dict:
+        """N long streams at once; with a pid, its RSS and threads are sampled every 100 ms."""
+        p = self.profile
         peak = {"rss_kb": 0, "threads": 0}
 
         async def sample(stop: asyncio.Event) -> None:
-            while not stop.is_set():
+            while pid is not None and not stop.is_set():
                 peak["rss_kb"] = max(peak["rss_kb"], procs.status_kb(pid, "VmRSS"))
                 peak["threads"] = max(peak["threads"], procs.threads(pid))
                 with contextlib.suppress(TimeoutError):
@@ -344,39 +353,47 @@ class Bench:
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample(stop))
             try:
-                return await load.run(
-                    self.through(True, "bench-long"),
-                    p.s4_streams,
-                    count=p.s4_streams,
-                    timeout=p.s4_chunks * p.s4_gap_ms / 1000 + 60,
-                )
+                timeout = p.s4_chunks * p.s4_gap_ms / 1000 + 60
+                return await load.run(target, p.s4_streams, count=p.s4_streams, timeout=timeout)
             finally:
                 stop.set()
                 await sampler
 
-        result = asyncio.run(both())
-        summary = result.summary()
-        summary |= {
-            "streams": p.s4_streams,
-            "peak_rss_mb": round(peak["rss_kb"] / 1024, 1),
-            "vmhwm_mb": round(procs.status_kb(pid, "VmHWM") / 1024, 1),
-            "peak_threads": peak["threads"],
-        }
-        print(
-            f"  S4 {p.s4_streams} long streams: ok={summary['ok']} "
-            f"ttfc p99={summary['ttfc_ms'].get('p99')} ms peak RSS={summary['peak_rss_mb']} MB "
-            f"errors={summary['errors']}",
-            flush=True,
-        )
+        summary = asyncio.run(both()).summary()
+        summary["streams"] = p.s4_streams
+        line = f"  {'S4 long streams':<34} c={p.s4_streams:<4} ok={summary['ok']:<6} "
+        line += f"ttfc p99={summary['ttfc_ms'].get('p99')} ms"
+        if pid is not None:
+            summary |= {
+                "peak_rss_mb": round(peak["rss_kb"] / 1024, 1),
+                "vmhwm_mb": round(procs.status_kb(pid, "VmHWM") / 1024, 1),
+                "peak_threads": peak["threads"],
+            }
+            line += f" peak RSS={summary['peak_rss_mb']} MB"
+        if summary["errors"]:
+            line += f" errors={summary['errors']}"
+        print(line, flush=True)
         return summary
 
+    def mock_stats(self) -> dict:
+        """Both mocks' chat requests and stored-prompt sightings, summed."""
+        total = {"chat_requests": 0, "marker_seen": 0}
+        for port in (self.fast_port, self.long_port):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:  # noqa: S310
+                stats = json.loads(resp.read())
+            total["chat_requests"] += stats["by_path"].get("/v1/chat/completions", 0)
+            total["marker_seen"] += stats["marker_seen"]
+        return total
+
     def checks(self) -> None:
-        """Evidence that the prompt was injected upstream and the request log was written."""
-        checks: dict = {}
-        for name, port in (("mock_fast", self.fast_port), ("mock_long", self.long_port)):
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:  # noqa: S310
-                    checks[name] = json.loads(resp.read())
+        """Evidence that every gateway request carried the stored prompt upstream and was logged."""
+        after = self.mock_stats()
+        before = self.results.get("mock_stats_before_gateway", {})
+        checks = {
+            "gateway_requests_sent": self.gateway_requests,
+            "upstream_requests": after["chat_requests"] - before.get("chat_requests", 0),
+            "upstream_with_prompt": after["marker_seen"] - before.get("marker_seen", 0),
+        }
         db_path = self.results.get("db_path")
         if db_path:
             time.sleep(1.0)  # the log writer flushes in the background
@@ -385,7 +402,8 @@ class Bench:
                 table = next((t for t in tables if "request_log" in t), None)
                 if table:
                     checks["request_log_table"] = table
-                    checks["request_log_rows"] = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]  # noqa: S608
+                    sql = f'SELECT count(*) FROM "{table}"'  # noqa: S608 - name read from sqlite_master
+                    checks["request_log_rows"] = conn.execute(sql).fetchone()[0]
         self.results["checks"] = checks
 
 
