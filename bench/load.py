@@ -342,9 +342,7 @@ async def run(
                     continue
             t0 = perf()
             future = client.send(target.raw, target.stream)
-            timer = loop.call_later(
-                timeout, lambda f=future: f.done() or f.set_exception(ResponseError("timeout"))
-            )
+            timer = loop.call_later(timeout, lambda f=future: f.done() or f.set_exception(ResponseError("timeout")))
             try:
                 sample = await future
             except ResponseError as exc:

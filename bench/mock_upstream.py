@@ -248,9 +248,7 @@ class MockProtocol(asyncio.Protocol):
             self._reply_later(embeddings_json(payload, config.embedding_dims), close)
         elif payload.get("stream"):
             self.busy = True
-            task = asyncio.get_running_loop().create_task(
-                self._stream(payload, path == "/v1/chat/completions", close)
-            )
+            task = asyncio.get_running_loop().create_task(self._stream(payload, path == "/v1/chat/completions", close))
             _TASKS.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(_TASKS.discard)
         elif path == "/v1/chat/completions":

@@ -29,9 +29,7 @@ class Children:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def start(
-        self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
-    ) -> subprocess.Popen:
+    def start(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start argv with stdout and stderr going to log_path."""
         log = open(log_path, "ab")  # noqa: SIM115 - closed with the process in stop()
         proc = subprocess.Popen(
@@ -126,6 +124,11 @@ def threads(pid: int) -> int:
     return 0
 
 
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def machine() -> dict:
     """What the reader needs to judge the figures."""
     cpu_model = "unknown"
@@ -146,4 +149,5 @@ def machine() -> dict:
         "python_impl": platform.python_implementation(),
         "kernel": platform.release(),
         "executable": sys.executable,
+        "load_average_at_start": load_average(),
     }

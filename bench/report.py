@@ -58,6 +58,7 @@ def environment(results: dict) -> str:
     """Lines that go above the table."""
     env = results.get("env", {})
     versions = ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items())
+    busy = (env.get("load_average_at_start") or [0])[0] > 0.5 * (env.get("nproc") or 1)
     return "\n".join(
         [
             f"# PromptProxy benchmark ({results.get('profile', {}).get('name', '?')} profile)",
@@ -66,6 +67,8 @@ def environment(results: dict) -> str:
             f"RAM {env.get('mem_gib')} GiB, Linux {env.get('kernel')}",
             f"- Python {env.get('python')} ({env.get('executable')}); {versions}",
             f"- Gateway CLI: {results.get('gateway_cli')}",
+            f"- Load average at start: {env.get('load_average_at_start')}"
+            + (" (busy: other processes share these cores, figures will be worse and noisier)" if busy else ""),
             "",
         ]
     )
@@ -221,6 +224,8 @@ def table(results: dict) -> str:
             f"{checks['upstream_requests']:,}, of which carried the stored prompt: "
             f"{checks['upstream_with_prompt']:,}; request-log rows: {rows_logged}."
         )
+    if results.get("load_average_at_end"):
+        lines.append(f"Load average at end: {results['load_average_at_end']} (the bench itself adds about 2).")
     if lines:
         lines.append("")
     header = ("Scenario", "Metric", "Direct (mock)", "Gateway", "Figure", "Target", "Result")

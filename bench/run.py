@@ -82,9 +82,7 @@ def measure(target: load.Target, concurrency: int, label: str, **kwargs) -> dict
     summary = result.summary()
     line = f"  {label:<34} c={concurrency:<4} ok={summary['ok']:<6} rps={summary['rps']:<8}"
     if result.stream:
-        line += (
-            f" ttfc p50={summary['ttfc_ms'].get('p50')} ms spread p50={summary['spread_ms'].get('p50')} ms"
-        )
+        line += f" ttfc p50={summary['ttfc_ms'].get('p50')} ms spread p50={summary['spread_ms'].get('p50')} ms"
     else:
         line += f" p50={summary['latency_ms'].get('p50')} ms p99={summary['latency_ms'].get('p99')} ms"
     if summary["errors"]:
@@ -165,23 +163,15 @@ class Bench:
         r["mock_capacity"]["mock_cpu_frac"] = round(
             (procs.cpu_seconds(self.fast_mock.pid) - cpu0) / r["mock_capacity"]["elapsed_s"], 3
         )
-        r["s1"] = {
-            "direct": measure(self.direct(False), 1, "S1 latency", duration=p.s1_seconds, warmup=p.warmup)
-        }
+        r["s1"] = {"direct": measure(self.direct(False), 1, "S1 latency", duration=p.s1_seconds, warmup=p.warmup)}
         r["s2"] = {
             "c32": {"direct": r["mock_capacity"]},
             "c128": {
-                "direct": measure(
-                    self.direct(False), 128, "S2 throughput", duration=p.s2_seconds, warmup=p.warmup
-                )
+                "direct": measure(self.direct(False), 128, "S2 throughput", duration=p.s2_seconds, warmup=p.warmup)
             },
         }
         r["s3"] = {
-            f"c{c}": {
-                "direct": measure(
-                    self.direct(True), c, "S3 streaming", duration=p.s3_seconds, warmup=p.warmup
-                )
-            }
+            f"c{c}": {"direct": measure(self.direct(True), c, "S3 streaming", duration=p.s3_seconds, warmup=p.warmup)}
             for c in (1, 64)
         }
         url = f"http://127.0.0.1:{self.long_port}/v1/chat/completions"
@@ -462,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             if log.exists():
                 bench.results["gateway_log_tail"] = log.read_text(errors="replace")[-3000:]
         finally:
+            bench.results["load_average_at_end"] = procs.load_average()
             children.stop_all()  # before printing, so a slow report cannot leave them running
             print()
             print(report.table(bench.results))
