@@ -174,6 +174,9 @@ def rows(results: dict) -> list[tuple[str, ...]]:
         f"≤ {S4_TTFC_P99_MS:g} ms",
         _at_most(ttfc, S4_TTFC_P99_MS),
     )
+    dq, gq = _get(d, "spread_ms", "p50"), _get(g, "spread_ms", "p50")
+    rel = _pct(dq, gq)
+    add(label, "first→last chunk spread p50", _ms(dq), _ms(gq), "n/a" if rel is None else f"{rel:+.1%}")
     peak = max(g.get("peak_rss_mb", 0), g.get("vmhwm_mb", 0)) if g else None
     add(
         label,
@@ -206,9 +209,13 @@ def table(results: dict) -> str:
     lines = []
     cap = results.get("mock_capacity")
     if cap:
+        mock_us, driver_us = cap.get("mock_cpu_us_per_request"), cap.get("driver_cpu_us_per_request")
         lines.append(
-            f"Mock upstream direct at c=32: {_rps(cap['rps'])} (mock used {cap.get('mock_cpu_frac', 0):.0%} "
-            f"of a core, load driver {cap['driver_cpu_frac']:.0%}): the mock's own capacity."
+            f"Mock upstream direct at c=32: {_rps(cap['rps'])} while sharing 2 cores with the driver. "
+            f"CPU per request: mock {mock_us} µs (≈ {1e6 / mock_us:,.0f} req/s per core), "
+            f"load driver {driver_us} µs (≈ {1e6 / driver_us:,.0f} req/s per core)."
+            if mock_us and driver_us
+            else f"Mock upstream direct at c=32: {_rps(cap['rps'])}."
         )
     g32 = _get(results, "s2", "c32", "gateway")
     if g32:

@@ -160,9 +160,12 @@ class Bench:
         r["mock_capacity"] = measure(
             self.direct(False), 32, "mock capacity (S2 direct)", duration=p.s2_seconds, warmup=p.warmup
         )
-        r["mock_capacity"]["mock_cpu_frac"] = round(
-            (procs.cpu_seconds(self.fast_mock.pid) - cpu0) / r["mock_capacity"]["elapsed_s"], 3
-        )
+        cap = r["mock_capacity"]
+        mock_cpu = procs.cpu_seconds(self.fast_mock.pid) - cpu0
+        cap["mock_cpu_frac"] = round(mock_cpu / cap["elapsed_s"], 3)
+        # CPU per request holds even when other work steals the cores; 1 / it is one core's capacity.
+        cap["mock_cpu_us_per_request"] = round(mock_cpu * 1e6 / max(cap["completed_incl_warmup"], 1), 1)
+        cap["driver_cpu_us_per_request"] = round(cap["driver_cpu_s"] * 1e6 / max(cap["completed_incl_warmup"], 1), 1)
         r["s1"] = {"direct": measure(self.direct(False), 1, "S1 latency", duration=p.s1_seconds, warmup=p.warmup)}
         r["s2"] = {
             "c32": {"direct": r["mock_capacity"]},
@@ -330,7 +333,7 @@ class Bench:
     def run_s4(self, target: load.Target, pid: int | None) -> dict:
         """N long streams at once; with a pid, its RSS and threads are sampled every 100 ms."""
         p = self.profile
-        peak = {"rss_kb": 0, "threads": 0}
+        peak = {"rss_kb": 0, "threads": 0, "cpu0": 0.0}
 
         async def sample(stop: asyncio.Event) -> None:
             while pid is not None and not stop.is_set():
@@ -340,6 +343,7 @@ class Bench:
                     await asyncio.wait_for(stop.wait(), 0.1)
 
         async def both() -> load.Result:
+            peak["cpu0"] = procs.cpu_seconds(pid) if pid is not None else 0.0
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample(stop))
             try:
@@ -358,8 +362,9 @@ class Bench:
                 "peak_rss_mb": round(peak["rss_kb"] / 1024, 1),
                 "vmhwm_mb": round(procs.status_kb(pid, "VmHWM") / 1024, 1),
                 "peak_threads": peak["threads"],
+                "gateway_cpu_frac": round((procs.cpu_seconds(pid) - peak["cpu0"]) / summary["elapsed_s"], 3),
             }
-            line += f" peak RSS={summary['peak_rss_mb']} MB"
+            line += f" peak RSS={summary['peak_rss_mb']} MB gateway CPU={summary['gateway_cpu_frac']:.0%}"
         if summary["errors"]:
             line += f" errors={summary['errors']}"
         print(line, flush=True)
