@@ -98,6 +98,8 @@ class Result:
             "driver_cpu_frac": round(self.driver_cpu / self.elapsed, 3) if self.elapsed > 0 else 0.0,
             "latency_ms": stats([s.latency for s in good]),
         }
+        if errors:
+            out["error_after_ms"] = stats([s.latency for s in self.samples if not s.ok])
         if self.stream:
             out["ttfc_ms"] = stats([s.ttfc for s in good])
             out["spread_ms"] = stats([s.spread for s in good])

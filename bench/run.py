@@ -313,6 +313,7 @@ class Bench:
             summary["gateway_cpu_s"] = round(procs.cpu_seconds(pid) - cpu0, 3)
             summary["gateway_cpu_frac"] = round(summary["gateway_cpu_s"] / summary["elapsed_s"], 3)
             self.gateway_requests += summary["completed_incl_warmup"]
+            self.gateway_alive(f"{label} c={c}")
             return summary
 
         r["s1"]["gateway"] = through(False, 1, "S1 latency", p.s1_seconds)
@@ -328,7 +329,13 @@ class Bench:
         for c in (1, 64):
             r["s3"][f"c{c}"]["gateway"] = through(True, c, "S3 streaming", p.s3_seconds)
         r["s4"] = self.run_s4(self.through(True, "bench-long"), pid)
+        self.gateway_alive("S4")
         self.gateway_requests += r["s4"]["completed_incl_warmup"]
+
+    def gateway_alive(self, scenario: str) -> None:
+        """Stop with a clear message if the gateway process died (its log tail is printed)."""
+        if self.gateway.poll() is not None:
+            raise RuntimeError(f"the gateway exited with code {self.gateway.returncode} during {scenario}")
 
     def run_s4(self, target: load.Target, pid: int | None) -> dict:
         """N long streams at once; with a pid, its RSS and threads are sampled every 100 ms."""
