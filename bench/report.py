@@ -158,7 +158,7 @@ def rows(results: dict) -> list[tuple[str, ...]]:
         errors(f"S3 c={c}", g)
 
     d, g = r.get("s4_direct") or {}, r.get("s4") or {}
-    n = g.get("streams") or d.get("streams") or 0
+    n = g.get("streams") or d.get("streams") or r["profile"]["s4_streams"]
     seconds = r["profile"]["s4_chunks"] * r["profile"]["s4_gap_ms"] / 1000
     label = f"S4 {n}×~{seconds:g} s"
     done_d = f"{d['ok']}/{n}" if d else "n/a"
