@@ -31,6 +31,10 @@ def _ms(value) -> str:
     return "n/a" if value is None else f"{value:.2f} ms"
 
 
+def _added(value) -> str:
+    return "n/a" if value is None else f"{value:+.2f} ms"
+
+
 def _rps(value) -> str:
     return "n/a" if value is None else f"{value:,.0f} req/s"
 
@@ -94,7 +98,7 @@ def rows(results: dict) -> list[tuple[str, ...]]:
         added = _diff(d, g)
         target = f"added ≤ {ADDED_LATENCY_P50_MS:g} ms" if q == "p50" else ""
         passed = _at_most(added, ADDED_LATENCY_P50_MS) if q == "p50" else None
-        add("S1 c=1", f"latency {q}", _ms(d), _ms(g), f"+{_ms(added)}", target, passed)
+        add("S1 c=1", f"latency {q}", _ms(d), _ms(g), _added(added), target, passed)
     errors("S1 c=1", _get(r, "s1", "gateway"))
 
     for c in (32, 128):
@@ -115,7 +119,7 @@ def rows(results: dict) -> list[tuple[str, ...]]:
             add(f"S2 c={c}", "throughput", _rps(d.get("rps")), _rps(rps), _rps(rps))
         for q in ("p50", "p99"):
             dq, gq = _get(d, "latency_ms", q), _get(g, "latency_ms", q)
-            add(f"S2 c={c}", f"latency {q}", _ms(dq), _ms(gq), f"+{_ms(_diff(dq, gq))}")
+            add(f"S2 c={c}", f"latency {q}", _ms(dq), _ms(gq), _added(_diff(dq, gq)))
         errors(f"S2 c={c}", g)
     cpu = _get(r, "s2", "cpu_ms_per_request")
     spent = f"{_get(r, 's2', 'gateway_cpu_s')} s / {_get(r, 's2', 'requests')} req" if cpu else "n/a"
@@ -140,7 +144,7 @@ def rows(results: dict) -> list[tuple[str, ...]]:
                 f"TTFC {q}",
                 _ms(dq),
                 _ms(gq),
-                f"+{_ms(added)}",
+                _added(added),
                 f"added ≤ {ADDED_TTFC_P50_MS:g} ms" if gated else "",
                 _at_most(added, ADDED_TTFC_P50_MS) if gated else None,
             )
