@@ -14,6 +14,15 @@ from ..models import ApiKey, RequestLog
 log = logging.getLogger("promptproxy.logwriter")
 
 
+def _storable(row: dict) -> dict:
+    """Replace NUL characters (client-chosen model names, bodies): PostgreSQL text cannot hold them, and one
+    unstorable row would otherwise fail its whole batch on every retry."""
+    for name, value in row.items():
+        if isinstance(value, str) and "\x00" in value:
+            row[name] = value.replace("\x00", "\ufffd")
+    return row
+
+
 class LogWriter:
     """A daemon thread that inserts queued rows in batches; failed batches are retried, not lost."""
 
@@ -30,7 +39,7 @@ class LogWriter:
 
     def submit(self, row: dict) -> None:
         """Queue one row; never blocks on the database."""
-        self._queue.put(row)
+        self._queue.put(_storable(row))
         if self._thread is None:
             self._start()
 

@@ -12,8 +12,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
 from ..api.errors import ApiError
-from ..providers.base import UpstreamRequest
 from ..netguard import is_public
+from ..providers.base import UpstreamRequest
 from .catalog import ProviderInfo
 
 log = logging.getLogger("promptproxy.upstream")

@@ -84,7 +84,8 @@ def test_rotation_with_the_wrong_key_is_one_clear_line_and_changes_nothing(app, 
 def test_old_keys_setting_is_read_from_the_environment():
     cfg = from_env({"PROMPTPROXY_OLD_ENCRYPTION_KEYS": " key-one-xxxxxxxxxxxxxxxxxxxxxxxxxx , ,key-two "})
     cfg.update(SECRET_KEY="s" * 40, ENCRYPTION_KEY="e" * 40, DATABASE_URL="sqlite://")
-    assert finalize(cfg, Path("/nonexistent"))["OLD_ENCRYPTION_KEYS"] == ("key-one-xxxxxxxxxxxxxxxxxxxxxxxxxx", "key-two")
+    expected = ("key-one-xxxxxxxxxxxxxxxxxxxxxxxxxx", "key-two")
+    assert finalize(cfg, Path("/nonexistent"))["OLD_ENCRYPTION_KEYS"] == expected
 
 
 def test_gateway_decrypts_secrets_written_under_an_old_key(app, seeded, upstream, tmp_path):
