@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 
@@ -14,12 +15,20 @@ from ..models import ApiKey, RequestLog
 log = logging.getLogger("promptproxy.logwriter")
 
 
+# Our own client keys (`pp-` + 43 url-safe characters) wherever a client pasted one into a logged body.
+CLIENT_KEY_RE = re.compile(r"pp-[A-Za-z0-9_-]{40,}")
+
+
 def _storable(row: dict) -> dict:
-    """Replace NUL characters (client-chosen model names, bodies): PostgreSQL text cannot hold them, and one
-    unstorable row would otherwise fail its whole batch on every retry."""
+    """Make a row safe to store: no client keys in logged text, no NUL characters (PostgreSQL text cannot hold
+    them, and one unstorable row would otherwise fail its whole batch on every retry)."""
     for name, value in row.items():
-        if isinstance(value, str) and "\x00" in value:
-            row[name] = value.replace("\x00", "\ufffd")
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            value = row[name] = value.replace("\x00", "\ufffd")
+        if "pp-" in value:
+            row[name] = CLIENT_KEY_RE.sub("pp-[redacted]", value)
     return row
 
 
