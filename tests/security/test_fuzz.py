@@ -34,8 +34,9 @@ def test_every_v1_route_is_documented(app):
             assert path in documented, path
 
 
-OPERATIONS = [(method.upper(), path) for path, item in yaml.safe_load((ROOT / "openapi.yaml").read_text())["paths"].items()
-              for method in item if path.startswith("/v1")]
+SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+OPERATIONS = [(method.upper(), path) for path, item in SPEC["paths"].items() for method in item
+              if path.startswith("/v1")]
 
 
 # schemathesis's own pytest plugin (from_fixture) does not support pytest 9 yet, so each operation's strategy is
