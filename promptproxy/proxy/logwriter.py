@@ -60,7 +60,7 @@ class LogWriter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            time.sleep(self.interval)
+            self._stop.wait(self.interval)  # wakes at once on close(), so shutdown never waits an interval
             try:
                 self.flush()
             except Exception:  # keep the thread alive; rows stay pending and are retried
