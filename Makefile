@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
 
-.PHONY: install install-test lock run test lint audit bench clean
+.PHONY: install install-test lock run test lint audit bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,7 +32,7 @@ run: install
 	$(BIN)/promptproxy serve
 
 lint: install-test
-	$(BIN)/ruff check promptproxy tests app.py
+	$(BIN)/ruff check promptproxy tests app.py bench
 	$(BIN)/bandit -q -c pyproject.toml -r promptproxy
 
 test: install-test lint
@@ -43,6 +43,12 @@ test: install-test lint
 audit:
 	test -x .venv-audit/bin/pip-audit || ($(PY) -m venv .venv-audit && .venv-audit/bin/pip install -q pip-audit==2.10.1)
 	.venv-audit/bin/pip-audit --vulnerability-service pypi --require-hashes --disable-pip -r requirements-test.lock
+
+bench: install-test
+	$(BIN)/python bench/run.py
+
+bench-quick: install-test
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .venv-audit .pytest_cache .ruff_cache
