@@ -106,6 +106,7 @@ def live(app):
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
     server.close()
+    server.task_dispatcher.shutdown(timeout=5)  # end the worker threads, or every test leaks 64 of them
     thread.join(5)
 
 
