@@ -91,9 +91,10 @@ def openai_chat_to_anthropic(body: JSON, *, upstream_model: str, default_max_tok
     if n is not None and n != 1:
         raise TranslationError("Anthropic models return exactly one choice; `n` must be 1.", "n")
     system, messages = _anthropic_turns(body.get("messages"))
-    out: JSON = {"model": upstream_model, "messages": messages}
+    out: JSON = {"model": upstream_model}
     if system:
-        out["system"] = system
+        out["system"] = system  # the stored prompt is first, byte-stable, so prompt caches keep hitting
+    out["messages"] = messages
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = body.get("max_tokens")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -354,6 +355,13 @@ def test_untranslatable_requests_raise_translation_error_naming_the_param(body, 
     assert info.value.param == param
 
 
+def test_request_translation_leaves_the_client_body_untouched():
+    body = load("openai_request_tools.json")
+    original = copy.deepcopy(body)
+    to_anthropic(body)
+    assert body == original
+
+
 def test_translation_error_is_a_value_error():
     assert issubclass(TranslationError, ValueError)
 
@@ -486,6 +494,12 @@ def test_stream_usage_is_accumulated_from_start_and_delta():
     }
 
 
+def test_stream_max_tokens_stop_reason_finishes_with_length():
+    stream = AnthropicStreamToOpenAI("claude-opus")
+    delta = {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 5}}
+    assert stream.feed("message_delta", delta)[0]["choices"][0]["finish_reason"] == "length"
+
+
 def test_stream_message_stop_without_include_usage_emits_nothing():
     stream = AnthropicStreamToOpenAI("claude-opus")
     assert stream.feed("message_stop", {"type": "message_stop"}) == []
@@ -537,6 +551,13 @@ def anthropic_body(**fields) -> dict:
 
 def test_messages_request_golden():
     assert to_openai(load("anthropic_messages_request.json")) == load("openai_chat_request.json")
+
+
+def test_anthropic_request_translation_leaves_the_client_body_untouched():
+    body = load("anthropic_messages_request.json")
+    original = copy.deepcopy(body)
+    to_openai(body)
+    assert body == original
 
 
 def test_system_string_becomes_first_system_message():
