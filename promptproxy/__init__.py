@@ -1,0 +1,78 @@
+"""PromptProxy: a self-hosted LLM gateway with stored system prompts."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask, redirect
+
+from . import config as cfgmod
+from .extensions import csrf, db, login, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: configuration, extensions, blueprints, hooks."""
+    app = Flask(__name__, instance_path=os.environ.get("PROMPTPROXY_INSTANCE_PATH") or str(ROOT / "instance"),
+                template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    settings = cfgmod.from_env()
+    settings.update(test_config or {})
+    settings = cfgmod.finalize(settings, Path(app.instance_path))
+    app.config.from_mapping(settings)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings["DATABASE_URL"]),
+        MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"],
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,
+        JSON_SORT_KEYS=False,
+    )
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    login.init_app(app)
+    csrf.init_app(app)
+
+    from .proxy.catalog import install_revision_hook
+    from .proxy.gateway import Gateway
+
+    install_revision_hook()
+    app.extensions["promptproxy"] = Gateway(app)
+    register_blueprints(app)
+    logging.getLogger("promptproxy").setLevel(logging.INFO)
+    return app
+
+
+def register_blueprints(app: Flask) -> None:
+    """API at /v1 (CSRF-exempt, bearer auth); the dashboard at /admin."""
+    from .api import hooks
+    from .api.routes import bp as api_bp
+
+    csrf.exempt(api_bp)
+    app.register_blueprint(api_bp, url_prefix="/v1")
+    hooks.install(app)
+    try:
+        from .admin import bp as admin_bp
+    except ImportError:
+        admin_bp = None
+    if admin_bp is not None:
+        app.register_blueprint(admin_bp, url_prefix="/admin")
+
+    @app.get("/_/")
+    def original_admin():
+        """The original project's dashboard path."""
+        return redirect("/admin", 302)
+
+    @app.get("/healthz")
+    def healthz():
+        """Alive."""
+        return {"status": "ok"}
+
+
+def engine_options(url: str) -> dict:
+    """SQLite: WAL, busy timeout, foreign keys on every connection; others: pre-ping."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 40}

@@ -1,0 +1,12 @@
+"""Provider adapters by kind: a plain dict registry."""
+from __future__ import annotations
+
+from .openai import OpenAIAdapter
+
+ADAPTERS = {"openai": OpenAIAdapter()}
+KINDS = tuple(ADAPTERS)
+
+
+def get_adapter(kind: str):
+    """The adapter for a provider kind; KeyError for an unknown kind."""
+    return ADAPTERS[kind]

@@ -1,0 +1,674 @@
+"""The `promptproxy` command: serve, and manage everything without the dashboard."""
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+import click
+import orjson
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from . import create_app, manage
+from .config import ConfigError
+from .extensions import db
+from .manage import ManageError
+from .models import ApiKey, Model, Prompt, PromptVersion, Provider, RequestLog, User
+
+ACTOR = "cli"
+
+
+def _create_app(*args, **kwargs):
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False, add_version_option=False,
+             load_dotenv=False, set_debug_flag=False)
+def cli():
+    """PromptProxy: an LLM gateway with stored system prompts."""
+
+
+def committed(fn):
+    """Run a change in one transaction; ManageError becomes a one-line error and exit 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+            db.session.commit()
+            return result
+        except ManageError as exc:
+            db.session.rollback()
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def emit(obj, as_json: bool) -> None:
+    """Print a dict as JSON or as aligned `key: value` lines."""
+    if as_json:
+        click.echo(orjson.dumps(obj, default=str).decode())
+    else:
+        for key, value in obj.items():
+            click.echo(f"{key}: {value}")
+
+
+def json_option(fn):
+    """--json flag."""
+    return click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(fn)
+
+
+# -- serve and set-up ---------------------------------------------------------------------------------
+@cli.command("serve")
+@click.option("--host", default=None, help="Interface (default PROMPTPROXY_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default PROMPTPROXY_PORT or 8090).")
+@click.option("--threads", type=click.IntRange(1, 4096), default=None,
+              help="Worker threads; each live stream holds one (default PROMPTPROXY_THREADS or 256).")
+@with_appcontext
+def serve_cmd(host, port, threads):
+    """Serve the gateway and dashboard with waitress."""
+    from .server import serve
+
+    serve(current_app._get_current_object(), host, port, threads)
+
+
+@cli.command("create-admin")
+@click.option("--email", required=True)
+@click.option("--password", required=True)
+@click.option("--name", default=None, help="User name (default: the part of the email before @).")
+@with_appcontext
+@committed
+def create_admin(email, password, name):
+    """Create a dashboard administrator (with access to every model and prompt)."""
+    user = manage.create_user(ACTOR, name or email.split("@")[0], email=email, role="admin", password=password,
+                              all_models=True, all_prompts=True)
+    click.echo(f"created admin {user.name} <{user.email}>")
+
+
+# -- users --------------------------------------------------------------------------------------------
+def limit_options(fn):
+    """The limit and access options shared by `user update` and `key update`."""
+    options = [
+        click.option("--rpm", type=int, help="Requests per minute (0 = no limit)."),
+        click.option("--tpm", type=int, help="Tokens per minute (0 = no limit)."),
+        click.option("--max-concurrent", type=int, help="Concurrent requests (0 = no limit)."),
+        click.option("--budget", type=float, help="Budget in USD per period (0 = none)."),
+        click.option("--period", type=click.Choice(manage.PERIODS), help="Budget period."),
+        click.option("--allow-model", "allow_models", multiple=True, help="Add a model to the allow-list."),
+        click.option("--allow-prompt", "allow_prompts", multiple=True, help="Add a prompt to the allow-list."),
+        click.option("--clear-models", is_flag=True, help="Empty the model allow-list first."),
+        click.option("--clear-prompts", is_flag=True, help="Empty the prompt allow-list first."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def all_options(fn):
+    """--all-models/--no-all-models and the same for prompts (users only)."""
+    fn = click.option("--all-prompts/--no-all-prompts", default=None, help="Every prompt, present and future.")(fn)
+    return click.option("--all-models/--no-all-models", default=None, help="Every model, present and future.")(fn)
+
+
+def user_dict(u: User) -> dict:
+    """A user as printed by the CLI (never the password hash)."""
+    return {"id": u.id, "name": u.name, "email": u.email, "role": u.role, "active": u.active,
+            "all_models": u.all_models, "all_prompts": u.all_prompts, "allowed_models": u.allowed_models,
+            "allowed_prompts": u.allowed_prompts, "rpm": u.rpm, "tpm": u.tpm, "max_concurrent": u.max_concurrent,
+            "budget_usd": u.budget_usd, "budget_period": u.budget_period}
+
+
+@cli.group()
+def user():
+    """Users: people or services that call the API."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--email")
+@click.option("--role", type=click.Choice(manage.ROLES), default="member")
+@click.option("--password", help="Lets the user log in to the dashboard.")
+@click.option("--all-models", is_flag=True, default=None, help="Allow every model.")
+@click.option("--all-prompts", is_flag=True, default=None, help="Allow every prompt.")
+@click.option("--allow-model", "allow_models", multiple=True)
+@click.option("--allow-prompt", "allow_prompts", multiple=True)
+@with_appcontext
+@committed
+def user_create(name, email, role, password, **access):
+    """Create a user. New users may use no model or prompt until granted."""
+    u = manage.create_user(ACTOR, name, email=email, role=role, password=password, **access)
+    click.echo(f"created user {u.name} (id {u.id})")
+    if not (u.all_models or u.allowed_models):
+        click.echo("note: this user may use no model yet; grant with --all-models or --allow-model", err=True)
+
+
+@user.command("list")
+@json_option
+@with_appcontext
+def user_list(as_json):
+    """List users."""
+    for u in db.session.scalars(sa.select(User).order_by(User.name)):
+        d = user_dict(u)
+        click.echo(orjson.dumps(d).decode() if as_json else f"{u.id}\t{u.name}\t{u.email or '-'}\t{u.role}\t"
+                   f"{'active' if u.active else 'disabled'}")
+
+
+@user.command("show")
+@click.argument("name")
+@json_option
+@with_appcontext
+@committed
+def user_show(name, as_json):
+    """Show one user."""
+    emit(user_dict(manage.get_user(name)), as_json)
+
+
+@user.command("update")
+@click.argument("name")
+@click.option("--email")
+@click.option("--role", type=click.Choice(manage.ROLES))
+@click.option("--password")
+@click.option("--active/--disabled", default=None, help="Enable or disable the user.")
+@all_options
+@limit_options
+@with_appcontext
+@committed
+def user_update(name, email, role, password, active, **limits):
+    """Change a user's details, limits and access (--allow-* add to the lists)."""
+    u = manage.get_user(name)
+    changed = manage.update_user(ACTOR, u, email=email, role=role, active=active, password=password, **limits)
+    click.echo(f"updated user {u.name}: {', '.join(changed) or 'nothing changed'}")
+
+
+@user.command("delete")
+@click.argument("name")
+@with_appcontext
+@committed
+def user_delete(name):
+    """Delete a user and their keys."""
+    u = manage.get_user(name)
+    manage.delete_user(ACTOR, u)
+    click.echo(f"deleted user {name}")
+
+
+# -- keys ---------------------------------------------------------------------------------------------
+def key_dict(k: ApiKey, user_name: str) -> dict:
+    """A key as printed (prefix and last 4 only)."""
+    return {"id": k.id, "key": k.display, "name": k.name, "user": user_name, "created_at": k.created_at,
+            "expires_at": k.expires_at, "revoked": k.revoked_at is not None, "last_used_at": k.last_used_at,
+            "allowed_models": k.allowed_models, "allowed_prompts": k.allowed_prompts, "rpm": k.rpm, "tpm": k.tpm,
+            "max_concurrent": k.max_concurrent, "budget_usd": k.budget_usd, "budget_period": k.budget_period}
+
+
+@cli.group()
+def key():
+    """API keys: shown once, stored only as a hash."""
+
+
+def parse_date(ctx, param, value):
+    """YYYY-MM-DD -> datetime."""
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD") from None
+
+
+@key.command("create")
+@click.option("--user", "user_name", required=True)
+@click.option("--name", default="")
+@click.option("--expires", callback=parse_date, help="YYYY-MM-DD (UTC midnight).")
+@with_appcontext
+@committed
+def key_create(user_name, name, expires):
+    """Create a key; the secret is printed once, alone on the last line."""
+    u = manage.get_user(user_name)
+    k, raw = manage.create_key(ACTOR, u, name=name, expires_at=expires)
+    click.echo(f"created key {k.id} ({k.display}) for {u.name}; it is shown only now:")
+    click.echo(raw)
+
+
+@key.command("list")
+@click.option("--user", "user_name")
+@json_option
+@with_appcontext
+@committed
+def key_list(user_name, as_json):
+    """List keys (prefix and last 4 only)."""
+    query = sa.select(ApiKey, User.name).join(User).order_by(ApiKey.id)
+    if user_name:
+        query = query.where(ApiKey.user_id == manage.get_user(user_name).id)
+    for k, owner in db.session.execute(query):
+        d = key_dict(k, owner)
+        click.echo(orjson.dumps(d, default=str).decode() if as_json else
+                   f"{k.id}\t{k.display}\t{owner}\t{k.name or '-'}\t{'revoked' if d['revoked'] else 'active'}")
+
+
+@key.command("show")
+@click.argument("key_id")
+@json_option
+@with_appcontext
+@committed
+def key_show(key_id, as_json):
+    """Show one key."""
+    k = manage.get_key(key_id)
+    emit(key_dict(k, k.user.name), as_json)
+
+
+@key.command("revoke")
+@click.argument("key_id")
+@with_appcontext
+@committed
+def key_revoke(key_id):
+    """Revoke a key at once."""
+    k = manage.get_key(key_id)
+    manage.revoke_key(ACTOR, k)
+    click.echo(f"revoked key {k.id} ({k.display})")
+
+
+@key.command("update")
+@click.argument("key_id")
+@click.option("--name")
+@limit_options
+@with_appcontext
+@committed
+def key_update(key_id, name, **limits):
+    """Narrow a key's limits and lists (they can never widen its user's)."""
+    k = manage.get_key(key_id)
+    changed = manage.update_key(ACTOR, k, name=name, **limits)
+    click.echo(f"updated key {k.id}: {', '.join(changed) or 'nothing changed'}")
+
+
+# -- providers ----------------------------------------------------------------------------------------
+def provider_dict(p: Provider) -> dict:
+    """A provider as printed: the secret only as a hint."""
+    return {"id": p.id, "name": p.name, "kind": p.kind, "base_url": p.base_url,
+            "api_key": p.api_key_hint if p.api_key_encrypted else None, "enabled": p.enabled,
+            "connect_timeout": p.connect_timeout, "first_byte_timeout": p.first_byte_timeout,
+            "idle_timeout": p.idle_timeout, "total_timeout": p.total_timeout, "stream_usage": p.stream_usage,
+            "anthropic_version": p.anthropic_version, "default_max_tokens": p.default_max_tokens}
+
+
+def provider_options(fn):
+    """Options shared by provider create and update."""
+    options = [
+        click.option("--header", "headers", multiple=True, help="Extra header NAME=VALUE (stored encrypted)."),
+        click.option("--connect-timeout", type=float), click.option("--first-byte-timeout", type=float),
+        click.option("--idle-timeout", type=float), click.option("--total-timeout", type=float),
+        click.option("--stream-usage/--no-stream-usage", default=None,
+                     help="Ask for usage in streams (stream_options.include_usage)."),
+        click.option("--anthropic-version"), click.option("--default-max-tokens", type=int),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def parse_headers(values) -> dict | None:
+    """NAME=VALUE pairs -> dict."""
+    if not values:
+        return None
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"header `{item}` must be NAME=VALUE")
+        out[name.strip()] = value
+    return out
+
+
+@cli.group()
+def provider():
+    """Upstream AI APIs."""
+
+
+@provider.command("create")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["openai", "anthropic"]), default="openai")
+@click.option("--base-url", required=True, help="e.g. https://api.openai.com/v1 or https://api.anthropic.com")
+@click.option("--api-key", help="The upstream's secret (stored encrypted).")
+@provider_options
+@with_appcontext
+@committed
+def provider_create(name, kind, base_url, api_key, headers, **options):
+    """Register an upstream."""
+    p = manage.create_provider(ACTOR, name, kind, base_url, api_key=api_key, headers=parse_headers(headers),
+                               **options)
+    click.echo(f"created provider {p.name} (id {p.id})")
+
+
+@provider.command("list")
+@json_option
+@with_appcontext
+def provider_list(as_json):
+    """List providers."""
+    for p in db.session.scalars(sa.select(Provider).order_by(Provider.name)):
+        click.echo(orjson.dumps(provider_dict(p)).decode() if as_json else f"{p.id}\t{p.name}\t{p.kind}\t{p.base_url}")
+
+
+@provider.command("show")
+@click.argument("name")
+@json_option
+@with_appcontext
+@committed
+def provider_show(name, as_json):
+    """Show one provider."""
+    emit(provider_dict(manage.get_provider(name)), as_json)
+
+
+@provider.command("update")
+@click.argument("name")
+@click.option("--base-url")
+@click.option("--api-key", help="Replace the secret ('' clears it).")
+@click.option("--enabled/--disabled", default=None)
+@provider_options
+@with_appcontext
+@committed
+def provider_update(name, base_url, api_key, headers, **options):
+    """Change a provider."""
+    p = manage.get_provider(name)
+    changed = manage.update_provider(ACTOR, p, base_url=base_url, api_key=api_key, headers=parse_headers(headers),
+                                     **options)
+    click.echo(f"updated provider {p.name}: {', '.join(changed) or 'nothing changed'}")
+
+
+@provider.command("delete")
+@click.argument("name")
+@with_appcontext
+@committed
+def provider_delete(name):
+    """Delete a provider no model uses."""
+    manage.delete_provider(ACTOR, manage.get_provider(name))
+    click.echo(f"deleted provider {name}")
+
+
+# -- models -------------------------------------------------------------------------------------------
+def model_dict(m: Model) -> dict:
+    """A model as printed."""
+    return {"id": m.id, "slug": m.slug, "provider": m.provider.name, "upstream_model": m.upstream_model,
+            "kind": m.kind, "input_price": m.input_price, "output_price": m.output_price,
+            "cached_input_price": m.cached_input_price, "cache_write_price": m.cache_write_price,
+            "fallbacks": m.fallbacks, "enabled": m.enabled}
+
+
+def price_options(fn):
+    """Price options, USD per million tokens."""
+    for name in ("--cache-write-price", "--cached-input-price", "--output-price", "--input-price"):
+        fn = click.option(name, type=float, help="USD per million tokens.")(fn)
+    return fn
+
+
+@cli.group()
+def model():
+    """Models clients ask for."""
+
+
+@model.command("create")
+@click.argument("slug")
+@click.option("--provider", "provider_name", required=True)
+@click.option("--upstream-model", required=True, help="The provider's own model name (may contain ':').")
+@click.option("--kind", type=click.Choice(manage.MODEL_KINDS), default="chat")
+@click.option("--fallback", "fallbacks", multiple=True, help="Ordered fallback model slugs.")
+@price_options
+@with_appcontext
+@committed
+def model_create(slug, provider_name, upstream_model, kind, fallbacks, **prices):
+    """Expose a provider's model under a public slug."""
+    m = manage.create_model(ACTOR, slug, manage.get_provider(provider_name), upstream_model, kind,
+                            fallbacks=list(fallbacks) or None, **prices)
+    click.echo(f"created model {m.slug} (id {m.id})")
+
+
+@model.command("list")
+@json_option
+@with_appcontext
+def model_list(as_json):
+    """List models."""
+    for m in db.session.scalars(sa.select(Model).order_by(Model.slug)):
+        click.echo(orjson.dumps(model_dict(m)).decode() if as_json else
+                   f"{m.id}\t{m.slug}\t{m.kind}\t{m.provider.name}\t{m.upstream_model}")
+
+
+@model.command("show")
+@click.argument("slug")
+@json_option
+@with_appcontext
+@committed
+def model_show(slug, as_json):
+    """Show one model."""
+    emit(model_dict(manage.get_model(slug)), as_json)
+
+
+@model.command("update")
+@click.argument("slug")
+@click.option("--provider", "provider_name")
+@click.option("--upstream-model")
+@click.option("--kind", type=click.Choice(manage.MODEL_KINDS))
+@click.option("--fallback", "fallbacks", multiple=True, help="Replace the ordered fallback list.")
+@click.option("--no-fallbacks", is_flag=True, help="Clear the fallback list.")
+@click.option("--enabled/--disabled", default=None)
+@price_options
+@with_appcontext
+@committed
+def model_update(slug, provider_name, fallbacks, no_fallbacks, **fields):
+    """Change a model's mapping, prices or fallbacks."""
+    m = manage.get_model(slug)
+    provider_obj = manage.get_provider(provider_name) if provider_name else None
+    fb = [] if no_fallbacks else (list(fallbacks) if fallbacks else None)
+    changed = manage.update_model(ACTOR, m, provider=provider_obj, fallbacks=fb, **fields)
+    click.echo(f"updated model {m.slug}: {', '.join(changed) or 'nothing changed'}")
+
+
+@model.command("delete")
+@click.argument("slug")
+@with_appcontext
+@committed
+def model_delete(slug):
+    """Delete a model."""
+    manage.delete_model(ACTOR, manage.get_model(slug))
+    click.echo(f"deleted model {slug}")
+
+
+# -- prompts ------------------------------------------------------------------------------------------
+def prompt_dict(p: Prompt) -> dict:
+    """A prompt with its live text."""
+    live = p.live_version or p.latest_version
+    version = manage.get_version(p, live) if live else None
+    return {"id": p.id, "slug": p.slug, "mode": p.mode, "description": p.description,
+            "live_version": live, "latest_version": p.latest_version, "pinned": p.live_version is not None,
+            "text": version.text if version else None, "variables": version.variables if version else None,
+            "tools": version.tools if version else None, "params": version.params if version else None}
+
+
+def json_arg(ctx, param, value):
+    """Parse a JSON option."""
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise click.BadParameter("must be valid JSON") from None
+
+
+def version_options(fn):
+    """Options that make up a prompt version."""
+    fn = click.option("--note", default="", help="What changed in this version.")(fn)
+    fn = click.option("--params", callback=json_arg, help='JSON: {"temperature": {"value": 0, "locked": true}}')(fn)
+    fn = click.option("--tools", callback=json_arg, help="JSON list of OpenAI function tools.")(fn)
+    return click.option("--variables", callback=json_arg, help='JSON defaults: {"lang": "French"}')(fn)
+
+
+@cli.group()
+def prompt():
+    """Stored system prompts."""
+
+
+@prompt.command("create")
+@click.argument("slug")
+@click.option("--text", required=True)
+@click.option("--mode", type=click.Choice(manage.PROMPT_MODES), default="prepend")
+@click.option("--description", default="")
+@version_options
+@with_appcontext
+@committed
+def prompt_create(slug, text, mode, description, **fields):
+    """Store a system prompt (version 1)."""
+    p = manage.create_prompt(ACTOR, slug, text, mode=mode, description=description, **fields)
+    click.echo(f"created prompt {p.slug} (id {p.id}, version 1)")
+
+
+@prompt.command("update")
+@click.argument("slug")
+@click.option("--text", help="New text: saves a new version.")
+@click.option("--mode", type=click.Choice(manage.PROMPT_MODES))
+@click.option("--description")
+@version_options
+@with_appcontext
+@committed
+def prompt_update(slug, text, mode, description, variables, tools, params, note):
+    """Change a prompt; new text, variables, tools or params make a new version."""
+    p = manage.get_prompt(slug)
+    manage.update_prompt(ACTOR, p, mode=mode, description=description)
+    if text is not None or variables is not None or tools is not None or params is not None:
+        current = manage.get_version(p, p.latest_version)
+        v = manage.add_version(ACTOR, p, text if text is not None else current.text,
+                               variables=variables if variables is not None else current.variables,
+                               tools=tools if tools is not None else current.tools,
+                               params=params if params is not None else current.params, note=note)
+        click.echo(f"prompt {p.slug}: saved version {v.version}")
+    else:
+        click.echo(f"updated prompt {p.slug}")
+
+
+@prompt.command("list")
+@json_option
+@with_appcontext
+@committed
+def prompt_list(as_json):
+    """List prompts."""
+    for p in db.session.scalars(sa.select(Prompt).order_by(Prompt.slug)):
+        d = prompt_dict(p)
+        click.echo(orjson.dumps(d).decode() if as_json else
+                   f"{p.id}\t{p.slug}\tv{d['live_version']}\t{p.mode}\t{(d['text'] or '')[:60]!r}")
+
+
+@prompt.command("show")
+@click.argument("slug")
+@json_option
+@with_appcontext
+@committed
+def prompt_show(slug, as_json):
+    """Show a prompt and its live text."""
+    emit(prompt_dict(manage.get_prompt(slug)), as_json)
+
+
+@prompt.command("versions")
+@click.argument("slug")
+@json_option
+@with_appcontext
+@committed
+def prompt_versions(slug, as_json):
+    """List a prompt's versions, newest first; * marks the live one."""
+    p = manage.get_prompt(slug)
+    live = p.live_version or p.latest_version
+    from .models import PromptLabel
+
+    labels: dict[int, list[str]] = {}
+    for lab in db.session.scalars(sa.select(PromptLabel).where(PromptLabel.prompt_id == p.id)):
+        labels.setdefault(lab.version, []).append(lab.label)
+    query = sa.select(PromptVersion).where(PromptVersion.prompt_id == p.id).order_by(PromptVersion.version.desc())
+    for v in db.session.scalars(query):
+        d = {"version": v.version, "live": v.version == live, "labels": sorted(labels.get(v.version, [])),
+             "created_at": v.created_at, "created_by": v.created_by, "note": v.note, "text": v.text}
+        click.echo(orjson.dumps(d, default=str).decode() if as_json else
+                   f"{'*' if d['live'] else ' '} {v.version}\t{v.created_at:%Y-%m-%d %H:%M}\t"
+                   f"{','.join(d['labels']) or '-'}\t{v.text[:60]!r}")
+
+
+@prompt.command("label")
+@click.argument("slug")
+@click.argument("label")
+@click.argument("version", type=int)
+@with_appcontext
+@committed
+def prompt_label(slug, label, version):
+    """Point LABEL (e.g. production) at VERSION; use it as model:prompt@LABEL."""
+    manage.set_label(ACTOR, manage.get_prompt(slug), label, version)
+    click.echo(f"prompt {slug}: {label} -> version {version}")
+
+
+@prompt.command("rollback")
+@click.argument("slug")
+@click.argument("version", type=int)
+@with_appcontext
+@committed
+def prompt_rollback(slug, version):
+    """Make VERSION live (roll back or forward); `prompt rollback SLUG 0` follows the newest again."""
+    manage.set_live(ACTOR, manage.get_prompt(slug), version or None)
+    click.echo(f"prompt {slug}: live version is now {version or 'the newest'}")
+
+
+@prompt.command("delete")
+@click.argument("slug")
+@with_appcontext
+@committed
+def prompt_delete(slug):
+    """Delete a prompt and its versions."""
+    manage.delete_prompt(ACTOR, manage.get_prompt(slug))
+    click.echo(f"deleted prompt {slug}")
+
+
+# -- request log --------------------------------------------------------------------------------------
+LOG_FIELDS = ("request_id", "created_at", "user", "key_id", "model", "prompt", "prompt_version", "endpoint",
+              "inbound_format", "stream", "status", "error_type", "input_tokens", "output_tokens", "cached_tokens",
+              "usage_estimated", "cost", "latency_ms", "ttft_ms")
+
+
+@cli.command("log")
+@click.option("--user", "user_name")
+@click.option("--limit", type=click.IntRange(1, 100000), default=20)
+@json_option
+@with_appcontext
+@committed
+def log_cmd(user_name, limit, as_json):
+    """Recent requests, newest first."""
+    query = sa.select(RequestLog, User.name).outerjoin(User, User.id == RequestLog.user_id)
+    if user_name:
+        query = query.where(RequestLog.user_id == manage.get_user(user_name).id)
+    query = query.order_by(RequestLog.created_at.desc(), RequestLog.id.desc()).limit(limit)
+    for row, owner in db.session.execute(query):
+        d = {f: (owner if f == "user" else getattr(row, f)) for f in LOG_FIELDS}
+        click.echo(orjson.dumps(d, default=str).decode() if as_json else
+                   f"{row.created_at:%Y-%m-%d %H:%M:%S}\t{row.status}\t{owner or '-'}\t{row.model or '-'}\t"
+                   f"{row.prompt or '-'}\t{row.input_tokens}/{row.output_tokens}\t{row.latency_ms:.0f}ms")
+
+
+def main() -> None:
+    """Console-script entry point: configuration errors and bugs print one line, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except sa.exc.OperationalError as exc:
+        click.echo(f"Error: database problem: {str(exc.orig).splitlines()[0]} "
+                   "(did you run `promptproxy db upgrade`?)", err=True)
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug: say so in one line
+        click.echo(f"Error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Configuration: defaults, then PROMPTPROXY_* environment variables, then test overrides."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+DEFAULTS = {
+    "DATABASE_URL": None,  # default: SQLite in the instance folder
+    "SECRET_KEY": None,
+    "ENCRYPTION_KEY": None,
+    "REDIS_URL": None,
+    "HOST": "127.0.0.1",
+    "PORT": 8090,
+    "THREADS": 256,
+    "MAX_BODY_BYTES": 10 * 1024 * 1024,
+    "CONNECT_TIMEOUT": 5.0,
+    "FIRST_BYTE_TIMEOUT": 60.0,
+    "IDLE_TIMEOUT": 90.0,
+    "TOTAL_TIMEOUT": 600.0,
+    "LOG_BODIES": False,
+    "ALLOW_PRIVATE_UPSTREAMS": False,
+    "ENV": "development",
+    "CACHE_TTL": 1.0,
+    "LOG_FLUSH_INTERVAL": 0.2,
+    "LOG_BATCH_SIZE": 500,
+    "DEFAULT_MAX_TOKENS": 4096,
+    "LIMITS_FAIL_OPEN": True,
+    "RETENTION_DAYS": 0,
+    "TRUSTED_PROXIES": 0,
+    "SESSION_COOKIE_SECURE": False,
+}
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+class ConfigError(RuntimeError):
+    """Configuration that the server refuses to start with."""
+
+
+def _coerce(default, raw: str):
+    """Parse an environment string to the type of its default."""
+    if isinstance(default, bool):
+        if raw.lower() not in _BOOL:
+            raise ConfigError(f"expected a boolean, got {raw!r}")
+        return _BOOL[raw.lower()]
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def from_env(environ=os.environ) -> dict:
+    """Read PROMPTPROXY_* variables over the defaults, typed like the defaults."""
+    cfg = dict(DEFAULTS)
+    for name, default in DEFAULTS.items():
+        raw = environ.get(f"PROMPTPROXY_{name}")
+        if raw is None or raw == "":
+            continue
+        try:
+            cfg[name] = _coerce(default, raw)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"PROMPTPROXY_{name}: {exc}") from None
+    return cfg
+
+
+def _instance_secret(instance: Path, name: str) -> str:
+    """Read or create a development secret kept in the instance folder."""
+    path = instance / name
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+def finalize(cfg: dict, instance: Path) -> dict:
+    """Fill derived settings; refuse weak secrets in production."""
+    if not cfg["DATABASE_URL"]:
+        instance.mkdir(parents=True, exist_ok=True)
+        cfg["DATABASE_URL"] = f"sqlite:///{instance / 'promptproxy.db'}"
+    production = cfg["ENV"] == "production"
+    for name in ("SECRET_KEY", "ENCRYPTION_KEY"):
+        value = cfg[name]
+        if production and (not value or len(value) < 32):
+            raise ConfigError(
+                f"PROMPTPROXY_{name} must be set to at least 32 random characters in production "
+                f"(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        if not value:
+            cfg[name] = _instance_secret(instance, name.lower())
+    if cfg["SECRET_KEY"] == cfg["ENCRYPTION_KEY"]:
+        raise ConfigError("PROMPTPROXY_ENCRYPTION_KEY must differ from PROMPTPROXY_SECRET_KEY")
+    return cfg

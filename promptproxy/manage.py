@@ -1,0 +1,514 @@
+"""Create and change resources; shared by the CLI and the dashboard, each change audited."""
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+import orjson
+import sqlalchemy as sa
+from flask import current_app
+
+from .crypto import hash_key, hint
+from .extensions import db
+from .models import ApiKey, AuditEvent, Model, Prompt, PromptLabel, PromptVersion, Provider, User, utcnow
+from .netguard import UnsafeURL, validate_base_url
+from .proxy.grammar import valid_label, valid_slug
+from .proxy.prompts import variables_in
+
+ROLES = ("admin", "member")
+MODEL_KINDS = ("chat", "completion", "embedding")
+PROMPT_MODES = ("prepend", "replace", "reject")
+PERIODS = ("day", "week", "month")
+
+
+class ManageError(ValueError):
+    """A change that cannot be made, with a message for a person."""
+
+
+def audit(actor: str, action: str, target_type: str, target: str, details: dict | None = None) -> None:
+    """Record who changed what (committed with the change)."""
+    db.session.add(AuditEvent(actor=actor, action=action, target_type=target_type, target=str(target)[:256],
+                              details=details))
+
+
+def _gateway():
+    return current_app.extensions["promptproxy"]
+
+
+def _slug(value: str, what: str) -> str:
+    if not valid_slug(value):
+        raise ManageError(f"{what} must be 1-128 letters, digits, '.', '_', '-' or '/', without ':' or '@'")
+    return value
+
+
+def _unique(model, column, value, what: str, exclude_id: int | None = None) -> None:
+    query = sa.select(model.id).where(column == value)
+    if exclude_id is not None:
+        query = query.where(model.id != exclude_id)
+    if db.session.scalar(query) is not None:
+        raise ManageError(f"{what} `{value}` already exists")
+
+
+# -- users -------------------------------------------------------------------------------------------
+def get_user(ref: str) -> User:
+    """A user by name, email or id."""
+    user = db.session.scalar(sa.select(User).where(sa.or_(User.name == ref, User.email == ref)))
+    if user is None and str(ref).isdigit():
+        user = db.session.get(User, int(ref))
+    if user is None:
+        raise ManageError(f"no user `{ref}`")
+    return user
+
+
+def create_user(actor: str, name: str, email: str | None = None, role: str = "member",
+                password: str | None = None, **limits) -> User:
+    """A new user (no model or prompt access unless granted)."""
+    name = (name or "").strip()
+    if not name or len(name) > 64 or any(c in name for c in ":@ \t\n"):
+        raise ManageError("user name must be 1-64 characters without spaces, ':' or '@'")
+    _unique(User, User.name, name, "user")
+    if email:
+        email = _email(email)
+        _unique(User, User.email, email, "email")
+    if role not in ROLES:
+        raise ManageError(f"role must be one of {', '.join(ROLES)}")
+    user = User(name=name, email=email or None, role=role, active=True)
+    if password:
+        set_password(user, password)
+    db.session.add(user)
+    apply_limits(user, **limits)
+    db.session.flush()
+    audit(actor, "create", "user", name, {"role": role, **_public(limits)})
+    return user
+
+
+def _email(email: str) -> str:
+    email = email.strip().lower()
+    local, at, domain = email.partition("@")
+    if not at or not local or "." not in domain or len(email) > 254 or any(c.isspace() for c in email):
+        raise ManageError(f"`{email}` is not a valid email address")
+    return email
+
+
+def set_password(user: User, password: str) -> None:
+    """Hash with scrypt (N=2^17, r=8, p=1) and end the user's other sessions."""
+    from werkzeug.security import generate_password_hash
+
+    if len(password) < 8:
+        raise ManageError("password must be at least 8 characters")
+    user.password_hash = generate_password_hash(password, "scrypt:131072:8:1")
+    user.session_version = (user.session_version or 0) + 1
+
+
+def _public(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None and k != "password"}
+
+
+def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, period=None, allow_models=(),
+                 allow_prompts=(), all_models=None, all_prompts=None, clear_models=False,
+                 clear_prompts=False) -> dict:
+    """Set limits and allow-lists on a user or key; returns what changed."""
+    changed = {}
+    for attr, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrent", max_concurrent)):
+        if value is not None:
+            if value < 0:
+                raise ManageError(f"{attr} must be 0 (no limit) or more")
+            setattr(obj, attr, value or None)
+            changed[attr] = value
+    if budget is not None:
+        if budget < 0:
+            raise ManageError("budget must be 0 (no budget) or more")
+        obj.budget_usd = budget or None
+        changed["budget_usd"] = budget
+    if period is not None:
+        if period not in PERIODS:
+            raise ManageError(f"period must be one of {', '.join(PERIODS)}")
+        obj.budget_period = period
+        changed["budget_period"] = period
+    for flag, attr in ((all_models, "all_models"), (all_prompts, "all_prompts")):
+        if flag is not None:
+            if not hasattr(obj, attr):
+                raise ManageError(f"--{attr.replace('_', '-')} applies to users only; keys can only narrow")
+            setattr(obj, attr, flag)
+            changed[attr] = flag
+    for clear, attr in ((clear_models, "allowed_models"), (clear_prompts, "allowed_prompts")):
+        if clear:
+            setattr(obj, attr, None)
+            changed[attr] = None
+    for values, attr, model, column in ((allow_models, "allowed_models", Model, Model.slug),
+                                        (allow_prompts, "allowed_prompts", Prompt, Prompt.slug)):
+        if values:
+            for value in values:
+                if db.session.scalar(sa.select(model.id).where(column == value)) is None:
+                    raise ManageError(f"no {model.__name__.lower()} `{value}`")
+            current = list(getattr(obj, attr) or [])
+            setattr(obj, attr, current + [v for v in values if v not in current])
+            changed[attr] = getattr(obj, attr)
+    return changed
+
+
+def update_user(actor: str, user: User, email=None, role=None, active=None, password=None, **limits) -> dict:
+    """Change a user; returns what changed."""
+    changed = apply_limits(user, **limits)
+    if email is not None:
+        email = _email(email) if email else None
+        if email:
+            _unique(User, User.email, email, "email", user.id)
+        user.email = email
+        changed["email"] = email
+    if role is not None:
+        if role not in ROLES:
+            raise ManageError(f"role must be one of {', '.join(ROLES)}")
+        user.role = role
+        changed["role"] = role
+    if active is not None:
+        user.active = active
+        changed["active"] = active
+    if password:
+        set_password(user, password)
+        changed["password"] = "changed"  # noqa: S105 - a label, not a password
+    audit(actor, "update", "user", user.name, changed)
+    return changed
+
+
+def delete_user(actor: str, user: User) -> None:
+    """Delete a user and their keys (their log rows stay)."""
+    db.session.execute(sa.delete(ApiKey).where(ApiKey.user_id == user.id))
+    db.session.delete(user)
+    audit(actor, "delete", "user", user.name)
+
+
+# -- keys --------------------------------------------------------------------------------------------
+def generate_key() -> str:
+    """`pp-` and 32 random bytes, URL-safe."""
+    return "pp-" + secrets.token_urlsafe(32)
+
+
+def create_key(actor: str, user: User, name: str = "", expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    """A new key; the raw secret is returned once and never stored."""
+    raw = generate_key()
+    if expires_at is not None and expires_at <= utcnow():
+        raise ManageError("expiry must be in the future")
+    key = ApiKey(user_id=user.id, name=(name or "")[:64], key_hash=hash_key(raw), prefix=raw[:7], last4=raw[-4:],
+                 expires_at=expires_at)
+    db.session.add(key)
+    db.session.flush()
+    audit(actor, "create", "key", f"{key.id} ({key.display}) for {user.name}", {"name": key.name})
+    return key, raw
+
+
+def get_key(ref: str) -> ApiKey:
+    """A key by id or by its displayed prefix…last4."""
+    key = db.session.get(ApiKey, int(ref)) if str(ref).isdigit() else None
+    if key is None:
+        raise ManageError(f"no key `{ref}`")
+    return key
+
+
+def revoke_key(actor: str, key: ApiKey) -> None:
+    """Revoke at once (cached lookups see it within the cache TTL)."""
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    audit(actor, "revoke", "key", f"{key.id} ({key.display})")
+
+
+def update_key(actor: str, key: ApiKey, name: str | None = None, **limits) -> dict:
+    """Narrow a key's limits and lists (never wider than its user's, enforced at request time)."""
+    changed = apply_limits(key, **limits)
+    if name is not None:
+        key.name = name[:64]
+        changed["name"] = key.name
+    audit(actor, "update", "key", f"{key.id} ({key.display})", changed)
+    return changed
+
+
+# -- providers ---------------------------------------------------------------------------------------
+def _check_url(url: str) -> str:
+    try:
+        return validate_base_url(url, current_app.config["ALLOW_PRIVATE_UPSTREAMS"])
+    except UnsafeURL as exc:
+        raise ManageError(str(exc)) from None
+
+
+def get_provider(ref: str) -> Provider:
+    """A provider by name or id."""
+    found = db.session.scalar(sa.select(Provider).where(Provider.name == ref))
+    if found is None and str(ref).isdigit():
+        found = db.session.get(Provider, int(ref))
+    if found is None:
+        raise ManageError(f"no provider `{ref}`")
+    return found
+
+
+def _set_secret(provider: Provider, api_key: str | None, headers: dict | None) -> None:
+    box = _gateway().box
+    if api_key is not None:
+        provider.api_key_encrypted = box.encrypt(api_key) if api_key else None
+        provider.api_key_hint = hint(api_key) if api_key else None
+    if headers is not None:
+        provider.extra_headers_encrypted = box.encrypt(orjson.dumps(headers).decode()) if headers else None
+
+
+PROVIDER_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout", "stream_usage",
+                   "anthropic_version", "default_max_tokens", "enabled")
+
+
+def create_provider(actor: str, name: str, kind: str, base_url: str, api_key: str | None = None,
+                    headers: dict | None = None, **options) -> Provider:
+    """A new upstream; its secret is encrypted before it touches the database."""
+    from .providers import KINDS
+
+    name = _slug(name, "provider name")
+    _unique(Provider, Provider.name, name, "provider")
+    if kind not in KINDS:
+        raise ManageError(f"kind must be one of {', '.join(KINDS)}")
+    provider = Provider(name=name, kind=kind, base_url=_check_url(base_url))
+    _set_secret(provider, api_key, headers)
+    _provider_options(provider, options)
+    db.session.add(provider)
+    db.session.flush()
+    audit(actor, "create", "provider", name, {"kind": kind, "base_url": provider.base_url})
+    return provider
+
+
+def _provider_options(provider: Provider, options: dict) -> dict:
+    changed = {}
+    for field in PROVIDER_FIELDS:
+        value = options.get(field)
+        if value is not None:
+            if field.endswith("timeout") and value <= 0:
+                raise ManageError(f"{field} must be positive")
+            setattr(provider, field, value)
+            changed[field] = value
+    return changed
+
+
+def update_provider(actor: str, provider: Provider, base_url: str | None = None, api_key: str | None = None,
+                    headers: dict | None = None, name: str | None = None, **options) -> dict:
+    """Change a provider; a new host without a new key drops the old key (never sent to another host)."""
+    changed = _provider_options(provider, options)
+    if name is not None and name != provider.name:
+        _unique(Provider, Provider.name, _slug(name, "provider name"), "provider", provider.id)
+        provider.name = changed["name"] = name
+    if base_url is not None:
+        url = _check_url(base_url)
+        if urlhost(url) != urlhost(provider.base_url) and api_key is None and provider.api_key_encrypted:
+            provider.api_key_encrypted = provider.api_key_hint = None
+            changed["api_key"] = "cleared (host changed; enter the key again)"
+        provider.base_url = changed["base_url"] = url
+    if api_key is not None:
+        changed["api_key"] = "replaced" if api_key else "cleared"
+    if headers is not None:
+        changed["headers"] = sorted(headers)
+    _set_secret(provider, api_key, headers)
+    audit(actor, "update", "provider", provider.name, changed)
+    return changed
+
+
+def urlhost(url: str) -> tuple:
+    """Scheme, host and port of a URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+def delete_provider(actor: str, provider: Provider) -> None:
+    """Delete a provider that no model uses."""
+    used = db.session.scalars(sa.select(Model.slug).where(Model.provider_id == provider.id)).all()
+    if used:
+        raise ManageError(f"provider `{provider.name}` is used by model(s): {', '.join(used)}")
+    db.session.delete(provider)
+    audit(actor, "delete", "provider", provider.name)
+
+
+# -- models ------------------------------------------------------------------------------------------
+def get_model(ref: str) -> Model:
+    """A model by slug or id."""
+    found = db.session.scalar(sa.select(Model).where(Model.slug == ref))
+    if found is None and str(ref).isdigit():
+        found = db.session.get(Model, int(ref))
+    if found is None:
+        raise ManageError(f"no model `{ref}`")
+    return found
+
+
+PRICE_FIELDS = ("input_price", "output_price", "cached_input_price", "cache_write_price")
+
+
+def create_model(actor: str, slug: str, provider: Provider, upstream_model: str, kind: str = "chat",
+                 **options) -> Model:
+    """Expose a provider's model under a public slug."""
+    slug = _slug(slug, "model slug")
+    _unique(Model, Model.slug, slug, "model")
+    model = Model(slug=slug, provider_id=provider.id, upstream_model="", kind="chat")
+    _model_fields(model, upstream_model=upstream_model, kind=kind, **options)
+    db.session.add(model)
+    db.session.flush()
+    audit(actor, "create", "model", slug, {"provider": provider.name, "upstream_model": upstream_model})
+    return model
+
+
+def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, enabled=None, **prices) -> dict:
+    changed = {}
+    if upstream_model is not None:
+        if not upstream_model.strip() or len(upstream_model) > 256:
+            raise ManageError("upstream model name must be 1-256 characters")
+        model.upstream_model = changed["upstream_model"] = upstream_model.strip()
+    if kind is not None:
+        if kind not in MODEL_KINDS:
+            raise ManageError(f"kind must be one of {', '.join(MODEL_KINDS)}")
+        model.kind = changed["kind"] = kind
+    for field in PRICE_FIELDS:
+        value = prices.get(field)
+        if value is not None:
+            if value < 0:
+                raise ManageError(f"{field} must not be negative")
+            setattr(model, field, value)
+            changed[field] = value
+    if fallbacks is not None:
+        for slug in fallbacks:
+            if slug == model.slug:
+                raise ManageError("a model cannot fall back to itself")
+            get_model(slug)
+        model.fallbacks = changed["fallbacks"] = list(fallbacks) or None
+    if enabled is not None:
+        model.enabled = changed["enabled"] = enabled
+    return changed
+
+
+def update_model(actor: str, model: Model, provider: Provider | None = None, **fields) -> dict:
+    """Change a model's mapping, prices or fallbacks."""
+    changed = _model_fields(model, **fields)
+    if provider is not None:
+        model.provider_id = provider.id
+        changed["provider"] = provider.name
+    audit(actor, "update", "model", model.slug, changed)
+    return changed
+
+
+def delete_model(actor: str, model: Model) -> None:
+    """Delete a model (its log rows keep the slug)."""
+    db.session.delete(model)
+    audit(actor, "delete", "model", model.slug)
+
+
+# -- prompts -----------------------------------------------------------------------------------------
+def get_prompt(ref: str) -> Prompt:
+    """A prompt by slug or id."""
+    found = db.session.scalar(sa.select(Prompt).where(Prompt.slug == ref))
+    if found is None and str(ref).isdigit():
+        found = db.session.get(Prompt, int(ref))
+    if found is None:
+        raise ManageError(f"no prompt `{ref}`")
+    return found
+
+
+def create_prompt(actor: str, slug: str, text: str, mode: str = "prepend", description: str = "",
+                  **version_fields) -> Prompt:
+    """A new prompt with its version 1."""
+    slug = _slug(slug, "prompt slug")
+    _unique(Prompt, Prompt.slug, slug, "prompt")
+    if mode not in PROMPT_MODES:
+        raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")
+    prompt = Prompt(slug=slug, mode=mode, description=description or "", latest_version=0)
+    db.session.add(prompt)
+    db.session.flush()
+    add_version(actor, prompt, text, **version_fields)
+    audit(actor, "create", "prompt", slug, {"mode": mode})
+    return prompt
+
+
+def add_version(actor: str, prompt: Prompt, text: str, variables: dict | None = None, tools: list | None = None,
+                params: dict | None = None, note: str = "") -> PromptVersion:
+    """Save a new immutable version; it becomes live unless the live version is pinned."""
+    if not text or not text.strip():
+        raise ManageError("prompt text must not be empty")
+    _check_version_fields(text, variables, tools, params)
+    number = (prompt.latest_version or 0) + 1
+    version = PromptVersion(prompt_id=prompt.id, version=number, text=text, variables=variables or None,
+                            tools=tools or None, params=params or None, note=(note or "")[:256], created_by=actor)
+    db.session.add(version)
+    prompt.latest_version = number
+    prompt.updated_at = utcnow()
+    audit(actor, "version", "prompt", f"{prompt.slug}@{number}")
+    return version
+
+
+def _check_version_fields(text, variables, tools, params) -> None:
+    if variables is not None:
+        if not isinstance(variables, dict) or not all(isinstance(v, str | int | float | bool)
+                                                      for v in variables.values()):
+            raise ManageError("variables must map names to default text")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function"
+                                                  and isinstance(t.get("function"), dict)
+                                                  and t["function"].get("name") for t in tools):
+            raise ManageError("tools must be a list of OpenAI function tools with names")
+    if params is not None:
+        if not isinstance(params, dict) or not all(isinstance(p, dict) and "value" in p for p in params.values()):
+            raise ManageError('params must map names to {"value": ..., "locked": true|false}')
+        if "model" in params or "messages" in params or "stream" in params:
+            raise ManageError("params cannot set model, messages or stream")
+    del text
+
+
+def update_prompt(actor: str, prompt: Prompt, mode: str | None = None, description: str | None = None) -> dict:
+    """Change a prompt's mode or description (text changes make versions)."""
+    changed = {}
+    if mode is not None:
+        if mode not in PROMPT_MODES:
+            raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")
+        prompt.mode = changed["mode"] = mode
+    if description is not None:
+        prompt.description = changed["description"] = description
+    if changed:
+        prompt.updated_at = utcnow()
+        audit(actor, "update", "prompt", prompt.slug, changed)
+    return changed
+
+
+def get_version(prompt: Prompt, number: int) -> PromptVersion:
+    """One version of a prompt."""
+    found = db.session.scalar(sa.select(PromptVersion).where(PromptVersion.prompt_id == prompt.id,
+                                                             PromptVersion.version == number))
+    if found is None:
+        raise ManageError(f"prompt `{prompt.slug}` has no version {number}")
+    return found
+
+
+def set_live(actor: str, prompt: Prompt, number: int | None) -> None:
+    """Roll back or forward: pin the live version (None follows the newest)."""
+    if number is not None:
+        get_version(prompt, number)
+    prompt.live_version = number
+    prompt.updated_at = utcnow()
+    audit(actor, "rollback", "prompt", prompt.slug, {"live_version": number})
+
+
+def set_label(actor: str, prompt: Prompt, label: str, number: int) -> None:
+    """Point a label at a version (creating or moving it)."""
+    if not valid_label(label):
+        raise ManageError("label must be letters, digits, '.', '_' or '-', and not a number")
+    get_version(prompt, number)
+    found = db.session.scalar(sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id,
+                                                           PromptLabel.label == label))
+    if found is None:
+        db.session.add(PromptLabel(prompt_id=prompt.id, label=label, version=number))
+    else:
+        found.version = number
+    prompt.updated_at = utcnow()
+    audit(actor, "label", "prompt", prompt.slug, {"label": label, "version": number})
+
+
+def delete_prompt(actor: str, prompt: Prompt) -> None:
+    """Delete a prompt and its versions (log rows keep slug and version)."""
+    db.session.execute(sa.delete(PromptLabel).where(PromptLabel.prompt_id == prompt.id))
+    db.session.execute(sa.delete(PromptVersion).where(PromptVersion.prompt_id == prompt.id))
+    db.session.delete(prompt)
+    audit(actor, "delete", "prompt", prompt.slug)
+
+
+def declared_variables(text: str) -> list[str]:
+    """Variables used in a prompt text."""
+    return variables_in(text)

@@ -1,0 +1,245 @@
+"""Domain models: users, keys, providers, models, prompts, request log, audit."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from .extensions import db
+
+
+def utcnow() -> datetime:
+    """Naive UTC now; every timestamp in the database is naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class LimitsMixin:
+    """Per-subject limits shared by users and keys (None = no limit / inherit)."""
+
+    rpm: so.Mapped[int | None] = so.mapped_column(sa.Integer)
+    tpm: so.Mapped[int | None] = so.mapped_column(sa.Integer)
+    max_concurrent: so.Mapped[int | None] = so.mapped_column(sa.Integer)
+    budget_usd: so.Mapped[float | None] = so.mapped_column(sa.Float)
+    budget_period: so.Mapped[str | None] = so.mapped_column(sa.String(8))
+    # None = no list; for users that means no access unless all_* is set, for keys "inherit".
+    allowed_models: so.Mapped[list | None] = so.mapped_column(sa.JSON)
+    allowed_prompts: so.Mapped[list | None] = so.mapped_column(sa.JSON)
+
+
+class User(LimitsMixin, db.Model):
+    """A person or service that calls the API and may log in to the dashboard."""
+
+    __tablename__ = "users"
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    email: so.Mapped[str | None] = so.mapped_column(sa.String(254), unique=True)
+    role: so.Mapped[str] = so.mapped_column(sa.String(16), default="member")
+    active: so.Mapped[bool] = so.mapped_column(default=True)
+    password_hash: so.Mapped[str | None] = so.mapped_column(sa.String(256))
+    all_models: so.Mapped[bool] = so.mapped_column(default=False)
+    all_prompts: so.Mapped[bool] = so.mapped_column(default=False)
+    session_version: so.Mapped[int] = so.mapped_column(default=0)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    keys: so.WriteOnlyMapped[ApiKey] = so.relationship(back_populates="user", passive_deletes=True)
+
+    @property
+    def is_admin(self) -> bool:
+        """True for dashboard administrators."""
+        return self.role == "admin"
+
+    # Flask-Login protocol
+    @property
+    def is_active(self) -> bool:
+        """Disabled users cannot log in."""
+        return self.active
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Loaded users are authenticated."""
+        return True
+
+    @property
+    def is_anonymous(self) -> bool:
+        """Loaded users are not anonymous."""
+        return False
+
+    def get_id(self) -> str:
+        """Session id: user id plus session version, so a password change ends old sessions."""
+        return f"{self.id}:{self.session_version}"
+
+
+class ApiKey(LimitsMixin, db.Model):
+    """A user's secret, stored only as a SHA-256 hash."""
+
+    __tablename__ = "api_keys"
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    key_hash: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    prefix: so.Mapped[str] = so.mapped_column(sa.String(16))
+    last4: so.Mapped[str] = so.mapped_column(sa.String(4))
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    expires_at: so.Mapped[datetime | None]
+    revoked_at: so.Mapped[datetime | None]
+    last_used_at: so.Mapped[datetime | None]
+    user: so.Mapped[User] = so.relationship(back_populates="keys")
+
+    @property
+    def display(self) -> str:
+        """Prefix and last four characters, the only form a key is ever shown in again."""
+        return f"{self.prefix}…{self.last4}"
+
+
+class Provider(db.Model):
+    """An upstream AI API; its secret is stored encrypted."""
+
+    __tablename__ = "providers"
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    kind: so.Mapped[str] = so.mapped_column(sa.String(16), default="openai")
+    base_url: so.Mapped[str] = so.mapped_column(sa.String(512))
+    api_key_encrypted: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    api_key_hint: so.Mapped[str | None] = so.mapped_column(sa.String(16))
+    extra_headers_encrypted: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    connect_timeout: so.Mapped[float | None]
+    first_byte_timeout: so.Mapped[float | None]
+    idle_timeout: so.Mapped[float | None]
+    total_timeout: so.Mapped[float | None]
+    stream_usage: so.Mapped[bool] = so.mapped_column(default=True)
+    anthropic_version: so.Mapped[str | None] = so.mapped_column(sa.String(32))
+    default_max_tokens: so.Mapped[int | None]
+    enabled: so.Mapped[bool] = so.mapped_column(default=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+
+class Model(db.Model):
+    """What clients ask for: a public slug mapped to a provider's model."""
+
+    __tablename__ = "models"
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    slug: so.Mapped[str] = so.mapped_column(sa.String(128), unique=True)
+    provider_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("providers.id"), index=True)
+    upstream_model: so.Mapped[str] = so.mapped_column(sa.String(256))
+    kind: so.Mapped[str] = so.mapped_column(sa.String(16), default="chat")
+    input_price: so.Mapped[float] = so.mapped_column(default=0.0)  # USD per million tokens
+    output_price: so.Mapped[float] = so.mapped_column(default=0.0)
+    cached_input_price: so.Mapped[float | None]
+    cache_write_price: so.Mapped[float | None]
+    fallbacks: so.Mapped[list | None] = so.mapped_column(sa.JSON)
+    enabled: so.Mapped[bool] = so.mapped_column(default=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    provider: so.Mapped[Provider] = so.relationship()
+
+
+class Prompt(db.Model):
+    """A stored system prompt; its text lives in immutable versions."""
+
+    __tablename__ = "prompts"
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    slug: so.Mapped[str] = so.mapped_column(sa.String(128), unique=True)
+    description: so.Mapped[str] = so.mapped_column(sa.Text, default="")
+    mode: so.Mapped[str] = so.mapped_column(sa.String(16), default="prepend")
+    live_version: so.Mapped[int | None]  # None = the newest version
+    latest_version: so.Mapped[int] = so.mapped_column(default=0)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PromptVersion(db.Model):
+    """One immutable version of a prompt's text, variables, tools and parameters."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (sa.UniqueConstraint("prompt_id", "version"),)
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    prompt_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    version: so.Mapped[int]
+    text: so.Mapped[str] = so.mapped_column(sa.Text)
+    variables: so.Mapped[dict | None] = so.mapped_column(sa.JSON)  # declared name -> default
+    tools: so.Mapped[list | None] = so.mapped_column(sa.JSON)
+    params: so.Mapped[dict | None] = so.mapped_column(sa.JSON)  # name -> {"value": v, "locked": bool}
+    note: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
+    created_by: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+
+class PromptLabel(db.Model):
+    """A named pointer (production, staging, ...) to one version of a prompt."""
+
+    __tablename__ = "prompt_labels"
+    __table_args__ = (sa.UniqueConstraint("prompt_id", "label"),)
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    prompt_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    label: so.Mapped[str] = so.mapped_column(sa.String(64))
+    version: so.Mapped[int]
+
+
+class RequestLog(db.Model):
+    """One row per request that reached /v1, including rejected and failed ones."""
+
+    __tablename__ = "request_logs"
+    __table_args__ = (
+        sa.Index("ix_request_logs_user_created", "user_id", "created_at"),
+        sa.Index("ix_request_logs_model_created", "model", "created_at"),
+    )
+    id: so.Mapped[int] = so.mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    request_id: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, index=True)
+    user_id: so.Mapped[int | None]
+    key_id: so.Mapped[int | None]
+    model: so.Mapped[str | None] = so.mapped_column(sa.String(256))
+    model_id: so.Mapped[int | None]
+    upstream_model: so.Mapped[str | None] = so.mapped_column(sa.String(256))
+    prompt: so.Mapped[str | None] = so.mapped_column(sa.String(128))
+    prompt_version: so.Mapped[int | None]
+    provider_id: so.Mapped[int | None]
+    endpoint: so.Mapped[str] = so.mapped_column(sa.String(64))
+    inbound_format: so.Mapped[str] = so.mapped_column(sa.String(16), default="openai")
+    stream: so.Mapped[bool] = so.mapped_column(default=False)
+    status: so.Mapped[int]
+    error_type: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    error_message: so.Mapped[str | None] = so.mapped_column(sa.String(512))
+    input_tokens: so.Mapped[int | None]
+    output_tokens: so.Mapped[int | None]
+    cached_tokens: so.Mapped[int | None]
+    cache_write_tokens: so.Mapped[int | None]
+    usage_estimated: so.Mapped[bool] = so.mapped_column(default=False)
+    cost: so.Mapped[float | None]
+    latency_ms: so.Mapped[float | None]
+    ttft_ms: so.Mapped[float | None]
+    client_ip: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    request_body: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    response_body: so.Mapped[str | None] = so.mapped_column(sa.Text)
+
+
+class AuditEvent(db.Model):
+    """Who changed what in the dashboard or on the CLI, and when."""
+
+    __tablename__ = "audit_events"
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, index=True)
+    actor: so.Mapped[str] = so.mapped_column(sa.String(128))
+    action: so.Mapped[str] = so.mapped_column(sa.String(64))
+    target_type: so.Mapped[str] = so.mapped_column(sa.String(32))
+    target: so.Mapped[str] = so.mapped_column(sa.String(256))
+    details: so.Mapped[dict | None] = so.mapped_column(sa.JSON)
+
+
+class Setting(db.Model):
+    """Small key/value state shared by all instances (catalog revision, set-up token)."""
+
+    __tablename__ = "settings"
+    key: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)
+    value: so.Mapped[str] = so.mapped_column(sa.Text)
+
+
+class BudgetUsage(db.Model):
+    """Spend settled and reserved for one user or key in one budget period."""
+
+    __tablename__ = "budget_usage"
+    __table_args__ = (sa.UniqueConstraint("subject", "period_start"),)
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    subject: so.Mapped[str] = so.mapped_column(sa.String(32))  # "user:1" or "key:7"
+    period_start: so.Mapped[datetime]
+    spent: so.Mapped[float] = so.mapped_column(default=0.0)
+    reserved: so.Mapped[float] = so.mapped_column(default=0.0)

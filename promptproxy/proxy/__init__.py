@@ -1,0 +1,1 @@
+"""The request path: resolve, inject, send, relay, record."""

@@ -1,0 +1,290 @@
+"""In-memory snapshot of providers, models, prompts and keys, refreshed when the shared revision changes."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from ..crypto import Box, SecretError, hash_key
+from ..extensions import db
+from ..models import ApiKey, Model, Prompt, PromptLabel, PromptVersion, Provider, Setting, User, utcnow
+
+REVISION_KEY = "revision"
+WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """A provider as the hot path needs it, secret decrypted."""
+
+    id: int
+    name: str
+    kind: str
+    base_url: str
+    api_key: str | None
+    headers: dict
+    connect_timeout: float
+    first_byte_timeout: float
+    idle_timeout: float
+    total_timeout: float
+    stream_usage: bool
+    anthropic_version: str | None
+    default_max_tokens: int | None
+    broken: str | None = None  # why its secret cannot be used
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model as the hot path needs it."""
+
+    id: int
+    slug: str
+    provider: ProviderInfo
+    upstream_model: str
+    kind: str
+    input_price: float
+    output_price: float
+    cached_input_price: float | None
+    cache_write_price: float | None
+    fallbacks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptVersionInfo:
+    """One immutable prompt version."""
+
+    version: int
+    text: str
+    variables: dict
+    tools: list | None
+    params: dict | None
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInfo:
+    """A prompt with its live version loaded; other versions load on demand."""
+
+    id: int
+    slug: str
+    mode: str
+    live: int
+    labels: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: a key and its user, with the key's narrowing applied."""
+
+    key_id: int
+    user_id: int
+    user_name: str
+    role: str
+    user_active: bool
+    expires_at: datetime | None
+    revoked: bool
+    models: frozenset | None  # None = all
+    prompts: frozenset | None
+    limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}}
+
+    def may_use_model(self, slug: str) -> bool:
+        """True if the model is on the effective allow-list."""
+        return self.models is None or slug in self.models
+
+    def may_use_prompt(self, slug: str) -> bool:
+        """True if the prompt is on the effective allow-list."""
+        return self.prompts is None or slug in self.prompts
+
+
+def effective_list(all_flag: bool, user_list: list | None, key_list: list | None) -> frozenset | None:
+    """A user's list (None with all_flag = everything, None without = nothing), narrowed by the key's."""
+    base = None if all_flag else frozenset(user_list or ())
+    if key_list is None:
+        return base
+    return frozenset(key_list) if base is None else base & frozenset(key_list)
+
+
+def _limits(obj) -> dict:
+    return {
+        "rpm": obj.rpm, "tpm": obj.tpm, "max_concurrent": obj.max_concurrent,
+        "budget_usd": obj.budget_usd, "budget_period": obj.budget_period or "month",
+    }
+
+
+def principal_from(key: ApiKey, user: User) -> Principal:
+    """Build the immutable principal for a key row and its user row."""
+    return Principal(
+        key_id=key.id, user_id=user.id, user_name=user.name, role=user.role, user_active=user.active,
+        expires_at=key.expires_at, revoked=key.revoked_at is not None,
+        models=effective_list(user.all_models, user.allowed_models, key.allowed_models),
+        prompts=effective_list(user.all_prompts, user.allowed_prompts, key.allowed_prompts),
+        limits={"user": _limits(user), "key": _limits(key)},
+    )
+
+
+class Catalog:
+    """Thread-safe snapshot; at most one revision check per TTL, full reload only on change."""
+
+    def __init__(self, box: Box, ttl: float = 1.0, key_cache_size: int = 100_000):
+        self.box = box
+        self.ttl = ttl
+        self.key_cache_size = key_cache_size
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._revision: str | None = None
+        self.models: dict[str, ModelInfo] = {}
+        self.models_by_id: dict[str, ModelInfo] = {}
+        self.prompts: dict[str, PromptInfo] = {}
+        self.prompts_by_id: dict[str, PromptInfo] = {}
+        self._versions: dict[tuple[int, int], PromptVersionInfo] = {}
+        self._keys: dict[str, Principal | None] = {}
+
+    # -- freshness -------------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> None:
+        """Reload if the shared revision changed; cheap when called on every request."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.ttl:
+            return
+        with self._lock:
+            if not force and now - self._checked < self.ttl:
+                return
+            revision = db.session.scalar(sa.select(Setting.value).where(Setting.key == REVISION_KEY))
+            if force or revision != self._revision:
+                self._load()
+                self._revision = revision
+            self._checked = time.monotonic()
+
+    def invalidate(self) -> None:
+        """Force a revision check on the next request (same process, immediate)."""
+        self._checked = 0.0
+        self._revision = None
+
+    def _provider(self, p: Provider, defaults: dict) -> ProviderInfo:
+        broken = None
+        secret = headers = None
+        try:
+            secret = self.box.decrypt(p.api_key_encrypted) if p.api_key_encrypted else None
+            headers = self.box.decrypt(p.extra_headers_encrypted) if p.extra_headers_encrypted else None
+        except SecretError as exc:
+            broken = str(exc)
+        return ProviderInfo(
+            id=p.id, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), api_key=secret,
+            headers=orjson.loads(headers) if headers else {},
+            connect_timeout=p.connect_timeout or defaults["CONNECT_TIMEOUT"],
+            first_byte_timeout=p.first_byte_timeout or defaults["FIRST_BYTE_TIMEOUT"],
+            idle_timeout=p.idle_timeout or defaults["IDLE_TIMEOUT"],
+            total_timeout=p.total_timeout or defaults["TOTAL_TIMEOUT"],
+            stream_usage=p.stream_usage, anthropic_version=p.anthropic_version,
+            default_max_tokens=p.default_max_tokens, broken=broken,
+        )
+
+    def _load(self) -> None:
+        from flask import current_app
+
+        cfg = current_app.config
+        providers = {p.id: self._provider(p, cfg) for p in db.session.scalars(sa.select(Provider))
+                     if p.enabled}
+        models, by_id = {}, {}
+        for m in db.session.scalars(sa.select(Model).where(Model.enabled)):
+            if m.provider_id not in providers:
+                continue
+            info = ModelInfo(
+                id=m.id, slug=m.slug, provider=providers[m.provider_id], upstream_model=m.upstream_model,
+                kind=m.kind, input_price=m.input_price or 0.0, output_price=m.output_price or 0.0,
+                cached_input_price=m.cached_input_price, cache_write_price=m.cache_write_price,
+                fallbacks=tuple(m.fallbacks or ()),
+            )
+            models[m.slug] = info
+            by_id[str(m.id)] = info
+        labels: dict[int, dict] = {}
+        for lab in db.session.scalars(sa.select(PromptLabel)):
+            labels.setdefault(lab.prompt_id, {})[lab.label] = lab.version
+        prompts, p_by_id = {}, {}
+        for p in db.session.scalars(sa.select(Prompt)):
+            if not p.latest_version:
+                continue
+            info = PromptInfo(id=p.id, slug=p.slug, mode=p.mode, live=p.live_version or p.latest_version,
+                              labels=labels.get(p.id, {}))
+            prompts[p.slug] = info
+            p_by_id[str(p.id)] = info
+        self.models, self.models_by_id = models, by_id
+        self.prompts, self.prompts_by_id = prompts, p_by_id
+        self._keys = {}
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def model(self, ref: str) -> ModelInfo | None:
+        """A model by slug or database id."""
+        return self.models.get(ref) or self.models_by_id.get(ref)
+
+    def prompt(self, ref: str) -> PromptInfo | None:
+        """A prompt by slug or database id."""
+        return self.prompts.get(ref) or self.prompts_by_id.get(ref)
+
+    def version(self, prompt: PromptInfo, number: int) -> PromptVersionInfo | None:
+        """A prompt version; immutable, so cached forever once loaded."""
+        key = (prompt.id, number)
+        found = self._versions.get(key)
+        if found is None:
+            row = db.session.scalar(sa.select(PromptVersion).where(
+                PromptVersion.prompt_id == prompt.id, PromptVersion.version == number))
+            if row is None:
+                return None
+            found = PromptVersionInfo(row.version, row.text, row.variables or {}, row.tools, row.params)
+            self._versions[key] = found
+        return found
+
+    def principal(self, raw_key: str) -> Principal | None:
+        """The principal for a raw key, looked up once by hash and then cached until a change."""
+        digest = hash_key(raw_key)
+        try:
+            return self._keys[digest]
+        except KeyError:
+            pass
+        row = db.session.execute(
+            sa.select(ApiKey, User).join(User, ApiKey.user_id == User.id).where(ApiKey.key_hash == digest)
+        ).first()
+        found = principal_from(*row) if row else None
+        if len(self._keys) >= self.key_cache_size:
+            self._keys.clear()
+        self._keys[digest] = found
+        return found
+
+
+def bump_revision(session: Session) -> None:
+    """Mark the catalog changed for every instance (runs inside the writing transaction)."""
+    value = uuid.uuid4().hex
+    updated = session.execute(
+        sa.update(Setting).where(Setting.key == REVISION_KEY).values(value=value)
+    ).rowcount
+    if not updated:
+        session.add(Setting(key=REVISION_KEY, value=value))
+
+
+def _before_flush(session, flush_context, instances) -> None:
+    """Any ORM change to a watched model bumps the revision, so no call site can forget to."""
+    if session.info.get("bumping"):
+        return
+    changed = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(obj, WATCHED) for obj in changed):
+        session.info["bumping"] = True
+        try:
+            bump_revision(session)
+        finally:
+            session.info["bumping"] = False
+
+
+def install_revision_hook() -> None:
+    """Register the before_flush hook once per process."""
+    if not event.contains(Session, "before_flush", _before_flush):
+        event.listen(Session, "before_flush", _before_flush)
+
+
+def now() -> datetime:
+    """Naive UTC now (re-exported for expiry checks)."""
+    return utcnow()

@@ -1,0 +1,53 @@
+"""Per-app gateway state: catalog, upstream pools, limiter, request-log writer."""
+from __future__ import annotations
+
+from ..crypto import Box
+from .catalog import Catalog
+from .logwriter import LogWriter
+from .upstream import Upstreams
+
+
+class Admission:
+    """What the limiter admitted for one call: response headers, then settle or release once."""
+
+    headers: dict = {}
+
+    def finish(self, call) -> None:
+        """Settle usage and cost (or release the reservation if nothing was used)."""
+
+
+class NullLimiter:
+    """Admits everything; replaced by the configured limiter."""
+
+    def admit(self, call, body: dict) -> Admission:
+        """Admit the call."""
+        return Admission()
+
+
+class Gateway:
+    """Everything the request path shares across requests in one process."""
+
+    def __init__(self, app):
+        cfg = app.config
+        self.box = Box(cfg["ENCRYPTION_KEY"], tuple(k for k in cfg.get("OLD_ENCRYPTION_KEYS", ()) if k))
+        self.catalog = Catalog(self.box, ttl=cfg["CACHE_TTL"])
+        self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"])
+        self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10))
+        self.limiter = NullLimiter()
+        self.log_bodies = cfg["LOG_BODIES"]
+        self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+        self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
+
+    def record(self, call) -> None:
+        """Queue the call's log row exactly once."""
+        if call.recorded:
+            return
+        call.recorded = True
+        self.logs.submit(call.row())
+        for hook in self.record_hooks:
+            hook(call)
+
+    def close(self) -> None:
+        """Flush the log and close upstream pools (graceful shutdown)."""
+        self.logs.close()
+        self.upstreams.close()

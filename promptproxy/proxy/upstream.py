@@ -1,0 +1,90 @@
+"""Pooled HTTP sessions per provider and the one place that sends upstream requests."""
+from __future__ import annotations
+
+import threading
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ..api.errors import ApiError
+from ..providers.base import UpstreamRequest
+from .catalog import ProviderInfo
+
+
+class Upstreams:
+    """One requests.Session per provider, sized for the server's thread pool."""
+
+    def __init__(self, pool_size: int):
+        self.pool_size = pool_size
+        self._sessions: dict[tuple, requests.Session] = {}
+        self._lock = threading.Lock()
+
+    def session(self, provider: ProviderInfo) -> requests.Session:
+        """The pooled session for a provider (a new one if its base URL changed)."""
+        key = (provider.id, provider.base_url)
+        found = self._sessions.get(key)
+        if found is None:
+            with self._lock:
+                found = self._sessions.get(key)
+                if found is None:
+                    found = requests.Session()
+                    found.trust_env = False  # never route through environment proxies or .netrc
+                    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+                    found.mount("http://", adapter)
+                    found.mount("https://", adapter)
+                    self._sessions[key] = found
+        return found
+
+    def send(self, provider: ProviderInfo, req: UpstreamRequest, first_byte_timeout: float) -> requests.Response:
+        """POST and return once headers arrive; network failures become 502/504 ApiErrors."""
+        try:
+            return self.session(provider).post(
+                req.url, data=req.body, headers=req.headers, stream=True, allow_redirects=False,
+                timeout=(provider.connect_timeout, first_byte_timeout),
+            )
+        except requests.exceptions.ConnectTimeout:
+            raise ApiError(504, "The upstream did not accept the connection in time.",
+                           code="upstream_timeout", type="server_error") from None
+        except requests.exceptions.ReadTimeout:
+            raise ApiError(504, "The upstream did not answer in time.", code="upstream_timeout",
+                           type="server_error") from None
+        except requests.exceptions.RequestException:
+            raise ApiError(502, "The upstream could not be reached.", code="upstream_unavailable",
+                           type="server_error") from None
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+
+
+def set_idle_timeout(resp: requests.Response, seconds: float) -> None:
+    """After the headers, later reads wait at most the idle gap (not the first-byte timeout)."""
+    conn = getattr(resp.raw, "_connection", None) or getattr(resp.raw, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def read_body(resp: requests.Response, limit: int) -> bytes:
+    """Read a whole response body, refusing one larger than the limit."""
+    chunks, size = [], 0
+    for chunk in resp.raw.stream(65536, decode_content=True):
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise ApiError(502, "The upstream response was too large.", code="bad_upstream_response",
+                           type="server_error")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def iter_raw(resp: requests.Response, chunk_size: int = 65536):
+    """Yield bytes as they arrive (read1 returns whatever one socket read gives)."""
+    raw = resp.raw
+    while True:
+        data = raw.read1(chunk_size) if hasattr(raw, "read1") else raw.read(1)
+        if not data:
+            return
+        yield data

@@ -1,0 +1,70 @@
+"""Serve with waitress, tuned for many concurrent streams; flush the request log on shutdown."""
+from __future__ import annotations
+
+import atexit
+import logging
+import secrets
+import signal
+import sys
+
+import sqlalchemy as sa
+from waitress.server import create_server
+
+log = logging.getLogger("promptproxy.server")
+
+
+def serve(app, host: str | None = None, port: int | None = None, threads: int | None = None) -> None:
+    """Run waitress until SIGTERM/SIGINT, then flush what is queued."""
+    cfg = app.config
+    host = host or cfg["HOST"]
+    port = int(port or cfg["PORT"])
+    threads = int(threads or cfg["THREADS"])
+    gw = app.extensions["promptproxy"]
+    server = create_server(
+        app, host=host, port=port, threads=threads,
+        connection_limit=max(2 * threads, 100),
+        channel_request_lookahead=1,  # lets waitress notice a client that went away mid-stream
+        max_request_body_size=cfg["MAX_BODY_BYTES"],
+        max_request_header_size=64 * 1024,
+        channel_timeout=120, cleanup_interval=10, outbuf_high_watermark=1024 * 1024,
+        send_bytes=1, expose_tracebacks=False, ident="promptproxy",
+    )
+    atexit.register(gw.close)
+
+    def stop(signum, frame):
+        log.info("signal %s: closing listener, flushing the request log", signum)
+        server.close()
+        gw.close()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    announce_setup(app)
+    print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
+    server.run()
+
+
+def announce_setup(app) -> None:
+    """With no admin yet, print a one-time set-up token for the dashboard's first-run page."""
+    from .extensions import db
+    from .models import Setting, User
+
+    with app.app_context():
+        try:
+            has_admin = db.session.scalar(sa.select(sa.func.count()).select_from(User).where(User.role == "admin"))
+        except sa.exc.SQLAlchemyError:
+            print("The database is not set up: run `promptproxy db upgrade` first.", flush=True)
+            return
+        if has_admin:
+            return
+        token = secrets.token_urlsafe(24)
+        from .crypto import hash_key
+
+        found = db.session.get(Setting, "setup_token")
+        if found is None:
+            db.session.add(Setting(key="setup_token", value=hash_key(token)))
+        else:
+            found.value = hash_key(token)
+        db.session.commit()
+        print(f"No admin yet. Open /admin/setup and use this one-time token: {token}", flush=True)
+        print("(or run: promptproxy create-admin --email E --password P)", flush=True)

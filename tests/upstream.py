@@ -1,0 +1,152 @@
+"""A real local upstream HTTP server for end-to-end tests: OpenAI-style by default, scriptable per test."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def chat_response(model: str, content: str = "Bonjour!", usage: dict | None = None) -> dict:
+    """A chat.completion body."""
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 1700000000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": usage or {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+
+
+def chunk(model: str, content: str | None = None, finish: str | None = None, role: bool = False) -> dict:
+    """A chat.completion.chunk body."""
+    delta = {}
+    if role:
+        delta["role"] = "assistant"
+    if content is not None:
+        delta["content"] = content
+    return {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+class Upstream:
+    """Records every request; answers by `self.handler(req)` -> (status, headers, body-bytes or iterator)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.handler = self.default
+        self.delay = 0.0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                req = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body,
+                       "raw": raw}
+                outer.requests.append(req)
+                if outer.delay:
+                    time.sleep(outer.delay)
+                status, headers, payload = outer.handler(req)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if isinstance(payload, bytes | str):
+                    data = payload.encode() if isinstance(payload, str) else payload
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for part in payload:
+                        if part is None:  # abort the connection mid-stream
+                            self.wfile.flush()
+                            self.connection.shutdown(2)
+                            return
+                        if isinstance(part, int | float):
+                            time.sleep(part)
+                            continue
+                        data = part.encode() if isinstance(part, str) else part
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError, OSError):
+                    outer.disconnects += 1
+
+            do_POST = do_GET = _serve
+
+        self.disconnects = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def default(self, req):
+        """OpenAI-like answers for chat, completions, embeddings, with SSE when asked."""
+        body = req["body"] or {}
+        model = body.get("model", "?")
+        path = req["path"]
+        if path.endswith("/embeddings"):
+            inputs = body.get("input")
+            n = len(inputs) if isinstance(inputs, list) else 1
+            return 200, {"Content-Type": "application/json"}, json.dumps({
+                "object": "list", "model": model,
+                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(n)],
+                "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+        if path.endswith("/completions") and "chat" not in path:
+            if body.get("stream"):
+                return 200, {"Content-Type": "text/event-stream"}, self.sse([
+                    {"id": "cmpl-1", "object": "text_completion", "model": model,
+                     "choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in ("Hel", "lo")
+                ], body, model)
+            return 200, {"Content-Type": "application/json"}, json.dumps({
+                "id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "text": "Hello", "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}})
+        if body.get("stream"):
+            chunks = [chunk(model, "", role=True)] + [chunk(model, t) for t in ("Bon", "jour", "!")]
+            chunks.append(chunk(model, finish="stop"))
+            return 200, {"Content-Type": "text/event-stream"}, self.sse(chunks, body, model)
+        return 200, {"Content-Type": "application/json", "x-ratelimit-remaining-requests": "99"}, \
+            json.dumps(chat_response(model))
+
+    @staticmethod
+    def sse(chunks, body, model, gap: float = 0.0):
+        """Frames for the chunks, a usage chunk if asked, and [DONE]."""
+        def gen():
+            for c in chunks:
+                if gap:
+                    yield gap
+                yield f"data: {json.dumps(c)}\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield "data: " + json.dumps({"id": "x", "object": "chat.completion.chunk", "model": model,
+                                             "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3,
+                                                                      "total_tokens": 14}}) + "\n\n"
+            yield "data: [DONE]\n\n"
+        return gen()
+
+    def start(self) -> Upstream:
+        """Serve in a background thread."""
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Shut down."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def last(self) -> dict:
+        """The most recent request."""
+        return self.requests[-1]
