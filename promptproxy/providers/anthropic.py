@@ -102,6 +102,9 @@ class AnthropicAdapter:
 
     def build(self, provider: ProviderInfo, endpoint: str, body: dict) -> UpstreamRequest:
         """POST to /v1/messages: an OpenAI chat body is translated; "messages"/"count_tokens" are native."""
+        if endpoint not in PATHS:
+            raise wire.TranslationError(f"Anthropic providers serve chat models only, not {endpoint} models.",
+                                        "model")
         if endpoint == "chat":
             max_tokens = provider.default_max_tokens or FALLBACK_MAX_TOKENS
             body = wire.openai_chat_to_anthropic(body, upstream_model=body["model"], default_max_tokens=max_tokens)

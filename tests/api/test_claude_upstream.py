@@ -193,3 +193,15 @@ def test_version_base_url_and_default_max_tokens_are_configurable(sdk, claude, a
     assert claude.last["path"] == "/v1/messages"
     assert claude.last["headers"]["anthropic-version"] == "2024-01-01"
     assert claude.last["body"]["max_tokens"] == 1234
+
+
+def test_completion_model_on_anthropic_provider_is_refused(live, seeded, claude_model, claude, app):
+    with app.app_context():
+        provider = db.session.query(Provider).filter_by(name="anthropic").one()
+        manage.create_model("t", "claude-text", provider, "claude-x", kind="completion")
+        db.session.commit()
+    sdk = openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.completions.create(model="claude-text", prompt="hi")
+    assert info.value.body["param"] == "model" and "chat models only" in info.value.body["message"]
+    assert claude.requests == []
