@@ -61,28 +61,32 @@ def count_tokens():
 
 
 def prepare(gw, call) -> dict:
-    """Authenticate, parse, resolve the model and build both bodies: OpenAI chat, and native if supported."""
+    """Authenticate, parse, resolve the model; the body for its provider plus an OpenAI-shaped view for limits."""
     gw.catalog.refresh()
     call.principal = authenticate(gw.catalog)
     body = json_body()
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "`messages` must be a non-empty array.", param="messages")
+    service.validate(body, "chat")  # the checks it makes (messages, stream, max_tokens) hold for both formats
     service.check_routing_keys(body)
     variables = body.pop("prompt_variables", None)
+    service.resolve(gw, call, body, "chat")
+    provider = call.model.provider
+    if getattr(get_adapter(provider.kind), "native_messages", False):
+        # Translated only to check it is well-formed would refuse what Claude accepts (documents, server tools).
+        if variables is not None and call.version is None:
+            raise ApiError(400, "`prompt_variables` needs a stored prompt in `model`", param="prompt_variables",
+                           code="invalid_prompt_request")
+        native = native_body(call, body, variables, provider.default_max_tokens)
+        system = native.get("system")
+        view = {**native, "messages": [{"role": "system", "content": system}, *native["messages"]]} if system \
+            else native
+        return {"chat": view, "native": native}
     chat = to_chat(body)
     if variables is not None:
-        chat["prompt_variables"] = copy.deepcopy(variables)
-    service.validate(chat, "chat")
-    service.resolve(gw, call, body, "chat")
+        chat["prompt_variables"] = variables
     chat = service.build_body(call, chat, "chat")
-    provider = call.model.provider
-    native = None
-    if getattr(get_adapter(provider.kind), "native_messages", False):
-        native = native_body(call, body, variables, provider.default_max_tokens)
-    elif not provider.stream_usage:
+    if not provider.stream_usage:
         chat.pop("stream_options", None)  # this server refuses it; usage is then estimated
-    return {"chat": chat, "native": native}
+    return {"chat": chat, "native": None}
 
 
 def to_chat(body: dict) -> dict:

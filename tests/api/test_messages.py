@@ -330,3 +330,30 @@ def test_count_tokens_needs_a_key(live):
     assert resp.status_code == 401
     assert resp.json() == {"type": "error", "error": {"type": "authentication_error",
                                                       "message": "Incorrect API key provided."}}
+
+
+def test_claude_only_features_pass_through_untranslated(live, seeded, claude_model, claude):
+    doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}
+    shot = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    messages = [
+        {"role": "user", "content": [doc, {"type": "text", "text": "Sum up", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "...", "signature": "sig"},
+                                          {"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [shot]}]},
+    ]
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]
+    resp = requests.post(live + "/v1/messages", headers={"x-api-key": seeded.key}, timeout=10, json={
+        "model": "claude", "max_tokens": 50, "messages": messages, "tools": tools, "service_tier": "auto"})
+    assert resp.status_code == 200
+    body = claude.last["body"]
+    assert (body["messages"], body["tools"], body["service_tier"]) == (messages, tools, "auto")
+
+
+def test_claude_only_features_are_refused_for_openai_models(live, seeded, upstream):
+    resp = requests.post(live + "/v1/messages", headers={"x-api-key": seeded.key}, timeout=10, json={
+        "model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    assert resp.status_code == 400
+    assert resp.json()["error"] == {"type": "invalid_request_error",
+                                    "message": "Anthropic server tools are not available on this model."}
+    assert upstream.requests == []
