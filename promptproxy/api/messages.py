@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import orjson
-from flask import g
+from flask import g, request
 
 from ..providers import anthropic_wire as wire
 from ..providers import get_adapter
+from ..providers.anthropic import BETA_FIELD
 from ..proxy import prompts as P
 from ..proxy import service
 from ..proxy.usage import count_tokens as tiktoken_count
@@ -20,7 +22,8 @@ from .routes import bp, gateway, json_body, json_response, start_stream
 PARAM_NAMES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "max_tokens": "max_tokens",
                "max_completion_tokens": "max_tokens", "stop": "stop_sequences", "stop_sequences": "stop_sequences",
                "metadata": "metadata", "thinking": "thinking", "tool_choice": "tool_choice"}
-COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
+COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", BETA_FIELD)
+BETA_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @bp.post("/messages")
@@ -76,6 +79,9 @@ def prepare(gw, call) -> dict:
             raise ApiError(400, "`prompt_variables` needs a stored prompt in `model`", param="prompt_variables",
                            code="invalid_prompt_request")
         native = native_body(call, body, variables, provider.default_max_tokens)
+        beta = client_betas(request.headers.get("anthropic-beta"))
+        if beta:
+            native[BETA_FIELD] = beta
         system = native.get("system")
         view = {**native, "messages": [{"role": "system", "content": system}, *native["messages"]]} if system \
             else native
@@ -87,6 +93,13 @@ def prepare(gw, call) -> dict:
     if not provider.stream_usage:
         chat.pop("stream_options", None)  # this server refuses it; usage is then estimated
     return {"chat": chat, "native": None}
+
+
+def client_betas(header: str | None) -> str | None:
+    """The client's anthropic-beta flags (Claude Code needs them passed on), well-formed names only."""
+    names = [n.strip() for n in (header or "").split(",")[:20]]
+    names = [n for n in names if BETA_RE.fullmatch(n)]
+    return ",".join(names) or None
 
 
 def to_chat(body: dict) -> dict:

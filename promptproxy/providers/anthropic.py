@@ -10,6 +10,7 @@ from . import anthropic_wire as wire
 from .base import StreamOutput, UpstreamRequest
 
 DEFAULT_VERSION = "2023-06-01"
+BETA_FIELD = "_anthropic_beta"  # set by /v1/messages from the client's header; never sent as a body field
 FALLBACK_MAX_TOKENS = 4096  # only if neither the provider nor the config gives a default
 PATHS = {"chat": "/v1/messages", "messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
 # Status we answer when an Anthropic stream reports an error after it started (its HTTP status was 200).
@@ -108,8 +109,12 @@ class AnthropicAdapter:
         if endpoint == "chat":
             max_tokens = provider.default_max_tokens or FALLBACK_MAX_TOKENS
             body = wire.openai_chat_to_anthropic(body, upstream_model=body["model"], default_max_tokens=max_tokens)
+        client_beta = body.pop(BETA_FIELD, None) if endpoint != "chat" else None
         headers = {"content-type": "application/json", "anthropic-version": provider.anthropic_version
                    or DEFAULT_VERSION, **provider.headers}
+        if client_beta:
+            own = [headers.pop(k) for k in list(headers) if k.lower() == "anthropic-beta"]
+            headers["anthropic-beta"] = ",".join([*own, client_beta])
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
         if body.get("stream"):

@@ -11,8 +11,7 @@ from promptproxy.extensions import db
 from promptproxy.models import Provider
 
 from ..anthropic_upstream import fixture_json, fixture_sse
-from ..conftest import log_rows
-from .conftest import CLAUDE_SECRET
+from .conftest import CLAUDE_SECRET, settled_rows
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather",
@@ -91,7 +90,7 @@ def test_stream_text_with_usage_at_the_end(sdk, claude, app):
     assert {c.model for c in chunks} == {"claude"}
     assert claude.last["body"]["stream"] is True
     assert "stream_options" not in claude.last["body"]
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.stream, row.status, row.input_tokens, row.output_tokens) == (True, 200, 25, 15)
     assert not row.usage_estimated and row.inbound_format == "openai"
 
@@ -118,7 +117,7 @@ def test_cache_tokens_logged_and_priced_separately(sdk, app):
     # The fixture: 50 fresh input tokens, 1800 read from cache, 248 written to it, 90 output.
     assert resp.usage.prompt_tokens == 2098
     assert resp.usage.prompt_tokens_details.cached_tokens == 1800
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.input_tokens, row.cached_tokens, row.cache_write_tokens, row.output_tokens) == (2098, 1800, 248, 90)
     assert row.cost == pytest.approx((50 * 3.0 + 1800 * 0.3 + 248 * 3.75 + 90 * 15.0) / 1e6)
     assert round(row.cost * 1000, 2) == 2.97  # $0.00297, to a thousandth of a cent
@@ -132,7 +131,7 @@ def test_overloaded_529_is_503_overloaded(sdk, claude, app):
     assert info.value.status_code == 503
     assert info.value.body == {"message": "Overloaded", "type": "overloaded_error", "param": None,
                                "code": "overloaded"}
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.status, row.error_type, row.cost) == (503, "overloaded", None)
 
 
@@ -159,7 +158,7 @@ def test_error_event_mid_stream_reaches_the_client(sdk, claude, app):
     stream = sdk.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], stream=True)
     with pytest.raises(openai.APIError, match="Overloaded"):
         list(stream)
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.status, row.error_type) == (503, "overloaded")
 
 
@@ -168,7 +167,7 @@ def test_stream_cut_before_message_stop_is_an_error(sdk, claude, app):
                                   iter(fixture_sse("anthropic_stream_text.sse")[:4]))
     with pytest.raises(openai.APIError, match="ended the stream early"):
         list(sdk.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], stream=True))
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.status, row.error_type) == (502, "upstream_disconnect")
 
 

@@ -8,9 +8,8 @@ import pytest
 import requests
 
 from ..anthropic_upstream import fixture_json, fixture_sse, sse_events
-from ..conftest import log_rows
 from ..upstream import chat_response
-from .conftest import CLAUDE_SECRET
+from .conftest import CLAUDE_SECRET, settled_rows
 
 WEATHER = {"name": "get_weather", "description": "Current weather",
            "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}
@@ -48,7 +47,7 @@ def test_create_on_openai_model_without_prompt(sdk, upstream, app, seeded):
     assert sent["body"]["messages"] == [{"role": "system", "content": "Be brief."},
                                         {"role": "user", "content": "Good morning"}]
     assert sent["body"]["max_tokens"] == 100
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.inbound_format, row.endpoint, row.status, row.model) == ("anthropic", "/v1/messages", 200,
                                                                          "gpt-4o-mini")
     assert (row.input_tokens, row.output_tokens, row.user_id) == (11, 7, seeded.user_id)
@@ -63,7 +62,7 @@ def test_create_with_stored_prompt_and_bearer_key(live, seeded, upstream, app):
     assert upstream.last["body"]["messages"][:2] == [
         {"role": "system", "content": "Translate the user's words into French."},
         {"role": "system", "content": "Be brief."}]
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.prompt, row.prompt_version, row.inbound_format) == ("translator", 1, "anthropic")
 
 
@@ -95,7 +94,7 @@ def test_stream_on_openai_model_with_sdk(sdk, upstream, app):
     assert final.usage.output_tokens == 3 and final.stop_reason == "end_turn"
     assert upstream.last["body"]["messages"][0]["role"] == "system"
     assert upstream.last["body"]["stream_options"] == {"include_usage": True}
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.stream, row.inbound_format, row.input_tokens, row.output_tokens) == (True, "anthropic", 11, 3)
 
 
@@ -143,7 +142,7 @@ def test_create_on_claude_passes_through_with_stored_prompt_first(sdk, claude, a
     assert body["system"] == [{"type": "text", "text": "Translate the user's words into French."}, *system]
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 512} and body["top_k"] == 5
     assert body["messages"] == [{"role": "user", "content": "Good morning"}]
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.inbound_format, row.model, row.upstream_model, row.prompt) == (
         "anthropic", "claude", "claude-sonnet-4-5-20250929", "translator")
     assert (row.input_tokens, row.output_tokens) == (2095, 503)
@@ -163,7 +162,7 @@ def test_cache_tokens_on_claude_priced_separately(sdk, app):
                               messages=[{"role": "user", "content": "Weather?"}])
     assert (msg.usage.cache_read_input_tokens, msg.usage.cache_creation_input_tokens) == (1800, 248)
     assert msg.content[1].input == {"location": "San Francisco, CA", "unit": "celsius"}
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.input_tokens, row.cached_tokens, row.cache_write_tokens, row.output_tokens) == (2098, 1800, 248, 90)
     assert round(row.cost, 5) == 0.00297
 
@@ -176,7 +175,7 @@ def test_stream_on_claude_is_relayed_event_for_event(live, seeded, claude_model,
     expected[0][1]["message"]["model"] = "claude"
     assert events_of(resp) == expected
     assert claude.last["body"]["system"][0]["text"] == "Translate the user's words into French."
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.stream, row.status, row.input_tokens, row.output_tokens) == (True, 200, 25, 15)
 
 
@@ -196,7 +195,7 @@ def test_overloaded_claude_gives_overloaded_error(sdk, claude, app):
         sdk.messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     assert info.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     assert info.value.response.headers["request-id"].startswith("req_")
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.status, row.error_type, row.inbound_format) == (info.value.status_code, "overloaded", "anthropic")
 
 
@@ -207,7 +206,7 @@ def test_error_event_mid_stream_on_claude(sdk, claude, app):
         with sdk.messages.stream(model="claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}]) as s:
             list(s.text_stream)
     assert info.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.status, row.error_type) == (503, "overloaded")
 
 
@@ -232,7 +231,7 @@ def test_bad_key_is_authentication_error(live, seeded, upstream, app):
                                                           "message": "Incorrect API key provided."}}
     assert info.value.response.headers["request-id"].startswith("req_")
     assert upstream.requests == []
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.status, row.inbound_format) == (401, "anthropic")
 
 
@@ -285,7 +284,7 @@ def test_connection_lost_mid_stream_ends_with_an_error_event(live, seeded, upstr
     assert [name for name, _ in events][:4] == ["message_start", "ping", "content_block_start", "content_block_delta"]
     assert events[-1] == ("error", {"type": "error", "error": {
         "type": "api_error", "message": "The upstream connection failed in the middle of the stream."}})
-    [row] = log_rows(app)
+    [row] = settled_rows(app)
     assert (row.status, row.error_type, row.inbound_format) == (502, "upstream_disconnect", "anthropic")
 
 
@@ -357,3 +356,22 @@ def test_claude_only_features_are_refused_for_openai_models(live, seeded, upstre
     assert resp.json()["error"] == {"type": "invalid_request_error",
                                     "message": "Anthropic server tools are not available on this model."}
     assert upstream.requests == []
+
+
+def test_client_beta_flags_reach_anthropic_upstream_merged_with_the_providers(live, seeded, claude_model, claude,
+                                                                              app):
+    from promptproxy import manage
+    from promptproxy.extensions import db
+    from promptproxy.models import Provider
+
+    with app.app_context():
+        provider = db.session.query(Provider).filter_by(name="anthropic").one()
+        manage.update_provider("t", provider, headers={"anthropic-beta": "admin-flag-1"})
+        db.session.commit()
+    headers = {"x-api-key": seeded.key, "anthropic-beta": "interleaved-thinking-2025-05-14, bad flag;=,x"}
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        resp = requests.post(live + path, headers=headers, timeout=10, json={
+            "model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 200
+        assert claude.last["headers"]["anthropic-beta"] == "admin-flag-1,interleaved-thinking-2025-05-14,x"
+        assert "_anthropic_beta" not in claude.last["body"]
