@@ -185,7 +185,7 @@ class Catalog:
             idle_timeout=p.idle_timeout or defaults["IDLE_TIMEOUT"],
             total_timeout=p.total_timeout or defaults["TOTAL_TIMEOUT"],
             stream_usage=p.stream_usage, anthropic_version=p.anthropic_version,
-            default_max_tokens=p.default_max_tokens, broken=broken,
+            default_max_tokens=p.default_max_tokens or defaults.get("DEFAULT_MAX_TOKENS"), broken=broken,
         )
 
     def _load(self) -> None:

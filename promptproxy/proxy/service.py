@@ -13,6 +13,7 @@ from urllib3.exceptions import HTTPError, ReadTimeoutError
 from ..api.errors import ApiError, model_not_found, prompt_not_found
 from ..models import utcnow
 from ..providers import get_adapter
+from ..providers.anthropic_wire import TranslationError
 from . import prompts as P
 from .catalog import ModelInfo, Principal, PromptInfo, PromptVersionInfo
 from .grammar import parse_model
@@ -233,7 +234,10 @@ def open_upstream(gw, call: Call, kind: str, body: dict):
         raise ApiError(502, "This provider's stored secret cannot be used; an administrator must re-enter it.",
                        code="provider_misconfigured", type="server_error")
     adapter = get_adapter(provider.kind)
-    req = adapter.build(provider, kind, body)
+    try:
+        req = adapter.build(provider, kind, body)
+    except TranslationError as exc:  # a request the provider's wire format cannot express
+        raise ApiError(400, exc.message, param=exc.param, code="unsupported_for_provider") from None
     resp = gw.upstreams.send(provider, req, provider.first_byte_timeout)
     call.headers.update(upstream_headers(resp))
     if resp.status_code >= 300:
@@ -286,6 +290,9 @@ def stream_events(gw, call: Call, kind: str, body: dict, encoder):
         if not (isinstance(options, dict) and options.get("include_usage")):
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             strip_usage = True
+    elif call.model.provider.kind != "openai":  # translating adapters always know usage; show it only if asked
+        options = body.get("stream_options")
+        strip_usage = not (isinstance(options, dict) and options.get("include_usage"))
     adapter, resp = open_upstream(gw, call, kind, body)
     provider = call.model.provider
     translator = adapter.stream(kind, call.model.slug, strip_usage)
