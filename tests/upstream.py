@@ -27,6 +27,13 @@ def chunk(model: str, content: str | None = None, finish: str | None = None, rol
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
+class _Server(ThreadingHTTPServer):
+    """A listen backlog large enough for hundreds of simultaneous connections (the default is 5)."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class Upstream:
     """Records every request; answers by `self.handler(req)` -> (status, headers, body-bytes or iterator)."""
 
@@ -86,7 +93,7 @@ class Upstream:
             do_POST = do_GET = _serve
 
         self.disconnects = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
