@@ -69,7 +69,10 @@ class Upstream:
                     data = payload.encode() if isinstance(payload, str) else payload
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    try:
+                        self.wfile.write(data)
+                    except (BrokenPipeError, ConnectionResetError):  # the gateway gave up waiting
+                        outer.disconnects += 1
                     return
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()

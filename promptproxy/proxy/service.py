@@ -340,7 +340,7 @@ def complete(gw, call: Call, kind: str, body: dict) -> dict:
         data = orjson.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not an object")
-        out, usage = adapter.parse(kind, data, call.model.slug)
+        out, usage = adapter.parse(kind, data, public_model(call))
     except (ValueError, KeyError, TypeError):
         raise ApiError(502, "The upstream sent a response the gateway could not understand.",
                        code="bad_upstream_response", type="server_error") from None
@@ -385,16 +385,19 @@ def stream_events(gw, call: Call, kind: str, body: dict, encoder):
                     return
                 if event.comment is not None and sent:
                     yield b": " + event.comment.encode() + b"\n\n"
-            if time.perf_counter() > deadline:
+            left = deadline - time.perf_counter()
+            if left <= 0:
                 raise ApiError(504, "The upstream stream exceeded the total time limit.",
                                code="upstream_timeout", type="server_error")
+            if left < provider.idle_timeout:  # near the end, the next read may only wait until the deadline
+                set_idle_timeout(resp, left)
         raise ApiError(502, "The upstream ended the stream before it was complete.", code="upstream_disconnect",
                        type="server_error")
     except GeneratorExit:
         call.status, call.error_type, call.error_message = 499, "client_disconnected", "Client closed the stream."
         raise
     except Exception as exc:
-        err = _stream_error(exc, provider)
+        err = _stream_error(exc, provider, deadline)
         call.fail(err)
         gw.breakers.failure(provider, err.kind)
         if not sent:
@@ -411,13 +414,17 @@ def stream_events(gw, call: Call, kind: str, body: dict, encoder):
         call.cost = cost(call.model, call.usage)
 
 
-def _stream_error(exc: Exception, provider) -> ApiError:
+def _stream_error(exc: Exception, provider, deadline: float) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    timed_out = isinstance(exc, ReadTimeoutError | TimeoutError | requests.exceptions.Timeout)
+    if timed_out and time.perf_counter() >= deadline - 0.01:  # the read wait was cut to the deadline
+        return ApiError(504, "The upstream stream exceeded the total time limit.", code="upstream_timeout",
+                        type="server_error")
     if isinstance(exc, UpstreamStreamError):
         return ApiError(502, scrub(str(exc), provider) or "The upstream reported an error mid-stream.",
                         code="upstream_error", type="server_error")
-    if isinstance(exc, ReadTimeoutError | TimeoutError | requests.exceptions.Timeout):
+    if timed_out:
         return ApiError(504, "The upstream stopped sending in the middle of the stream.", code="upstream_timeout",
                         type="server_error")
     if isinstance(exc, HTTPError | requests.RequestException | OSError):

@@ -8,7 +8,7 @@ import pytest
 from promptproxy.proxy.usage import count_tokens
 
 from ..faults import blackhole, refused_url
-from ..upstream import Upstream, chunk
+from ..upstream import chunk
 from .conftest import events, one_row, post, tune
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -83,8 +83,8 @@ def test_stall_mid_stream_ends_with_an_in_band_error_and_partial_usage(live, see
 
 
 def test_total_deadline_ends_a_trickling_stream(live, seeded, upstream, app):
-    tune(app, total_timeout=0.5, idle_timeout=5)
-    upstream.handler = sse(*([frame("m", "x"), 0.1] * 20), "data: [DONE]\n\n")
+    tune(app, total_timeout=1.0, idle_timeout=5)
+    upstream.handler = sse(*([frame("m", "x"), 0.1] * 50), "data: [DONE]\n\n")
     resp = post(live, seeded.key, STREAM)
     assert resp.content.endswith(in_band("The upstream stream exceeded the total time limit.", "upstream_timeout"))
     assert one_row(app).error_type == "upstream_timeout"
