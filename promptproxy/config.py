@@ -19,6 +19,16 @@ DEFAULTS = {
     "FIRST_BYTE_TIMEOUT": 60.0,
     "IDLE_TIMEOUT": 90.0,
     "TOTAL_TIMEOUT": 600.0,
+    "RETRY_MAX": 2,  # retries per model before the first byte (then the fallbacks)
+    "RETRY_BACKOFF": 0.5,  # first backoff in seconds, doubling, with jitter
+    "RETRY_BACKOFF_MAX": 8.0,
+    "RETRY_AFTER_CAP": 20.0,  # a longer upstream Retry-After is passed on instead of waited for
+    "BREAKER_THRESHOLD": 3,  # consecutive failures that open a provider's circuit breaker (0 = off)
+    "BREAKER_COOLDOWN": 30.0,  # seconds open before one half-open probe
+    "MAX_RESPONSE_BYTES": 64 * 1024 * 1024,
+    "CONNECTION_LIMIT": 0,  # waitress connection_limit; 0 = 2 x THREADS (at least 100)
+    "CHANNEL_TIMEOUT": 120,  # waitress: idle client connections closed after this many seconds
+    "OUTBUF_HIGH_WATERMARK": 1024 * 1024,  # waitress: a slow reader blocks its stream beyond this many bytes
     "LOG_BODIES": False,
     "ALLOW_PRIVATE_UPSTREAMS": False,
     "ENV": "development",

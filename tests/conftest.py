@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from waitress import wasyncore
 from waitress.server import create_server
 
 from promptproxy import create_app, manage
@@ -105,9 +106,10 @@ def live(app):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
-    server.task_dispatcher.shutdown(timeout=5)  # end the worker threads, or every test leaks 64 of them
+    # Close every channel (idle keep-alive ones too) from inside the loop, so it ends now, not at join's timeout.
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
     thread.join(5)
+    server.task_dispatcher.shutdown(timeout=5)  # end the worker threads, or every test leaks 64 of them
 
 
 class Seed:

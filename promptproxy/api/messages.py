@@ -37,14 +37,14 @@ def messages():
     call.headers.update(admission.headers)
     kind, body = ("messages", native) if native is not None else ("chat", chat)
     if call.stream:
-        encoder = PassthroughEncoder() if native is not None else AnthropicEncoder(call.model.slug, message_id(call))
+        encoder = PassthroughEncoder() if native is not None else AnthropicEncoder(service.public_model(call), message_id(call))
         return start_stream(gw, call, service.stream_events(gw, call, kind, body, encoder), admission)
     try:
         out = service.complete(gw, call, kind, body)
     finally:
         admission.finish(call)
     if native is None:
-        out = wire.openai_chat_to_anthropic_message(out, model=call.model.slug)
+        out = wire.openai_chat_to_anthropic_message(out, model=service.public_model(call))
     return json_response(out)
 
 

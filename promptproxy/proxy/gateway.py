@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..crypto import Box
 from .catalog import Catalog
 from .logwriter import LogWriter
+from .resilience import Breakers, RetryPolicy
 from .upstream import Upstreams
 
 
@@ -37,6 +38,8 @@ class Gateway:
         self.limiter = NullLimiter()
         self.log_bodies = cfg["LOG_BODIES"]
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+        self.retry = RetryPolicy.from_config(cfg)
+        self.breakers = Breakers(int(cfg.get("BREAKER_THRESHOLD", 3)), float(cfg.get("BREAKER_COOLDOWN", 30.0)))
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
 
     def record(self, call) -> None:

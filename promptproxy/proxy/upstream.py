@@ -45,22 +45,27 @@ class Upstreams:
                     self._sessions[key] = found
         return found
 
-    def send(self, provider: ProviderInfo, req: UpstreamRequest, first_byte_timeout: float) -> requests.Response:
-        """POST and return once headers arrive; network failures become 502/504 ApiErrors."""
+    def send(self, provider: ProviderInfo, req: UpstreamRequest, first_byte_timeout: float,
+             connect_timeout: float | None = None) -> requests.Response:
+        """POST and return once headers arrive; network failures become 502/504 ApiErrors with `fault` set."""
         try:
             return self.session(provider).post(
                 req.url, data=req.body, headers=req.headers, stream=True, allow_redirects=False,
-                timeout=(provider.connect_timeout, first_byte_timeout),
+                timeout=(connect_timeout or provider.connect_timeout, first_byte_timeout),
             )
         except requests.exceptions.ConnectTimeout:
-            raise ApiError(504, "The upstream did not accept the connection in time.",
-                           code="upstream_timeout", type="server_error") from None
+            err = ApiError(504, "The upstream did not accept the connection in time.",
+                           code="upstream_timeout", type="server_error")
+            err.fault = "connect"
         except requests.exceptions.ReadTimeout:
-            raise ApiError(504, "The upstream did not answer in time.", code="upstream_timeout",
-                           type="server_error") from None
+            err = ApiError(504, "The upstream did not answer in time.", code="upstream_timeout",
+                           type="server_error")
+            err.fault = "first_byte"
         except requests.exceptions.RequestException:
-            raise ApiError(502, "The upstream could not be reached.", code="upstream_unavailable",
-                           type="server_error") from None
+            err = ApiError(502, "The upstream could not be reached.", code="upstream_unavailable",
+                           type="server_error")
+            err.fault = "connect"
+        raise err
 
     def close(self) -> None:
         """Close every pooled connection."""
