@@ -37,7 +37,8 @@ def messages():
     call.headers.update(admission.headers)
     kind, body = ("messages", native) if native is not None else ("chat", chat)
     if call.stream:
-        encoder = PassthroughEncoder() if native is not None else AnthropicEncoder(service.public_model(call), message_id(call))
+        encoder = (PassthroughEncoder() if native is not None
+                   else AnthropicEncoder(service.public_model(call), message_id(call)))
         return start_stream(gw, call, service.stream_events(gw, call, kind, body, encoder), admission)
     try:
         out = service.complete(gw, call, kind, body)

@@ -165,7 +165,7 @@ def test_error_event_mid_stream_reaches_the_client(sdk, claude, app):
 def test_stream_cut_before_message_stop_is_an_error(sdk, claude, app):
     claude.handler = lambda req: (200, {"Content-Type": "text/event-stream"},
                                   iter(fixture_sse("anthropic_stream_text.sse")[:4]))
-    with pytest.raises(openai.APIError, match="ended the stream early"):
+    with pytest.raises(openai.APIError, match="ended the stream before it was complete"):
         list(sdk.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], stream=True))
     [row] = settled_rows(app)
     assert (row.status, row.error_type) == (502, "upstream_disconnect")
