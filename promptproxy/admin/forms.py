@@ -14,11 +14,19 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from .. import manage
 
-PERIOD_CHOICES = [("", "—")] + [(p, p) for p in manage.PERIODS]
+
+
+def options(pairs) -> list[SelectChoice]:
+    """Select options from (value, label) pairs or plain values."""
+    return [SelectChoice(*p) if isinstance(p, tuple) else SelectChoice(p) for p in pairs]
+
+
+PERIOD_CHOICES = options([("", "—"), *manage.PERIODS])
 
 
 class LoginForm(FlaskForm):
@@ -59,7 +67,7 @@ class UserForm(LimitsMixin, FlaskForm):
 
     name = StringField("Name", validators=[DataRequired(), Length(max=64)])
     email = EmailField("Email", validators=[Optional(), Length(max=254)])
-    role = SelectField("Role", choices=[(r, r) for r in manage.ROLES])
+    role = SelectField("Role", choices=options(manage.ROLES))
     password = PasswordField("Password", validators=[Optional(), Length(min=8, max=1024)],
                              description="Lets the user log in to the dashboard. At least 8 characters.")
 
@@ -68,7 +76,7 @@ class UserEditForm(LimitsMixin, FlaskForm):
     """Change a user (the name is fixed; it is how the CLI and logs refer to them)."""
 
     email = EmailField("Email", validators=[Optional(), Length(max=254)])
-    role = SelectField("Role", choices=[(r, r) for r in manage.ROLES])
+    role = SelectField("Role", choices=options(manage.ROLES))
     active = BooleanField("Active")
     password = PasswordField("New password", validators=[Optional(), Length(min=8, max=1024)],
                              description="Leave empty to keep. Changing it ends the user's sessions.")
@@ -103,7 +111,7 @@ class ModelForm(FlaskForm):
                        description="What clients send as `model`.")
     provider = SelectField("Provider", choices=[], validate_choice=False)
     upstream_model = StringField("Upstream model", validators=[DataRequired(), Length(max=256)])
-    kind = SelectField("Kind", choices=[(k, k) for k in manage.MODEL_KINDS])
+    kind = SelectField("Kind", choices=options(manage.MODEL_KINDS))
     input_price = DecimalField("Input price (USD / 1M tokens)", places=None, validators=[Optional()])
     output_price = DecimalField("Output price (USD / 1M tokens)", places=None, validators=[Optional()])
     cached_input_price = DecimalField("Cached input price", places=None, validators=[Optional()])
@@ -118,6 +126,6 @@ class PromptForm(FlaskForm):
     slug = StringField("Slug", validators=[DataRequired(), Length(max=128)],
                        description="Used as `model:slug`.")
     description = StringField("Description", validators=[Optional(), Length(max=1000)])
-    mode = SelectField("Injection mode", choices=[(m, m) for m in manage.PROMPT_MODES])
+    mode = SelectField("Injection mode", choices=options(manage.PROMPT_MODES))
     text = TextAreaField("Text", validators=[DataRequired()], render_kw={"rows": 8})
     note = StringField("Version note", validators=[Optional(), Length(max=256)])

@@ -12,7 +12,7 @@ from ..extensions import db
 from ..models import ApiKey, User
 from . import bp
 from .auth import actor, login_required
-from .forms import KeyForm
+from .forms import KeyForm, options
 from .views import deleted, form_error, hx_target, list_page, save
 
 FOLDER = "keys"
@@ -22,7 +22,7 @@ def key_form(formdata=True) -> KeyForm:
     """The create form; only admins choose the user."""
     form = KeyForm() if formdata else KeyForm(formdata=None)
     if current_user.is_admin:
-        form.user.choices = [(str(u.id), u.name) for u in db.session.scalars(sa.select(User).order_by(User.name))]
+        form.user.choices = options((str(u.id), u.name) for u in db.session.scalars(sa.select(User).order_by(User.name)))
         if not form.user.data:
             form.user.data = str(current_user.id)
     else:

@@ -10,7 +10,7 @@ from ..extensions import db
 from ..models import Model, Provider
 from . import bp
 from .auth import actor, admin_required, login_required
-from .forms import ModelForm
+from .forms import ModelForm, options
 from .views import created, deleted, edit_view, form_error, list_page, member_scope, number, save, updated
 
 FOLDER = "models"
@@ -20,8 +20,8 @@ COLS = 6
 def model_form(**kwargs) -> ModelForm:
     """The form with the providers to choose from."""
     form = ModelForm(**kwargs)
-    form.provider.choices = [(str(p.id), p.name) for p in db.session.scalars(sa.select(Provider).order_by(
-        Provider.name))]
+    form.provider.choices = options((str(p.id), p.name) for p in db.session.scalars(sa.select(Provider).order_by(
+        Provider.name)))
     return form
 
 

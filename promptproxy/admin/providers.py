@@ -10,7 +10,7 @@ from ..models import Provider
 from ..providers import KINDS
 from . import bp
 from .auth import actor, admin_required
-from .forms import ProviderForm
+from .forms import ProviderForm, options
 from .views import created, deleted, edit_view, form_error, list_page, number, save, updated
 
 FOLDER = "providers"
@@ -20,11 +20,11 @@ COLS = 5
 def provider_form(**kwargs) -> ProviderForm:
     """The form with the known kinds."""
     form = ProviderForm(**kwargs)
-    form.kind.choices = [(k, k) for k in KINDS]
+    form.kind.choices = options(KINDS)
     return form
 
 
-def options(form) -> dict:
+def provider_options(form) -> dict:
     """Optional settings from the form (None = unchanged)."""
     return dict(first_byte_timeout=number(form.first_byte_timeout.data), total_timeout=number(form.total_timeout.data),
                 enabled=form.enabled.data)
@@ -47,7 +47,7 @@ def provider_create():
     if form.validate_on_submit():
         provider, error = save(lambda: manage.create_provider(
             actor(), form.name.data.strip(), form.kind.data, form.base_url.data.strip(),
-            api_key=form.api_key.data or None, **options(form)))
+            api_key=form.api_key.data or None, **provider_options(form)))
         if error is None:
             return created(FOLDER, "admin.providers", f"Created provider {provider.name}.",
                            create_form=provider_form(formdata=None))
@@ -76,7 +76,7 @@ def provider_edit(provider_id: int):
     api_key = "" if form.clear_key.data else (form.api_key.data or None)
     _, error = save(lambda: manage.update_provider(
         actor(), provider, base_url=form.base_url.data.strip(), api_key=api_key, name=form.name.data.strip(),
-        **options(form)))
+        **provider_options(form)))
     if error:
         return edit_view(FOLDER, provider, form, COLS, title, 422, error)
     return updated(FOLDER, provider, "admin.providers", f"Saved provider {provider.name}.")

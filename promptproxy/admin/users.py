@@ -10,7 +10,7 @@ from ..extensions import db
 from ..models import Model, Prompt, User
 from . import bp
 from .auth import actor, admin_required
-from .forms import UserEditForm, UserForm
+from .forms import UserEditForm, UserForm, options
 from .views import created, deleted, edit_view, form_error, int_or_zero, list_page, number, save, updated
 
 FOLDER = "users"
@@ -19,8 +19,8 @@ COLS = 6
 
 def with_choices(form):
     """Allow-list choices from the catalog."""
-    form.allowed_models.choices = [(s, s) for s in db.session.scalars(sa.select(Model.slug).order_by(Model.slug))]
-    form.allowed_prompts.choices = [(s, s) for s in db.session.scalars(sa.select(Prompt.slug).order_by(Prompt.slug))]
+    form.allowed_models.choices = options(db.session.scalars(sa.select(Model.slug).order_by(Model.slug)))
+    form.allowed_prompts.choices = options(db.session.scalars(sa.select(Prompt.slug).order_by(Prompt.slug)))
     return form
 
 
