@@ -55,7 +55,9 @@ def register_blueprints(app: Flask) -> None:
     hooks.install(app)
     try:
         from .admin import bp as admin_bp
-    except ImportError:
+    except ModuleNotFoundError as exc:  # a missing dashboard is tolerated; a broken one must fail loudly
+        if exc.name != "promptproxy.admin":
+            raise
         admin_bp = None
     if admin_bp is not None:
         app.register_blueprint(admin_bp, url_prefix="/admin")
