@@ -244,3 +244,8 @@ def test_scripts_set_up_a_gateway_from_an_empty_database(tmp_path):
     exported = yaml.safe_load(pp("export"))
     assert [p["slug"] for p in exported["prompts"]] == ["support-bot", "translator"]
     assert SECRET not in str(exported)
+
+
+def test_documented_example_is_the_example_file():
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert "```yaml\n" + EXAMPLE.read_text() + "```" in doc
