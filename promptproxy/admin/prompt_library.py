@@ -156,9 +156,12 @@ def _choices() -> dict:
 
 def _playground_body(data) -> dict:
     """The chat body a client would send for the playground's fields."""
-    model = (data.get("model") or "").strip()
-    if data.get("prompt"):
-        model += ":" + data["prompt"].strip() + (f"@{data['version'].strip()}" if data.get("version") else "")
+    def text(name: str) -> str:
+        return str(data.get(name) or "").strip()
+
+    model = text("model")
+    if text("prompt"):
+        model += ":" + text("prompt") + (f"@{text('version')}" if text("version") else "")
     body = {"model": model, "messages": [{"role": "user", "content": data.get("message") or ""}], "stream": True}
     variables = data.get("variables")
     if isinstance(variables, str) and variables.strip():

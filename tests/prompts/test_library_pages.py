@@ -143,8 +143,13 @@ def test_playground_errors_are_json_and_logged(web, app, upstream):
     assert resp.status_code == 404 and resp.json["error"]["code"] == "prompt_not_found"
     resp = run(web, model="gpt-4o-mini", prompt="translator", message="x", variables='{"lang": {"a": 1}}')
     assert resp.status_code == 400 and "`lang`" in resp.json["error"]["message"]
+    resp = web.client.post("/admin/playground/run", data=b"[1]", headers={
+        "Content-Type": "application/json", "X-CSRFToken": web.token})
+    assert resp.status_code == 400 and resp.json["error"]["type"] == "invalid_request_error"
+    resp = run(web, model="gpt-4o-mini", prompt=12345, message="x")
+    assert resp.status_code == 404 and resp.json["error"]["code"] == "prompt_not_found"
     assert upstream.requests == []
-    assert [r.status for r in log_rows(app)] == [400, 404, 400]
+    assert [r.status for r in log_rows(app)] == [400, 404, 400, 400, 404]
 
 
 def test_playground_respects_the_admins_own_access(app, web, upstream):
