@@ -9,9 +9,24 @@ from promptproxy.extensions import db
 
 
 @pytest.fixture
-def sdk(live, seeded):
+def make_sdk(live):
+    """Official OpenAI clients for given keys, closed afterwards (open keep-alive connections keep waitress busy)."""
+    clients = []
+
+    def make(key: str) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=live + "/v1", api_key=key, max_retries=0, timeout=30)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def sdk(make_sdk, seeded):
     """The official OpenAI client, as alice (every model and prompt)."""
-    return openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0)
+    return make_sdk(seeded.key)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import openai
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -112,7 +111,7 @@ def test_dry_run_prints_differences_and_writes_nothing(run, app):
         assert (bot.rpm, bot.allowed_prompts) == (20, ["translator", "support-bot"])
 
 
-def test_applied_configuration_serves_requests(run, app, live, upstream, tmp_path):
+def test_applied_configuration_serves_requests(run, app, make_sdk, upstream, tmp_path):
     config = {
         "providers": [{"name": "local", "base_url": upstream.url + "/v1", "api_key_env": "LOCAL_KEY"}],
         "models": [{"slug": "chat", "provider": "local", "upstream_model": "up-model"}],
@@ -122,7 +121,7 @@ def test_applied_configuration_serves_requests(run, app, live, upstream, tmp_pat
     }
     assert run("apply", write(tmp_path, config), env={"LOCAL_KEY": "sk-local-9999"}).exit_code == 0
     raw = run("key", "create", "--user", "svc").output.splitlines()[-1]
-    sdk = openai.OpenAI(base_url=live + "/v1", api_key=raw, max_retries=0)
+    sdk = make_sdk(raw)
     sdk.chat.completions.create(model="chat:pirate", messages=[{"role": "user", "content": "hi"}], temperature=1)
     sent = upstream.last
     assert sent["body"]["messages"][0] == {"role": "system", "content": "Talk like a pirate to matey."}

@@ -92,8 +92,8 @@ def test_malformed_model_string_is_400_with_param_model(sdk, upstream, model):
     assert upstream.requests == []
 
 
-def test_prompt_access_is_respected_for_users_and_narrowed_keys(live, seeded, upstream, app, change):
-    bob = openai.OpenAI(base_url=live + "/v1", api_key=seeded.other_key, max_retries=0)
+def test_prompt_access_is_respected_for_users_and_narrowed_keys(make_sdk, seeded, upstream, app, change):
+    bob = make_sdk(seeded.other_key)
     chat(bob, "gpt-4o-mini")  # bob may use the model...
     with pytest.raises(openai.NotFoundError) as info:  # ...but not the prompt, same answer as an unknown one
         chat(bob, "gpt-4o-mini:translator@1")
@@ -106,7 +106,7 @@ def test_prompt_access_is_respected_for_users_and_narrowed_keys(live, seeded, up
         manage.update_key("t", key, allow_prompts=["other"])
         return raw
 
-    narrow = openai.OpenAI(base_url=live + "/v1", api_key=change(narrowed_key, None), max_retries=0)
+    narrow = make_sdk(change(narrowed_key, None))
     with pytest.raises(openai.NotFoundError):
         chat(narrow, "gpt-4o-mini:translator")
     chat(narrow, "gpt-4o-mini:other")
