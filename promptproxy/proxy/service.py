@@ -151,6 +151,9 @@ def build_body(call: Call, body: dict, kind: str) -> dict:
     version = call.version
     try:
         if version is not None:
+            if kind not in ("chat", "completion"):
+                raise P.PromptError(f"The stored prompt `{call.prompt.slug}` cannot be used with {kind} models.",
+                                    "model", "prompt_not_supported")
             text = P.render(version.text, variables, version.variables)
             if kind == "chat":
                 messages = body.get("messages")
