@@ -21,19 +21,23 @@ class SSEParser:
         self.max_event_bytes = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[Event]:
-        """Return the events completed by this chunk."""
-        self._buf += chunk
+        """Return the events completed by this chunk (one pass over the buffer, however many events)."""
+        buf = self._buf + chunk
+        hold = b""
+        if b"\r" in buf:
+            if buf.endswith(b"\r"):  # may be the first half of a CRLF split across reads
+                buf, hold = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        blocks = buf.split(b"\n\n")
+        self._buf = blocks.pop() + hold
+        if len(self._buf) > self.max_event_bytes:
+            raise ValueError("server-sent event too large")
         events = []
-        while True:
-            end, sep = _find_boundary(self._buf)
-            if end < 0:
-                if len(self._buf) > self.max_event_bytes:
-                    raise ValueError("server-sent event too large")
-                return events
-            raw, self._buf = self._buf[:end], self._buf[end + sep:]
+        for raw in blocks:
             event = _parse_block(raw.decode("utf-8", "replace"))
             if event is not None:
                 events.append(event)
+        return events
 
     @property
     def pending(self) -> bytes:
@@ -41,19 +45,10 @@ class SSEParser:
         return self._buf
 
 
-def _find_boundary(buf: bytes) -> tuple[int, int]:
-    best, size = -1, 0
-    for sep in (b"\r\n\r\n", b"\n\n", b"\r\r"):
-        i = buf.find(sep)
-        if i >= 0 and (best < 0 or i < best):
-            best, size = i, len(sep)
-    return best, size
-
-
 def _parse_block(block: str) -> Event | None:
     event = Event()
     data: list[str] = []
-    for line in block.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+    for line in block.split("\n"):
         if not line:
             continue
         if line.startswith(":"):
