@@ -59,7 +59,7 @@ class LimitsMixin:
     tpm = IntegerField("Tokens per minute", validators=[Optional(), NumberRange(min=0)])
     max_concurrent = IntegerField("Concurrent requests", validators=[Optional(), NumberRange(min=0)])
     budget = DecimalField("Budget (USD)", places=None, validators=[Optional(), NumberRange(min=0)])
-    period = SelectField("Budget period", choices=PERIOD_CHOICES)
+    period = SelectField("Budget period", choices=PERIOD_CHOICES, default="")
 
 
 class UserForm(LimitsMixin, FlaskForm):
