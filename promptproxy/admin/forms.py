@@ -67,7 +67,7 @@ class UserForm(LimitsMixin, FlaskForm):
 
     name = StringField("Name", validators=[DataRequired(), Length(max=64)])
     email = EmailField("Email", validators=[Optional(), Length(max=254)])
-    role = SelectField("Role", choices=options(manage.ROLES))
+    role = SelectField("Role", choices=options(manage.ROLES), default="member")
     password = PasswordField("Password", validators=[Optional(), Length(min=8, max=1024)],
                              description="Lets the user log in to the dashboard. At least 8 characters.")
 
@@ -76,7 +76,7 @@ class UserEditForm(LimitsMixin, FlaskForm):
     """Change a user (the name is fixed; it is how the CLI and logs refer to them)."""
 
     email = EmailField("Email", validators=[Optional(), Length(max=254)])
-    role = SelectField("Role", choices=options(manage.ROLES))
+    role = SelectField("Role", choices=options(manage.ROLES), default="member")
     active = BooleanField("Active")
     password = PasswordField("New password", validators=[Optional(), Length(min=8, max=1024)],
                              description="Leave empty to keep. Changing it ends the user's sessions.")
