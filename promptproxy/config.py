@@ -9,6 +9,7 @@ DEFAULTS = {
     "DATABASE_URL": None,  # default: SQLite in the instance folder
     "SECRET_KEY": None,
     "ENCRYPTION_KEY": None,
+    "OLD_ENCRYPTION_KEYS": "",  # comma-separated keys still accepted for decryption (rotation)
     "REDIS_URL": None,
     "HOST": "127.0.0.1",
     "PORT": 8090,
@@ -97,4 +98,13 @@ def finalize(cfg: dict, instance: Path) -> dict:
             cfg[name] = _instance_secret(instance, name.lower())
     if cfg["SECRET_KEY"] == cfg["ENCRYPTION_KEY"]:
         raise ConfigError("PROMPTPROXY_ENCRYPTION_KEY must differ from PROMPTPROXY_SECRET_KEY")
+    cfg["OLD_ENCRYPTION_KEYS"] = old_keys(cfg.get("OLD_ENCRYPTION_KEYS"))
     return cfg
+
+
+def old_keys(value) -> tuple[str, ...]:
+    """PROMPTPROXY_OLD_ENCRYPTION_KEYS as a tuple: a comma-separated string or a list."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(k.strip() for k in items if k and k.strip())

@@ -32,7 +32,8 @@ class Gateway:
         self.box = Box(cfg["ENCRYPTION_KEY"], tuple(k for k in cfg.get("OLD_ENCRYPTION_KEYS", ()) if k))
         self.catalog = Catalog(self.box, ttl=cfg["CACHE_TTL"])
         self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"])
-        self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10))
+        self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10),
+                                   allow_private=bool(cfg["ALLOW_PRIVATE_UPSTREAMS"]))
         self.limiter = NullLimiter()
         self.log_bodies = cfg["LOG_BODIES"]
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
