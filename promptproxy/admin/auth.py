@@ -162,7 +162,8 @@ def login_page():
         form.form_errors.append(GENERIC_FAILURE)
         return render_template("admin/login.html", form=form, setup=not has_admin()), (
             429 if throttle().blocked(key) else 401)
-    return render_template("admin/login.html", form=form, setup=not has_admin()), 400 if request.method == "POST" else 200
+    status = 400 if request.method == "POST" else 200
+    return render_template("admin/login.html", form=form, setup=not has_admin()), status
 
 
 

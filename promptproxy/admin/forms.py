@@ -20,7 +20,6 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 from .. import manage
 
 
-
 def options(pairs) -> list[SelectChoice]:
     """Select options from (value, label) pairs or plain values."""
     return [SelectChoice(*p) if isinstance(p, tuple) else SelectChoice(p) for p in pairs]

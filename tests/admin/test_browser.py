@@ -44,7 +44,7 @@ def page(browser):
     page.on("pageerror", lambda e: page.problems.append(str(e)))
     page.on("response", lambda r: r.status == 404 and page.problems.append("404 " + r.url))
     context.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error("
-                            "'CSPV ' + e.violatedDirective + ' ' + e.sourceFile + ':' + e.lineNumber + ':' + e.columnNumber))")
+                            "'CSPV ' + e.violatedDirective + ' ' + e.sourceFile + ':' + e.lineNumber))")
     yield page
     context.close()
 
