@@ -120,7 +120,8 @@ def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, 
     rows = [{"key": k, "label": str(k), "requests": n, "errors": int(e or 0), "tokens": int(t or 0),
              "cost": float(c or 0.0)} for k, n, e, t, c in db.session.execute(query)]
     if dim == "user" and rows:
-        names = dict(db.session.execute(sa.select(User.id, User.name).where(User.id.in_([r["key"] for r in rows]))))
+        ids = [r["key"] for r in rows]
+        names = {i: n for i, n in db.session.execute(sa.select(User.id, User.name).where(User.id.in_(ids)))}
         for r in rows:
             r["label"] = names.get(r["key"], f"deleted user #{r['key']}")
     return rows

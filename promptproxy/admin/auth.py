@@ -30,7 +30,7 @@ SETUP_KEY = "setup_token"
 def _configure(state) -> None:
     """Session lifetimes (idle via the permanent cookie, absolute via login_at) and the login view."""
     app = state.app
-    app.config.setdefault("PERMANENT_SESSION_LIFETIME", timedelta(minutes=app.config.get("SESSION_IDLE_MINUTES", 30)))
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=app.config.get("SESSION_IDLE_MINUTES", 30))
     app.extensions["admin_login_throttle"] = Throttle(app.config.get("LOGIN_MAX_FAILURES", 10), 15 * 60)
 
 
@@ -162,7 +162,8 @@ def login_page():
         form.form_errors.append(GENERIC_FAILURE)
         return render_template("admin/login.html", form=form, setup=not has_admin()), (
             429 if throttle().blocked(key) else 401)
-    return render_template("admin/login.html", form=form, setup=not has_admin()), 400 if request.method == "POST" else 200
+    status = 400 if request.method == "POST" else 200
+    return render_template("admin/login.html", form=form, setup=not has_admin()), status
 
 
 

@@ -20,7 +20,6 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 from .. import manage
 
 
-
 def options(pairs) -> list[SelectChoice]:
     """Select options from (value, label) pairs or plain values."""
     return [SelectChoice(*p) if isinstance(p, tuple) else SelectChoice(p) for p in pairs]
@@ -59,7 +58,7 @@ class LimitsMixin:
     tpm = IntegerField("Tokens per minute", validators=[Optional(), NumberRange(min=0)])
     max_concurrent = IntegerField("Concurrent requests", validators=[Optional(), NumberRange(min=0)])
     budget = DecimalField("Budget (USD)", places=None, validators=[Optional(), NumberRange(min=0)])
-    period = SelectField("Budget period", choices=PERIOD_CHOICES)
+    period = SelectField("Budget period", choices=PERIOD_CHOICES, default="")
 
 
 class UserForm(LimitsMixin, FlaskForm):
@@ -67,7 +66,7 @@ class UserForm(LimitsMixin, FlaskForm):
 
     name = StringField("Name", validators=[DataRequired(), Length(max=64)])
     email = EmailField("Email", validators=[Optional(), Length(max=254)])
-    role = SelectField("Role", choices=options(manage.ROLES))
+    role = SelectField("Role", choices=options(manage.ROLES), default="member")
     password = PasswordField("Password", validators=[Optional(), Length(min=8, max=1024)],
                              description="Lets the user log in to the dashboard. At least 8 characters.")
 
@@ -76,7 +75,7 @@ class UserEditForm(LimitsMixin, FlaskForm):
     """Change a user (the name is fixed; it is how the CLI and logs refer to them)."""
 
     email = EmailField("Email", validators=[Optional(), Length(max=254)])
-    role = SelectField("Role", choices=options(manage.ROLES))
+    role = SelectField("Role", choices=options(manage.ROLES), default="member")
     active = BooleanField("Active")
     password = PasswordField("New password", validators=[Optional(), Length(min=8, max=1024)],
                              description="Leave empty to keep. Changing it ends the user's sessions.")

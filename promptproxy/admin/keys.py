@@ -22,7 +22,8 @@ def key_form(formdata=True) -> KeyForm:
     """The create form; only admins choose the user."""
     form = KeyForm() if formdata else KeyForm(formdata=None)
     if current_user.is_admin:
-        form.user.choices = options((str(u.id), u.name) for u in db.session.scalars(sa.select(User).order_by(User.name)))
+        users = db.session.scalars(sa.select(User).order_by(User.name))
+        form.user.choices = options((str(u.id), u.name) for u in users)
         if not form.user.data:
             form.user.data = str(current_user.id)
     else:

@@ -63,7 +63,7 @@ def filtered() -> tuple[sa.Select, dict, list[str]]:
 def user_names(ids) -> dict[int, str]:
     """User names for display."""
     ids = {i for i in ids if i is not None}
-    return dict(db.session.execute(sa.select(User.id, User.name).where(User.id.in_(ids)))) if ids else {}
+    return {i: n for i, n in db.session.execute(sa.select(User.id, User.name).where(User.id.in_(ids)))} if ids else {}
 
 
 @bp.get("/requests")

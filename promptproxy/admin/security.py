@@ -38,8 +38,8 @@ def security_headers(response):
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if request.path.startswith("/admin"):
         headers.setdefault("Cache-Control", "no-store")
-        headers.add("Vary", "HX-Request")
-        headers.add("Vary", "HX-Target")
+        response.vary.add("HX-Request")
+        response.vary.add("HX-Target")
     return response
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import abort, render_template
+from flask import render_template
 from flask_login import current_user
 
 from .. import manage

@@ -1,6 +1,7 @@
 """Dashboard fixtures: users with passwords, logged-in clients, and a CSRF-aware helper."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -53,14 +54,24 @@ class Web:
         return self.client.get(url, headers={"HX-Request": "true", "HX-Target": target})
 
 
+@functools.cache
+def cheap_hash(password: str) -> str:
+    """A low-cost scrypt hash for tests (production uses N=2^17 via manage.set_password)."""
+    from werkzeug.security import generate_password_hash
+
+    return generate_password_hash(password, "scrypt:1024:8:1")
+
+
 @pytest.fixture
 def people(app):
     """An admin and two members (ids by name)."""
     with app.app_context():
-        admin = manage.create_user("t", "root", email="root@example.com", role="admin", password=ADMIN_PW,
-                                   all_models=True, all_prompts=True)
-        member = manage.create_user("t", "mia", email="mia@example.com", password=MEMBER_PW)
-        other = manage.create_user("t", "otto", email="otto@example.com", password="otto-password-1")
+        admin = manage.create_user("t", "root", email="root@example.com", role="admin", all_models=True,
+                                   all_prompts=True)
+        member = manage.create_user("t", "mia", email="mia@example.com")
+        other = manage.create_user("t", "otto", email="otto@example.com")
+        for user, pw in ((admin, ADMIN_PW), (member, MEMBER_PW), (other, "otto-password-1")):
+            user.password_hash = cheap_hash(pw)
         db.session.commit()
         return {"root": admin.id, "mia": member.id, "otto": other.id}
 
