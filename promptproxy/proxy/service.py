@@ -232,7 +232,9 @@ def open_upstream(gw, call: Call, kind: str, body: dict):
     adapter = get_adapter(provider.kind)
     req = adapter.build(provider, kind, body)
     resp = gw.upstreams.send(provider, req, provider.first_byte_timeout)
-    call.headers.update(upstream_headers(resp))
+    for name, value in upstream_headers(resp).items():
+        # Our own limit headers win; the upstream's same-named ones stay visible as x-upstream-*.
+        call.headers["x-upstream-" + name[2:] if name in call.headers and name.startswith("x-") else name] = value
     if resp.status_code >= 300:
         try:
             raw = read_body(resp, 1024 * 1024)
