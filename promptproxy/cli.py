@@ -272,6 +272,7 @@ def key_revoke(key_id):
 @key.command("update")
 @click.argument("key_id")
 @click.option("--name")
+@all_options
 @limit_options
 @with_appcontext
 @committed
