@@ -113,7 +113,15 @@ def live(app):
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
     stopping.set()
-    server.close()
+    # Close the listener and every open (keep-alive) channel, as webtest's StopableWSGIServer does; otherwise
+    # the loop runs on until idle clients time out and teardown waits for the join timeout.
+    for _ in range(100):
+        channels = list(server._map.values())
+        if not channels:
+            break
+        for channel in channels:
+            channel.handle_close()
+    server.task_dispatcher.shutdown()
     thread.join(5)
 
 

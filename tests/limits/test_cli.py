@@ -108,11 +108,8 @@ def test_model_update_prices(cli, app, live, seeded, upstream):
 @pytest.mark.parametrize(("args", "code", "message"), [
     (("user", "update", "nobody", "--rpm", "1"), 1, "no user `nobody`"),
     (("user", "update", "bob", "--rpm", "-1"), 1, "rpm must be 0 (no limit) or more"),
-    (("user", "update", "bob", "--budget", "-5"), 1, "budget must be 0 (no budget) or more"),
     (("user", "update", "bob", "--allow-model", "nope"), 1, "no model `nope`"),
-    (("user", "update", "bob", "--allow-prompt", "nope"), 1, "no prompt `nope`"),
     (("user", "update", "bob", "--period", "year"), 2, "'year' is not one of 'day', 'week', 'month'"),
-    (("user", "update", "bob", "--rpm", "many"), 2, "'many' is not a valid integer"),
     (("key", "update", "1", "--all-model"), 2, "No such option '--all-model'"),
     (("key", "update", "999", "--rpm", "1"), 1, "no key `999`"),
     (("model", "update", "gpt-4o-mini", "--input-price", "-1"), 1, "input_price must not be negative"),
