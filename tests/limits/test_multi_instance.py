@@ -35,6 +35,11 @@ def free_port() -> int:
 @pytest.fixture
 def gateways(app, seeded, redis_prefix, tmp_path):
     """Two `promptproxy serve` processes on the test database and one Redis prefix."""
+    from promptproxy import manage
+
+    with app.app_context():  # with an admin present, neither process writes a set-up token (a start-up race)
+        manage.create_user("test", "root", role="admin")
+        db.session.commit()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": PG_URL,
            "PROMPTPROXY_REDIS_URL": REDIS_URL, "PROMPTPROXY_REDIS_PREFIX": redis_prefix,
            "PROMPTPROXY_SECRET_KEY": "test-secret-key-0123456789abcdefgh", "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY,
