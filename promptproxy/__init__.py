@@ -47,12 +47,14 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def register_blueprints(app: Flask) -> None:
     """API at /v1 (CSRF-exempt, bearer auth); the dashboard at /admin."""
-    from .api import hooks
+    from .api import hooks, messages  # noqa: F401  (messages adds /v1/messages to the api blueprint)
+    from .api.openapi import bp as openapi_bp
     from .api.routes import bp as api_bp
 
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp, url_prefix="/v1")
     hooks.install(app)
+    app.register_blueprint(openapi_bp)  # GET /openapi.json
     try:
         from .admin import bp as admin_bp
     except ImportError:

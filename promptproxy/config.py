@@ -9,6 +9,7 @@ DEFAULTS = {
     "DATABASE_URL": None,  # default: SQLite in the instance folder
     "SECRET_KEY": None,
     "ENCRYPTION_KEY": None,
+    "OLD_ENCRYPTION_KEYS": "",  # comma-separated keys still accepted for decryption (rotation)
     "REDIS_URL": None,
     "HOST": "127.0.0.1",
     "PORT": 8090,
@@ -18,6 +19,16 @@ DEFAULTS = {
     "FIRST_BYTE_TIMEOUT": 60.0,
     "IDLE_TIMEOUT": 90.0,
     "TOTAL_TIMEOUT": 600.0,
+    "RETRY_MAX": 2,  # retries per model before the first byte (then the fallbacks)
+    "RETRY_BACKOFF": 0.5,  # first backoff in seconds, doubling, with jitter
+    "RETRY_BACKOFF_MAX": 8.0,
+    "RETRY_AFTER_CAP": 20.0,  # a longer upstream Retry-After is passed on instead of waited for
+    "BREAKER_THRESHOLD": 3,  # consecutive failures that open a provider's circuit breaker (0 = off)
+    "BREAKER_COOLDOWN": 30.0,  # seconds open before one half-open probe
+    "MAX_RESPONSE_BYTES": 64 * 1024 * 1024,
+    "CONNECTION_LIMIT": 0,  # waitress connection_limit; 0 = 2 x THREADS (at least 100)
+    "CHANNEL_TIMEOUT": 120,  # waitress: idle client connections closed after this many seconds
+    "OUTBUF_HIGH_WATERMARK": 1024 * 1024,  # waitress: a slow reader blocks its stream beyond this many bytes
     "LOG_BODIES": False,
     "ALLOW_PRIVATE_UPSTREAMS": False,
     "ENV": "development",
@@ -95,4 +106,13 @@ def finalize(cfg: dict, instance: Path) -> dict:
             cfg[name] = _instance_secret(instance, name.lower())
     if cfg["SECRET_KEY"] == cfg["ENCRYPTION_KEY"]:
         raise ConfigError("PROMPTPROXY_ENCRYPTION_KEY must differ from PROMPTPROXY_SECRET_KEY")
+    cfg["OLD_ENCRYPTION_KEYS"] = old_keys(cfg.get("OLD_ENCRYPTION_KEYS"))
     return cfg
+
+
+def old_keys(value) -> tuple[str, ...]:
+    """PROMPTPROXY_OLD_ENCRYPTION_KEYS as a tuple: a comma-separated string or a list."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(k.strip() for k in items if k and k.strip())

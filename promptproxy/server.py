@@ -20,15 +20,10 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
     port = int(port or cfg["PORT"])
     threads = int(threads or cfg["THREADS"])
     gw = app.extensions["promptproxy"]
-    server = create_server(
-        app, host=host, port=port, threads=threads,
-        connection_limit=max(2 * threads, 100),
-        channel_request_lookahead=1,  # lets waitress notice a client that went away mid-stream
-        max_request_body_size=cfg["MAX_BODY_BYTES"],
-        max_request_header_size=64 * 1024,
-        channel_timeout=120, cleanup_interval=10, outbuf_high_watermark=1024 * 1024,
-        send_bytes=1, expose_tracebacks=False, ident="promptproxy",
-    )
+    server = create_server(app, host=host, port=port, **waitress_options(cfg, threads))
+    from .wsgierrors import json_errors
+
+    json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
     atexit.register(gw.close)
 
     def stop(signum, frame):
@@ -42,6 +37,27 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
     announce_setup(app)
     print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
     server.run()
+
+
+def waitress_options(cfg, threads: int) -> dict:
+    """Waitress settings for many long-lived streams (each live stream holds one worker thread)."""
+    return {
+        "threads": threads,
+        # Streams queue for a thread beyond `threads`; accept enough connections for them plus keep-alive idlers.
+        "connection_limit": int(cfg.get("CONNECTION_LIMIT") or max(2 * threads, 100)),
+        "backlog": 2048,
+        "asyncore_use_poll": True,  # select() breaks past 1024 file descriptors
+        "channel_request_lookahead": 1,  # lets waitress notice a client that went away mid-stream
+        # waitress refuses a body of exactly its limit (>=) and counts chunk framing; +1 makes MAX_BODY_BYTES
+        # itself allowed. Over it waitress answers 413 (JSON via json_errors) before the app: no row.
+        "max_request_body_size": cfg["MAX_BODY_BYTES"] + 1,
+        "max_request_header_size": 64 * 1024,
+        "channel_timeout": int(cfg.get("CHANNEL_TIMEOUT", 120)), "cleanup_interval": 10,
+        # A slow reader blocks its own stream (bounded memory) instead of buffering the upstream without limit.
+        "outbuf_high_watermark": int(cfg.get("OUTBUF_HIGH_WATERMARK", 1024 * 1024)),
+        "send_bytes": 1,  # flush every event at once
+        "expose_tracebacks": False, "ident": "promptproxy",
+    }
 
 
 def announce_setup(app) -> None:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from waitress import wasyncore
 from waitress.server import create_server
 
 from promptproxy import create_app, manage
 from promptproxy.extensions import db
+from promptproxy.wsgierrors import json_errors
 
 from .upstream import Upstream
 
@@ -99,30 +101,15 @@ def upstream():
 def live(app):
     """The gateway served by waitress on a free port, as in production."""
     server = create_server(app, host="127.0.0.1", port=0, threads=64, channel_request_lookahead=1,
-                           max_request_body_size=app.config["MAX_BODY_BYTES"])
-    stopping = threading.Event()
-
-    def run():
-        try:
-            server.run()
-        except Exception:  # closing the listener under a running select loop may raise; only then ignore it
-            if not stopping.is_set():
-                raise
-
-    thread = threading.Thread(target=run, daemon=True)
+                           max_request_body_size=app.config["MAX_BODY_BYTES"] + 1)
+    json_errors(server)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
-    stopping.set()
-    # Close the listener and every open (keep-alive) channel, as webtest's StopableWSGIServer does; otherwise
-    # the loop runs on until idle clients time out and teardown waits for the join timeout.
-    for _ in range(100):
-        channels = list(server._map.values())
-        if not channels:
-            break
-        for channel in channels:
-            channel.handle_close()
-    server.task_dispatcher.shutdown()
+    # Close every channel (idle keep-alive ones too) from inside the loop, so it ends now, not at join's timeout.
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
     thread.join(5)
+    server.task_dispatcher.shutdown(timeout=5)  # end the worker threads, or every test leaks 64 of them
 
 
 class Seed:

@@ -27,6 +27,13 @@ def chunk(model: str, content: str | None = None, finish: str | None = None, rol
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
+class _Server(ThreadingHTTPServer):
+    """A listen backlog large enough for hundreds of simultaneous connections (the default is 5)."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class Upstream:
     """Records every request; answers by `self.handler(req)` -> (status, headers, body-bytes or iterator)."""
 
@@ -62,7 +69,10 @@ class Upstream:
                     data = payload.encode() if isinstance(payload, str) else payload
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    try:
+                        self.wfile.write(data)
+                    except (BrokenPipeError, ConnectionResetError):  # the gateway gave up waiting
+                        outer.disconnects += 1
                     return
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
@@ -86,11 +96,12 @@ class Upstream:
             do_POST = do_GET = _serve
 
         self.disconnects = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     def default(self, req):
         """OpenAI-like answers for chat, completions, embeddings, with SSE when asked."""

@@ -6,6 +6,7 @@ import time
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from ..extensions import db
 from ..proxy import service
 from .auth import authenticate
 from .errors import ApiError
@@ -66,14 +67,32 @@ def proxy_call(kind: str) -> Response:
 
 
 def start_stream(gw, call, events, admission) -> Response:
-    """Pull the first bytes before answering, so errors before them are plain JSON errors."""
+    """Pull the first bytes before answering, so errors before them are plain JSON errors.
+
+    Retries and fallbacks happen inside that first pull. The database session is released before the stream
+    runs (no connection is held for its length); settling the admission at the end gets a fresh app context.
+    """
+    app = current_app._get_current_object()
 
     def owned():
         try:
             yield from events
+        except ApiError as err:  # before the first byte: note it now, the row is queued in `finally`
+            call.fail(err)
+            raise
+        except Exception:
+            if call.status < 400:
+                call.status, call.error_type = 500, "internal_error"
+            raise
         finally:
-            admission.finish(call)
-            gw.record(call)
+            try:
+                with app.app_context():
+                    try:
+                        admission.finish(call)
+                    finally:
+                        db.session.remove()
+            finally:
+                gw.record(call)
 
     gen = owned()
     try:
@@ -81,6 +100,7 @@ def start_stream(gw, call, events, admission) -> Response:
     except StopIteration:
         first = b""
     g.stream_owned = True
+    db.session.remove()
 
     def relay():
         yield first

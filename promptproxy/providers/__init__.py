@@ -1,9 +1,10 @@
 """Provider adapters by kind: a plain dict registry."""
 from __future__ import annotations
 
+from .anthropic import AnthropicAdapter
 from .openai import OpenAIAdapter
 
-ADAPTERS = {"openai": OpenAIAdapter()}
+ADAPTERS = {"openai": OpenAIAdapter(), "anthropic": AnthropicAdapter()}
 KINDS = tuple(ADAPTERS)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..crypto import Box
 from .catalog import Catalog
 from .logwriter import LogWriter
+from .resilience import Breakers, RetryPolicy
 from .upstream import Upstreams
 
 
@@ -41,10 +42,13 @@ class Gateway:
         self.box = Box(cfg["ENCRYPTION_KEY"], tuple(k for k in cfg.get("OLD_ENCRYPTION_KEYS", ()) if k))
         self.catalog = Catalog(self.box, ttl=cfg["CACHE_TTL"])
         self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"])
-        self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10))
+        self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10),
+                                   allow_private=bool(cfg["ALLOW_PRIVATE_UPSTREAMS"]))
         self.limiter = make_limiter(app)
         self.log_bodies = cfg["LOG_BODIES"]
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+        self.retry = RetryPolicy.from_config(cfg)
+        self.breakers = Breakers(int(cfg.get("BREAKER_THRESHOLD", 3)), float(cfg.get("BREAKER_COOLDOWN", 30.0)))
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
 
     def record(self, call) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 
@@ -12,6 +13,23 @@ from ..extensions import db
 from ..models import ApiKey, RequestLog
 
 log = logging.getLogger("promptproxy.logwriter")
+
+
+# Our own client keys (`pp-` + 43 url-safe characters) wherever a client pasted one into a logged body.
+CLIENT_KEY_RE = re.compile(r"pp-[A-Za-z0-9_-]{40,}")
+
+
+def _storable(row: dict) -> dict:
+    """Make a row safe to store: no client keys in logged text, no NUL characters (PostgreSQL text cannot hold
+    them, and one unstorable row would otherwise fail its whole batch on every retry)."""
+    for name, value in row.items():
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            value = row[name] = value.replace("\x00", "\ufffd")
+        if "pp-" in value:
+            row[name] = CLIENT_KEY_RE.sub("pp-[redacted]", value)
+    return row
 
 
 class LogWriter:
@@ -30,7 +48,7 @@ class LogWriter:
 
     def submit(self, row: dict) -> None:
         """Queue one row; never blocks on the database."""
-        self._queue.put(row)
+        self._queue.put(_storable(row))
         if self._thread is None:
             self._start()
 
@@ -42,7 +60,7 @@ class LogWriter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            time.sleep(self.interval)
+            self._stop.wait(self.interval)  # wakes at once on close(), so shutdown never waits an interval
             try:
                 self.flush()
             except Exception:  # keep the thread alive; rows stay pending and are retried

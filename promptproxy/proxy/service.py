@@ -13,7 +13,10 @@ from urllib3.exceptions import HTTPError, ReadTimeoutError
 from ..api.errors import ApiError, model_not_found, prompt_not_found
 from ..models import utcnow
 from ..providers import get_adapter
+from ..providers.anthropic_wire import TranslationError
+from ..providers.openai import UpstreamStreamError
 from . import prompts as P
+from . import resilience
 from .catalog import ModelInfo, Principal, PromptInfo, PromptVersionInfo
 from .grammar import parse_model
 from .sse import SSEParser
@@ -54,6 +57,10 @@ class Call:
     response_body: str | None = None
     headers: dict = field(default_factory=dict)  # extra response headers (rate limits, upstream limits)
     recorded: bool = False
+    requested: ModelInfo | None = None  # the model the client asked for, when a fallback served it
+    strip_usage: bool = False  # we asked the upstream for stream usage the client did not want
+    deadline: float | None = None  # perf_counter time by which the whole call must end
+    note: str | None = None  # e.g. which fallback served the call and why
 
     def fail(self, err: ApiError) -> None:
         """Note an error outcome."""
@@ -75,7 +82,8 @@ class Call:
             "prompt": self.prompt.slug if self.prompt else None,
             "prompt_version": self.version.version if self.version else None,
             "endpoint": self.endpoint, "inbound_format": self.inbound, "stream": self.stream,
-            "status": self.status, "error_type": self.error_type, "error_message": self.error_message,
+            "status": self.status, "error_type": self.error_type,
+            "error_message": self.error_message or (self.note[:500] if self.note else None),
             "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
             "cached_tokens": usage.get("cached_tokens"), "cache_write_tokens": usage.get("cache_write_tokens"),
             "usage_estimated": self.usage_estimated, "cost": self.cost,
@@ -202,9 +210,12 @@ def upstream_error(adapter, provider, status: int, raw: bytes) -> ApiError:
 
 
 def scrub(text: str, provider) -> str:
-    """Remove the provider's secret and address from an upstream message."""
+    """Remove the provider's secrets (key, extra header values) and address from an upstream message."""
     text = (text or "")[:1000]
-    for secret in (provider.api_key, provider.base_url):
+    # Extra headers are stored encrypted because they often carry credentials; very short values are skipped
+    # so that a header like `X-Flag: 1` does not blank every digit.
+    headers = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= 8]
+    for secret in (provider.api_key, provider.base_url, *headers):
         if secret:
             text = text.replace(secret, "[redacted]")
     return text
@@ -222,19 +233,78 @@ def upstream_headers(resp: requests.Response) -> dict:
 
 
 # -- sending ---------------------------------------------------------------------------------------
-def open_upstream(gw, call: Call, kind: str, body: dict):
-    """Send to the model's provider; returns (adapter, response) with a 2xx status, else raises ApiError."""
-    model = call.model
+def public_model(call: Call) -> str:
+    """The model name the client sees: the one it asked for, even when a fallback served it."""
+    return (call.requested or call.model).slug
+
+
+def upstream_body(model: ModelInfo, body: dict, kind: str) -> tuple[dict, bool]:
+    """The body for one model: its upstream name, and stream usage requested when the provider allows it."""
+    sent = dict(body)
+    sent["model"] = model.upstream_model
+    strip = False
     provider = model.provider
-    if provider.broken:
+    if sent.get("stream") and kind in ("chat", "completion") and provider.stream_usage and provider.kind == "openai":
+        options = sent.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage")):
+            sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            strip = True
+    elif sent.get("stream") and provider.kind != "openai":  # translating adapters always know usage
+        options = sent.get("stream_options")
+        strip = not (isinstance(options, dict) and options.get("include_usage"))
+    return sent, strip
+
+
+def _supports(kind: str):
+    def check(model: ModelInfo) -> bool:
+        try:
+            return kind in get_adapter(model.provider.kind).endpoints and not model.provider.broken
+        except KeyError:
+            return False
+    return check
+
+
+def open_upstream(gw, call: Call, kind: str, body: dict):
+    """Send to the model, retrying and then falling back; returns (adapter, response) with a 2xx status.
+
+    On success call.model is the model that served (call.requested keeps the one asked for). Raises ApiError.
+    """
+    primary = call.requested or call.model
+    if call.deadline is None:
+        call.deadline = call.t0 + primary.provider.total_timeout
+    models = resilience.candidates(gw, primary, kind, _supports(kind))
+
+    def attempt(model: ModelInfo, remaining: float):
+        return _attempt(gw, model, kind, body, remaining)
+
+    if not models:
         raise ApiError(502, "This provider's stored secret cannot be used; an administrator must re-enter it.",
                        code="provider_misconfigured", type="server_error")
-    adapter = get_adapter(provider.kind)
-    req = adapter.build(provider, kind, body)
-    resp = gw.upstreams.send(provider, req, provider.first_byte_timeout)
-    for name, value in upstream_headers(resp).items():
+    model, (adapter, resp, headers, strip), failures = resilience.send_with_fallbacks(
+        gw, models, call.deadline, attempt)
+    for name, value in headers.items():
         # Our own limit headers win; the upstream's same-named ones stay visible as x-upstream-*.
         call.headers["x-upstream-" + name[2:] if name in call.headers and name.startswith("x-") else name] = value
+    call.strip_usage = strip
+    if model.id != primary.id:
+        call.requested, call.model = primary, model
+        tried = ", ".join(f"{slug} {kind}" for slug, kind in failures)
+        call.note = f"served by fallback `{model.slug}` after: {tried}"
+    return adapter, resp
+
+
+def _attempt(gw, model: ModelInfo, kind: str, body: dict, remaining: float):
+    """One upstream request; ApiErrors carry `fault` (and `upstream_status`, `retry_after`) for the retry loop."""
+    provider = model.provider
+    adapter = get_adapter(provider.kind)
+    sent, strip = upstream_body(model, body, kind)
+    try:
+        req = adapter.build(provider, kind, sent)
+    except TranslationError as exc:  # a request the provider's wire format cannot express
+        raise ApiError(400, exc.message, param=exc.param, code="unsupported_for_provider") from None
+    resp = gw.upstreams.send(provider, req, min(provider.first_byte_timeout, remaining),
+                             min(provider.connect_timeout, remaining))
+    headers = upstream_headers(resp)
     if resp.status_code >= 300:
         try:
             raw = read_body(resp, 1024 * 1024)
@@ -243,10 +313,26 @@ def open_upstream(gw, call: Call, kind: str, body: dict):
         finally:
             resp.close()
         if 300 <= resp.status_code < 400:
-            raise ApiError(502, "The upstream answered with a redirect, which the gateway does not follow.",
+            err = ApiError(502, "The upstream answered with a redirect, which the gateway does not follow.",
                            code="bad_upstream_response", type="server_error")
-        raise upstream_error(adapter, provider, resp.status_code, raw)
-    return adapter, resp
+            err.fault = "bad"
+        else:
+            err = upstream_error(adapter, provider, resp.status_code, raw)
+            err.fault, err.upstream_status = "status", resp.status_code
+            err.retry_after = resilience.parse_retry_after(resp.headers)
+        err.headers = {**headers, **err.headers}
+        raise err
+    if sent.get("stream") and not _is_event_stream(resp):
+        resp.close()
+        err = ApiError(502, "The upstream answered a streaming request without an event stream.",
+                       code="bad_upstream_response", type="server_error")
+        err.fault = "bad"
+        raise err
+    return adapter, resp, headers, strip
+
+
+def _is_event_stream(resp: requests.Response) -> bool:
+    return resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
 
 
 def complete(gw, call: Call, kind: str, body: dict) -> dict:
@@ -266,7 +352,7 @@ def complete(gw, call: Call, kind: str, body: dict) -> dict:
         data = orjson.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not an object")
-        out, usage = adapter.parse(kind, data, call.model.slug)
+        out, usage = adapter.parse(kind, data, public_model(call))
     except (ValueError, KeyError, TypeError):
         raise ApiError(502, "The upstream sent a response the gateway could not understand.",
                        code="bad_upstream_response", type="server_error") from None
@@ -278,23 +364,26 @@ def complete(gw, call: Call, kind: str, body: dict) -> dict:
 
 
 def stream_events(gw, call: Call, kind: str, body: dict, encoder):
-    """Generator of encoded bytes for a streamed call; raises ApiError only before its first byte."""
-    strip_usage = False
-    if call.model.provider.stream_usage and call.model.provider.kind == "openai":
-        options = body.get("stream_options")
-        if not (isinstance(options, dict) and options.get("include_usage")):
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-            strip_usage = True
+    """Generator of encoded bytes for a streamed call; raises ApiError only before its first byte.
+
+    `encoder` frames the client's dialect: chunk(dict) -> bytes, done() -> bytes, error(ApiError) -> bytes.
+    """
     adapter, resp = open_upstream(gw, call, kind, body)
     provider = call.model.provider
-    translator = adapter.stream(kind, call.model.slug, strip_usage)
-    set_idle_timeout(resp, provider.idle_timeout)
-    deadline = call.t0 + provider.total_timeout
+    translator = adapter.stream(kind, public_model(call), call.strip_usage)
+    deadline = call.deadline or call.t0 + provider.total_timeout
+    # Later reads wait at most the idle gap (and never past the overall deadline).
+    set_idle_timeout(resp, max(min(provider.idle_timeout, deadline - time.perf_counter()), 0.001))
     parser = SSEParser()
     sent = False
+    received = 0
     text_out: list[str] = []
     try:
         for raw in iter_raw(resp):
+            received += len(raw)
+            if received > gw.max_response_bytes:
+                raise ApiError(502, "The upstream stream exceeded the gateway's response size limit.",
+                               code="bad_upstream_response", type="server_error")
             for event in parser.feed(raw):
                 out = translator.feed(event)
                 for chunk in out.chunks:
@@ -308,17 +397,21 @@ def stream_events(gw, call: Call, kind: str, body: dict, encoder):
                     return
                 if event.comment is not None and sent:
                     yield b": " + event.comment.encode() + b"\n\n"
-            if time.perf_counter() > deadline:
+            left = deadline - time.perf_counter()
+            if left <= 0:
                 raise ApiError(504, "The upstream stream exceeded the total time limit.",
                                code="upstream_timeout", type="server_error")
-        raise ApiError(502, "The upstream ended the stream early.", code="upstream_disconnect",
+            if left < provider.idle_timeout:  # near the end, the next read may only wait until the deadline
+                set_idle_timeout(resp, left)
+        raise ApiError(502, "The upstream ended the stream before it was complete.", code="upstream_disconnect",
                        type="server_error")
     except GeneratorExit:
         call.status, call.error_type, call.error_message = 499, "client_disconnected", "Client closed the stream."
         raise
     except Exception as exc:
-        err = _stream_error(exc)
+        err = _stream_error(exc, provider, deadline)
         call.fail(err)
+        gw.breakers.failure(provider, err.kind)
         if not sent:
             raise err from None
         yield encoder.error(err)
@@ -333,10 +426,17 @@ def stream_events(gw, call: Call, kind: str, body: dict, encoder):
         call.cost = cost(call.model, call.usage)
 
 
-def _stream_error(exc: Exception) -> ApiError:
+def _stream_error(exc: Exception, provider, deadline: float) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, ReadTimeoutError | TimeoutError | requests.exceptions.Timeout):
+    timed_out = isinstance(exc, ReadTimeoutError | TimeoutError | requests.exceptions.Timeout)
+    if timed_out and time.perf_counter() >= deadline - 0.01:  # the read wait was cut to the deadline
+        return ApiError(504, "The upstream stream exceeded the total time limit.", code="upstream_timeout",
+                        type="server_error")
+    if isinstance(exc, UpstreamStreamError):
+        return ApiError(502, scrub(str(exc), provider) or "The upstream reported an error mid-stream.",
+                        code="upstream_error", type="server_error")
+    if timed_out:
         return ApiError(504, "The upstream stopped sending in the middle of the stream.", code="upstream_timeout",
                         type="server_error")
     if isinstance(exc, HTTPError | requests.RequestException | OSError):
@@ -354,6 +454,10 @@ def _collect_text(chunk: dict, out: list[str]) -> None:
         text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
         if isinstance(text, str):
             out.append(text)
+        for call in (delta.get("tool_calls") or ()) if isinstance(delta, dict) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                out.append(function["arguments"])
 
 
 def _estimate(body: dict, text_out: list[str], usage: dict | None) -> dict:

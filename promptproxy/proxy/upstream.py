@@ -1,21 +1,30 @@
 """Pooled HTTP sessions per provider and the one place that sends upstream requests."""
 from __future__ import annotations
 
+import ipaddress
+import logging
 import threading
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
 from ..api.errors import ApiError
+from ..netguard import is_public
 from ..providers.base import UpstreamRequest
 from .catalog import ProviderInfo
+
+log = logging.getLogger("promptproxy.upstream")
 
 
 class Upstreams:
     """One requests.Session per provider, sized for the server's thread pool."""
 
-    def __init__(self, pool_size: int):
+    def __init__(self, pool_size: int, allow_private: bool = True):
         self.pool_size = pool_size
+        self.allow_private = allow_private
         self._sessions: dict[tuple, requests.Session] = {}
         self._lock = threading.Lock()
 
@@ -29,34 +38,93 @@ class Upstreams:
                 if found is None:
                     found = requests.Session()
                     found.trust_env = False  # never route through environment proxies or .netrc
-                    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+                    adapter_cls = HTTPAdapter if self.allow_private else PublicOnlyAdapter
+                    adapter = adapter_cls(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
                     found.mount("http://", adapter)
                     found.mount("https://", adapter)
                     self._sessions[key] = found
         return found
 
-    def send(self, provider: ProviderInfo, req: UpstreamRequest, first_byte_timeout: float) -> requests.Response:
-        """POST and return once headers arrive; network failures become 502/504 ApiErrors."""
+    def send(self, provider: ProviderInfo, req: UpstreamRequest, first_byte_timeout: float,
+             connect_timeout: float | None = None) -> requests.Response:
+        """POST and return once headers arrive; network failures become 502/504 ApiErrors with `fault` set."""
         try:
             return self.session(provider).post(
                 req.url, data=req.body, headers=req.headers, stream=True, allow_redirects=False,
-                timeout=(provider.connect_timeout, first_byte_timeout),
+                timeout=(connect_timeout or provider.connect_timeout, first_byte_timeout),
             )
         except requests.exceptions.ConnectTimeout:
-            raise ApiError(504, "The upstream did not accept the connection in time.",
-                           code="upstream_timeout", type="server_error") from None
+            err = ApiError(504, "The upstream did not accept the connection in time.",
+                           code="upstream_timeout", type="server_error")
+            err.fault = "connect"
         except requests.exceptions.ReadTimeout:
-            raise ApiError(504, "The upstream did not answer in time.", code="upstream_timeout",
-                           type="server_error") from None
+            err = ApiError(504, "The upstream did not answer in time.", code="upstream_timeout",
+                           type="server_error")
+            err.fault = "first_byte"
         except requests.exceptions.RequestException:
-            raise ApiError(502, "The upstream could not be reached.", code="upstream_unavailable",
-                           type="server_error") from None
+            err = ApiError(502, "The upstream could not be reached.", code="upstream_unavailable",
+                           type="server_error")
+            err.fault = "connect"
+        raise err
 
     def close(self) -> None:
         """Close every pooled connection."""
         for session in self._sessions.values():
             session.close()
         self._sessions.clear()
+
+
+# -- DNS rebinding guard ---------------------------------------------------------------------------
+def check_peer(sock, host: str) -> None:
+    """Refuse a connection whose actual peer is not a public address (the name may have re-resolved)."""
+    address = sock.getpeername()[0]
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if not is_public(ip):
+        sock.close()
+        log.warning("refused upstream connection: %s resolved to the private or special address %s", host, ip)
+        raise OSError(f"{host} resolved to a private or special address")
+
+
+class _PublicOnly:
+    """Mixin for urllib3 connections: check the connected peer before a byte (or TLS hello) is sent."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        try:
+            check_peer(sock, self.host)
+        except OSError as exc:
+            raise NewConnectionError(self, f"Refused connection: {exc}") from None
+        return sock
+
+
+class PublicHTTPConnection(_PublicOnly, HTTPConnection):
+    """HTTP connection limited to public peers."""
+
+
+class PublicHTTPSConnection(_PublicOnly, HTTPSConnection):
+    """HTTPS connection limited to public peers."""
+
+
+class PublicHTTPConnectionPool(HTTPConnectionPool):
+    """Pool of PublicHTTPConnection."""
+
+    ConnectionCls = PublicHTTPConnection
+
+
+class PublicHTTPSConnectionPool(HTTPSConnectionPool):
+    """Pool of PublicHTTPSConnection."""
+
+    ConnectionCls = PublicHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """A requests adapter whose connections refuse private peers (used unless ALLOW_PRIVATE_UPSTREAMS)."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        """Swap the pool classes after the pool manager is built."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": PublicHTTPConnectionPool,
+                                                   "https": PublicHTTPSConnectionPool}
 
 
 def set_idle_timeout(resp: requests.Response, seconds: float) -> None:

@@ -1,0 +1,44 @@
+"""Fixtures for Claude tests: a local Anthropic-format upstream and a Claude-backed model."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from promptproxy import manage
+from promptproxy.extensions import db
+
+from ..anthropic_upstream import AnthropicUpstream
+from ..conftest import log_rows
+
+CLAUDE_SECRET = "sk-ant-upstream-secret-5678"
+# USD per million tokens, Claude Sonnet's list prices: input, output, cache read, cache write.
+CLAUDE_PRICES = {"input_price": 3.0, "output_price": 15.0, "cached_input_price": 0.3, "cache_write_price": 3.75}
+
+
+@pytest.fixture
+def claude():
+    """A real local HTTP server speaking Anthropic's Messages API from the fixtures."""
+    server = AnthropicUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def claude_model(app, seeded, claude):
+    """Provider `anthropic` (kind anthropic) and model `claude` on it, plus a tool-bearing prompt."""
+    with app.app_context():
+        provider = manage.create_provider("t", "anthropic", "anthropic", claude.url, api_key=CLAUDE_SECRET)
+        manage.create_model("t", "claude", provider, "claude-sonnet-4-5-20250929", **CLAUDE_PRICES)
+        db.session.commit()
+    return "claude"
+
+
+def settled_rows(app, count: int = 1, patience: float = 10.0):
+    """Log rows once `count` exist: a stream's row is written after its last byte reaches the client."""
+    deadline = time.monotonic() + patience
+    rows = log_rows(app)
+    while len(rows) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+        rows = log_rows(app)
+    return rows

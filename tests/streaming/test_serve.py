@@ -1,0 +1,117 @@
+"""`promptproxy serve` under many concurrent streams, and its waitress settings."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from promptproxy.config import DEFAULTS
+from promptproxy.server import waitress_options
+
+from ..conftest import ENC_KEY
+from ..upstream import chunk
+from .conftest import rows_when
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_waitress_options_fit_200_streams():
+    opts = waitress_options(DEFAULTS, DEFAULTS["THREADS"])
+    assert opts["threads"] >= 200 and opts["connection_limit"] >= 2 * 200
+    assert opts["channel_request_lookahead"] == 1 and opts["send_bytes"] == 1
+    assert opts["asyncore_use_poll"] is True and opts["outbuf_high_watermark"] == 1024 * 1024
+    assert waitress_options({**DEFAULTS, "CONNECTION_LIMIT": 50}, 8)["connection_limit"] == 50
+    assert waitress_options(DEFAULTS, 8)["connection_limit"] == 100
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(app, seeded, db_url, tmp_path):
+    """`python -m promptproxy.cli serve` in a subprocess on the test database; yields (url, threads line)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": str(db_url),
+           "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY, "PROMPTPROXY_SECRET_KEY": "test-secret-key-0123456789abcdefgh",
+           "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "true", "PROMPTPROXY_PORT": str(port),
+           "PROMPTPROXY_INSTANCE_PATH": str(tmp_path / "served"), "PROMPTPROXY_THREADS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "promptproxy.cli", "serve"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    banner = ""
+    try:
+        while "serving on" not in banner:
+            line = proc.stdout.readline()
+            assert line, f"server exited: {banner}"
+            banner += line
+        yield f"http://127.0.0.1:{port}", banner
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_serve_streams_200_at_once(served, seeded, upstream, app):
+    url, banner = served
+    assert "threads=256" in banner
+    entered, release = [], threading.Event()
+
+    def handler(req):
+        model = req["body"]["model"]
+        entered.append(1)
+
+        def parts():
+            yield f"data: {json.dumps(chunk(model, 'a'))}\n\n"
+            release.wait(20)  # hold every stream open until all 200 are in flight at once
+            for _ in range(5):
+                yield 0.1
+                yield f"data: {json.dumps(chunk(model, 'b'))}\n\n"
+            yield "data: [DONE]\n\n"
+        return 200, {"Content-Type": "text/event-stream"}, parts()
+    upstream.handler = handler
+
+    def one(i):
+        resp = requests.post(url + "/v1/chat/completions", timeout=60,
+                             headers={"Authorization": f"Bearer {seeded.key}"},
+                             json={"model": "gpt-4o-mini", "stream": True,
+                                   "messages": [{"role": "user", "content": str(i)}]})
+        return resp.status_code, resp.content.endswith(b"data: [DONE]\n\n"), resp.content.count(b'"content":"b"')
+
+    with ThreadPoolExecutor(200) as pool:
+        futures = [pool.submit(one, i) for i in range(200)]
+        deadline = time.monotonic() + 30
+        while len(entered) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        in_flight = len(entered)
+        release.set()
+        results = [f.result() for f in futures]
+    assert in_flight == 200  # the server had all 200 streams open at the same time
+    assert results == [(200, True, 5)] * 200
+    rows = rows_when(app, 200, wait=15)
+    assert len(rows) == 200 and {r.status for r in rows} == {200}
+
+
+def test_serve_threads_option_and_env(app):
+    from promptproxy.cli import cli
+    from promptproxy.config import from_env
+
+    out = app.test_cli_runner().invoke(cli, ["serve", "--help"])
+    assert "--threads" in out.output and "PROMPTPROXY_THREADS" in out.output
+    assert from_env({"PROMPTPROXY_THREADS": "300"})["THREADS"] == 300
+    assert from_env({"PROMPTPROXY_CONNECTION_LIMIT": "1000"})["CONNECTION_LIMIT"] == 1000
