@@ -57,7 +57,9 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openapi_bp)  # GET /openapi.json
     try:
         from .admin import bp as admin_bp
-    except ImportError:
+    except ModuleNotFoundError as exc:  # a missing dashboard is tolerated; a broken one must fail loudly
+        if exc.name != "promptproxy.admin":
+            raise
         admin_bp = None
     if admin_bp is not None:
         app.register_blueprint(admin_bp, url_prefix="/admin")

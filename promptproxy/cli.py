@@ -667,6 +667,49 @@ def rotate_encryption_key():
         click.echo("you may now remove the old keys from PROMPTPROXY_OLD_ENCRYPTION_KEYS")
 
 
+# -- declarative configuration ------------------------------------------------------------------------
+@cli.command("apply")
+@click.argument("path", type=click.File("r", encoding="utf-8"))
+@click.option("--dry-run", is_flag=True, help="Print the differences; commit nothing.")
+@with_appcontext
+def apply_cmd(path, dry_run):
+    """Create or update providers, models, prompts and users from a YAML file (see docs/configuration.md)."""
+    from . import declarative
+
+    try:
+        result = declarative.apply(declarative.load(path.read()))
+    except declarative.ConfigFileError as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for change in result.changes:
+        click.echo(str(change))
+    count = len(result.changes)
+    if dry_run:
+        db.session.rollback()  # applied inside the transaction to validate it; nothing is committed
+        click.echo(f"dry run: {count} change(s) would be made; nothing was written")
+    else:
+        db.session.commit()
+        click.echo(f"applied {count} change(s)" if count else "no changes")
+
+
+@cli.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout).")
+@with_appcontext
+def export_cmd(output):
+    """Write providers, models, prompts and users as YAML for `apply` (secrets never in clear)."""
+    from . import declarative
+
+    text = declarative.export_text()
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
 def main() -> None:
     """Console-script entry point: configuration errors and bugs print one line, never a traceback."""
     try:

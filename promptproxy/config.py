@@ -41,6 +41,9 @@ DEFAULTS = {
     "RETENTION_DAYS": 0,
     "TRUSTED_PROXIES": 0,
     "SESSION_COOKIE_SECURE": False,
+    "SESSION_IDLE_MINUTES": 30,  # dashboard: idle timeout
+    "SESSION_MAX_HOURS": 12,  # dashboard: absolute session lifetime
+    "LOGIN_MAX_FAILURES": 10,  # dashboard: failed logins per (email, IP) per 15 minutes
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -62,7 +62,7 @@ def test_from_empty_database_to_a_working_call(cli_env, upstream):
                               stderr=subprocess.STDOUT, text=True)
     try:
         _wait_port(port)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=30)
         resp = client.chat.completions.create(model="gpt-4o-mini:translator",
                                               messages=[{"role": "user", "content": "Good morning"}])
         assert resp.choices[0].message.content == "Bonjour!"

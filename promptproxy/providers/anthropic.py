@@ -98,7 +98,7 @@ class AnthropicAdapter:
     """Adapter for kind `anthropic` (api.anthropic.com or anything speaking its Messages API)."""
 
     kind = "anthropic"
-    endpoints = frozenset({"chat"})
+    endpoints = frozenset(PATHS)  # OpenAI chat (translated), native messages and count_tokens
     native_messages = True  # /v1/messages bodies go upstream as they are (endpoint "messages")
 
     def build(self, provider: ProviderInfo, endpoint: str, body: dict) -> UpstreamRequest:

@@ -22,6 +22,8 @@ def parse_model(value: str) -> ModelRef:
     if not isinstance(value, str) or not value or len(value) > 512:
         raise ValueError("`model` must be a non-empty string")
     model, sep, rest = value.partition(":")
+    if not model:
+        raise ValueError("the model part of `model` is empty")
     prompt = version = None
     if sep:
         prompt, at, version = rest.rpartition("@") if "@" in rest else (rest, "", None)

@@ -1,6 +1,7 @@
 """Pure system-prompt injection: variables, modes, stored tools and parameters."""
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 
@@ -44,7 +45,10 @@ def _scalar(value, name: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # an integer beyond Python's int-to-str digit limit
+            raise PromptError(f"Prompt variable `{name}` is too long", "prompt_variables") from None
     raise PromptError(f"Prompt variable `{name}` must be a string, number or boolean", "prompt_variables")
 
 
@@ -72,13 +76,23 @@ def inject_completion_prompt(prompt, text: str, mode: str):
     raise PromptError("A stored prompt needs `prompt` as a string or an array of strings", "prompt")
 
 
+# Parameters that mean the same thing: a default for one must not be added next to the other, and a locked
+# one must not be escaped by sending the other.
+ALIASES = {"max_tokens": "max_completion_tokens", "max_completion_tokens": "max_tokens"}
+
+
 def apply_params(body: dict, params: Mapping | None) -> dict:
     """Stored parameters: defaults fill gaps, locked values win over the client's."""
     for name, spec in (params or {}).items():
         if not isinstance(spec, Mapping) or "value" not in spec:
             continue
-        if spec.get("locked") or name not in body:
-            body[name] = spec["value"]
+        alias = ALIASES.get(name)
+        if spec.get("locked"):
+            body[name] = copy.deepcopy(spec["value"])
+            if alias and not (params.get(alias) or {}).get("locked"):
+                body.pop(alias, None)
+        elif name not in body and (alias is None or alias not in body):
+            body[name] = copy.deepcopy(spec["value"])
     return body
 
 
@@ -93,7 +107,7 @@ def merge_tools(body: dict, stored: list | None) -> dict:
     clash = sorted(n for n in (_tool_name(t) for t in client) if n in names)
     if clash:
         raise PromptError(f"Tool(s) already defined by the stored prompt: {', '.join(clash)}", "tools")
-    body["tools"] = [*stored, *client]
+    body["tools"] = [*copy.deepcopy(stored), *client]
     return body
 
 

@@ -151,6 +151,9 @@ def build_body(call: Call, body: dict, kind: str) -> dict:
     version = call.version
     try:
         if version is not None:
+            if kind not in ("chat", "completion"):
+                raise P.PromptError(f"The stored prompt `{call.prompt.slug}` cannot be used with {kind} models.",
+                                    "model", "prompt_not_supported")
             text = P.render(version.text, variables, version.variables)
             if kind == "chat":
                 messages = body.get("messages")
@@ -278,6 +281,9 @@ def open_upstream(gw, call: Call, kind: str, body: dict):
         return _attempt(gw, model, kind, body, remaining)
 
     if not models:
+        if not primary.provider.broken and kind not in get_adapter(primary.provider.kind).endpoints:
+            raise ApiError(400, f"The model `{primary.slug}` cannot serve this endpoint.", param="model",
+                           code="unsupported_for_provider")
         raise ApiError(502, "This provider's stored secret cannot be used; an administrator must re-enter it.",
                        code="provider_misconfigured", type="server_error")
     model, (adapter, resp, headers, strip), failures = resilience.send_with_fallbacks(

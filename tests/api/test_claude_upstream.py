@@ -202,5 +202,5 @@ def test_completion_model_on_anthropic_provider_is_refused(live, seeded, claude_
     sdk = openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
         sdk.completions.create(model="claude-text", prompt="hi")
-    assert info.value.body["param"] == "model" and "chat models only" in info.value.body["message"]
+    assert info.value.body["param"] == "model" and "cannot serve this endpoint" in info.value.body["message"]
     assert claude.requests == []

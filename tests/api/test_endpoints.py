@@ -13,7 +13,8 @@ from ..conftest import log_rows
 @pytest.fixture
 def sdk(live, seeded):
     """The official OpenAI client pointed at the gateway."""
-    return openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0)
+    with openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0, timeout=30) as client:
+        yield client
 
 
 def test_completions_with_stored_prompt_string_and_array(sdk, upstream):

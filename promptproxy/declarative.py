@@ -1,0 +1,442 @@
+"""Declarative configuration: apply a YAML file of providers, models, prompts and users; export the same format."""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+import sqlalchemy as sa
+import yaml
+from flask import current_app
+
+from . import manage
+from .crypto import SecretError
+from .extensions import db
+from .manage import ManageError
+from .models import Model, Prompt, PromptLabel, Provider, User
+
+ACTOR = "apply"
+NUM = (int, float)
+PROVIDER_KEYS = ("name", "kind", "base_url", "api_key", "api_key_env", "headers", "headers_env",
+                 *manage.PROVIDER_FIELDS)
+MODEL_KEYS = ("slug", "provider", "upstream_model", "kind", *manage.PRICE_FIELDS, "fallbacks", "enabled")
+PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "params", "note", "labels",
+               "live_version")
+LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
+USER_KEYS = ("name", "email", "role", "active", "all_models", "all_prompts", "allowed_models", "allowed_prompts",
+             *LIMIT_KEYS)
+SECTIONS = {"providers": ("name", PROVIDER_KEYS), "models": ("slug", MODEL_KEYS),
+            "prompts": ("slug", PROMPT_KEYS), "users": ("name", USER_KEYS)}
+# Expected types; None (YAML null) is accepted for every field except the identifying one and `text`.
+TYPES = {
+    "name": str, "slug": str, "kind": str, "base_url": str, "api_key": str, "api_key_env": str, "headers": dict,
+    "headers_env": str, "connect_timeout": NUM, "first_byte_timeout": NUM, "idle_timeout": NUM,
+    "total_timeout": NUM, "stream_usage": bool, "anthropic_version": str, "default_max_tokens": int,
+    "enabled": bool, "provider": str, "upstream_model": str, "input_price": NUM, "output_price": NUM,
+    "cached_input_price": NUM, "cache_write_price": NUM, "fallbacks": list, "description": str, "mode": str,
+    "text": str, "variables": dict, "tools": list, "params": dict, "note": str, "labels": dict,
+    "live_version": int, "email": str, "role": str, "active": bool, "all_models": bool, "all_prompts": bool,
+    "allowed_models": list, "allowed_prompts": list, "rpm": int, "tpm": int, "max_concurrent": int,
+    "budget_usd": NUM, "budget_period": str,
+}
+
+
+class ConfigFileError(ValueError):
+    """A file that cannot be applied, with where and why."""
+
+
+@dataclass
+class Change:
+    """One difference between the file and the database."""
+
+    action: str  # "create" or "update"
+    kind: str
+    name: str
+    fields: list[str]
+    detail: str = ""
+
+    def __str__(self) -> str:
+        sign = "+" if self.action == "create" else "~"
+        head = f"{sign} {self.kind} {self.name}" + (f": {'; '.join(self.fields)}" if self.fields else "")
+        return head + ("\n" + self.detail if self.detail else "")
+
+
+@dataclass
+class Result:
+    """What applying a file changed (or would change), and what it could not do."""
+
+    changes: list[Change] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, action: str, kind: str, name: str, fields: list[str], detail: str = "") -> None:
+        """Note a change."""
+        self.changes.append(Change(action, kind, name, fields, detail))
+
+
+# -- loading -----------------------------------------------------------------------------------------
+def load(text: str) -> dict:
+    """Parse and check the file's shape (yaml.safe_load only: no tags, no objects)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError("the file must be a mapping with providers, models, prompts and users")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigFileError(f"unknown section(s): {', '.join(map(str, unknown))}")
+    for section, (ident, keys) in SECTIONS.items():
+        entries = [] if data.get(section) is None else data[section]
+        if not isinstance(entries, list):
+            raise ConfigFileError(f"`{section}` must be a list")
+        seen = set()
+        for i, entry in enumerate(entries):
+            where = f"{section}[{i}]"
+            _check_entry(entry, where, ident, keys)
+            if entry[ident] in seen:
+                raise ConfigFileError(f"{where}: `{entry[ident]}` appears twice")
+            seen.add(entry[ident])
+    return data
+
+
+def _check_entry(entry, where: str, ident: str, keys: tuple) -> None:
+    if not isinstance(entry, dict):
+        raise ConfigFileError(f"{where} must be a mapping")
+    if not isinstance(entry.get(ident), str) or not entry[ident]:
+        raise ConfigFileError(f"{where} needs `{ident}`")
+    unknown = sorted(set(entry) - set(keys), key=str)
+    if unknown:
+        raise ConfigFileError(f"{where} ({entry[ident]}): unknown field(s): {', '.join(map(str, unknown))}")
+    for key, value in entry.items():
+        expected = TYPES[key]
+        if value is None and key != "text":
+            continue
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise ConfigFileError(f"{where} ({entry[ident]}): `{key}` has the wrong type")
+
+
+# -- applying ----------------------------------------------------------------------------------------
+def apply(data: Mapping, environ: Mapping | None = None) -> Result:
+    """Make the database match the file through manage.* (each change audited); the caller commits."""
+    environ = os.environ if environ is None else environ
+    result = Result()
+    steps = (("providers", lambda e: _provider(e, result, environ)), ("models", lambda e: _model(e, result)),
+             ("models", lambda e: _fallbacks(e, result)), ("prompts", lambda e: _prompt(e, result)),
+             ("users", lambda e: _user(e, result)))
+    for section, step in steps:
+        ident = SECTIONS[section][0]
+        for i, entry in enumerate(data.get(section) or []):
+            try:
+                step(entry)
+            except (ManageError, ConfigFileError) as exc:
+                raise ConfigFileError(f"{section}[{i}] ({entry[ident]}): {exc}") from None
+    return result
+
+
+def _changed(obj, entry: Mapping, fields) -> dict:
+    """Fields present in the entry (and not null) whose value differs from the object's."""
+    return {f: entry[f] for f in fields if entry.get(f) is not None and entry[f] != getattr(obj, f)}
+
+
+def _describe(obj, changes: Mapping) -> list[str]:
+    return [f"{name} {getattr(obj, name)!r} -> {value!r}" for name, value in changes.items()]
+
+
+def _env(entry: Mapping, key: str, environ: Mapping, result: Result) -> str | None:
+    """A secret given literally or by environment variable; None when not given (leave as is)."""
+    if entry.get(key) is not None:
+        return entry[key]
+    var = entry.get(f"{key}_env")
+    if var is None:
+        return None
+    if not environ.get(var):
+        result.warnings.append(f"provider {entry['name']}: environment variable {var} is not set; "
+                               f"its {key.replace('_', ' ')} was left unchanged")
+        return None
+    return environ[var]
+
+
+def _provider_secrets(entry: Mapping, environ: Mapping, result: Result) -> tuple[str | None, dict | None]:
+    api_key = _env(entry, "api_key", environ, result)
+    headers = entry.get("headers")
+    raw = _env(entry, "headers", environ, result) if headers is None and entry.get("headers_env") else None
+    if raw is not None:
+        try:
+            headers = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            headers = None
+        if not isinstance(headers, dict):
+            raise ConfigFileError(f"{entry['headers_env']} must hold a JSON object of header names and values")
+    if headers is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ConfigFileError("headers must map names to text values")
+    return api_key, headers
+
+
+def _current_secrets(provider: Provider) -> tuple[str | None, dict | None]:
+    box = current_app.extensions["promptproxy"].box
+    try:
+        key = box.decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else None
+        headers = box.decrypt(provider.extra_headers_encrypted) if provider.extra_headers_encrypted else None
+    except SecretError:
+        return "\0unreadable", {"\0": "unreadable"}  # differs from anything, so the file's value is written
+    return key, orjson.loads(headers) if headers else {}
+
+
+def _provider(entry: Mapping, result: Result, environ: Mapping) -> None:
+    name = entry["name"]
+    api_key, headers = _provider_secrets(entry, environ, result)
+    options = {f: entry[f] for f in manage.PROVIDER_FIELDS if entry.get(f) is not None}
+    found = db.session.scalar(sa.select(Provider).where(Provider.name == name))
+    if found is None:
+        if not entry.get("base_url"):
+            raise ConfigFileError("a new provider needs `base_url`")
+        kind = entry.get("kind") or "openai"
+        manage.create_provider(ACTOR, name, kind, entry["base_url"], api_key=api_key, headers=headers, **options)
+        result.add("create", "provider", name, [f"kind {kind}", f"base_url {entry['base_url']}"]
+                   + (["api_key set"] if api_key else []) + (["headers set"] if headers else []))
+        return
+    if entry.get("kind") is not None and entry["kind"] != found.kind:
+        raise ConfigFileError(f"kind cannot change ({found.kind} -> {entry['kind']}); create a new provider")
+    changes = _changed(found, options, manage.PROVIDER_FIELDS)
+    notes = _describe(found, changes)
+    kwargs = dict(changes)
+    url = (entry.get("base_url") or "").strip().rstrip("/")
+    if url and url != found.base_url:
+        kwargs["base_url"] = url
+        notes.append(f"base_url {found.base_url} -> {url}")
+    key_now, headers_now = _current_secrets(found)
+    if api_key is not None and (api_key != key_now or "base_url" in kwargs):
+        kwargs["api_key"] = api_key  # also re-entered on a host change, which would otherwise clear it
+        notes.append("api_key changed" if api_key != key_now else "api_key kept for the new host")
+    if headers is not None and headers != (headers_now or {}):
+        kwargs["headers"] = headers
+        notes.append("headers changed")
+    if kwargs:
+        manage.update_provider(ACTOR, found, **kwargs)
+        result.add("update", "provider", name, notes)
+
+
+def _model(entry: Mapping, result: Result) -> None:
+    slug = entry["slug"]
+    fields = {f: entry[f] for f in ("upstream_model", "kind", "enabled", *manage.PRICE_FIELDS)
+              if entry.get(f) is not None}
+    found = db.session.scalar(sa.select(Model).where(Model.slug == slug))
+    provider = manage.get_provider(entry["provider"]) if entry.get("provider") else None
+    if found is None:
+        if provider is None or not entry.get("upstream_model"):
+            raise ConfigFileError("a new model needs `provider` and `upstream_model`")
+        manage.create_model(ACTOR, slug, provider, fields.pop("upstream_model"), fields.pop("kind", "chat"),
+                            **fields)
+        result.add("create", "model", slug, [f"provider {provider.name}", f"upstream_model {entry['upstream_model']}"])
+        return
+    changes = _changed(found, fields, fields)
+    notes = _describe(found, changes)
+    if provider is not None and provider.id != found.provider_id:
+        notes.append(f"provider {found.provider.name} -> {provider.name}")
+    else:
+        provider = None
+    if notes:
+        manage.update_model(ACTOR, found, provider=provider, **changes)
+        result.add("update", "model", slug, notes)
+
+
+def _fallbacks(entry: Mapping, result: Result) -> None:
+    """Second pass, once every model in the file exists."""
+    if entry.get("fallbacks") is None:
+        return
+    model = manage.get_model(entry["slug"])
+    wanted = list(entry["fallbacks"])
+    if wanted != list(model.fallbacks or []):
+        note = f"fallbacks {list(model.fallbacks or [])} -> {wanted}"
+        manage.update_model(ACTOR, model, fallbacks=wanted)
+        result.add("update", "model", model.slug, [note])
+
+
+def _version_fields(entry: Mapping) -> dict:
+    """The parts of a version; absent or empty means none (a version is a whole snapshot)."""
+    return {"variables": entry.get("variables") or None, "tools": entry.get("tools") or None,
+            "params": entry.get("params") or None}
+
+
+def _prompt(entry: Mapping, result: Result) -> None:
+    slug = entry["slug"]
+    if not isinstance(entry.get("text"), str):
+        raise ConfigFileError("a prompt needs `text`")
+    wanted = {"text": entry["text"], **_version_fields(entry)}
+    found = db.session.scalar(sa.select(Prompt).where(Prompt.slug == slug))
+    if found is None:
+        found = manage.create_prompt(ACTOR, slug, entry["text"], mode=entry.get("mode") or "prepend",
+                                     description=entry.get("description") or "", note=entry.get("note") or "",
+                                     **_version_fields(entry))
+        result.add("create", "prompt", slug, [f"mode {found.mode}", "version 1"])
+    else:
+        meta = _changed(found, entry, ("mode", "description"))
+        if meta:
+            notes = _describe(found, meta)
+            manage.update_prompt(ACTOR, found, **meta)
+            result.add("update", "prompt", slug, notes)
+        _new_version(found, wanted, entry.get("note") or "", result)
+    _labels(found, entry, result)
+
+
+def _new_version(prompt: Prompt, wanted: dict, note: str, result: Result) -> None:
+    latest = manage.get_version(prompt, prompt.latest_version)
+    current = {"text": latest.text, "variables": latest.variables or None, "tools": latest.tools or None,
+               "params": latest.params or None}
+    differ = [k for k in current if current[k] != wanted[k]]
+    if not differ:
+        return
+    number = prompt.latest_version + 1
+    detail = ""
+    if "text" in differ:
+        lines = difflib.unified_diff(latest.text.splitlines(), wanted["text"].splitlines(),
+                                     f"{prompt.slug}@{latest.version}", f"{prompt.slug}@{number}", lineterm="")
+        detail = "\n".join("    " + line for line in lines)
+    manage.add_version(ACTOR, prompt, wanted["text"], variables=wanted["variables"], tools=wanted["tools"],
+                       params=wanted["params"], note=note)
+    result.add("update", "prompt", prompt.slug, [f"new version {number} ({', '.join(differ)} changed)"], detail)
+
+
+def _labels(prompt: Prompt, entry: Mapping, result: Result) -> None:
+    current = {lab.label: lab.version for lab in
+               db.session.scalars(sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id))}
+    for label, number in (entry.get("labels") or {}).items():
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ConfigFileError(f"label `{label}` must point at a version number")
+        if current.get(str(label)) != number:
+            manage.set_label(ACTOR, prompt, str(label), number)
+            result.add("update", "prompt", prompt.slug, [f"label {label} {current.get(str(label))} -> {number}"])
+    if "live_version" in entry and entry["live_version"] != prompt.live_version:
+        before = prompt.live_version
+        manage.set_live(ACTOR, prompt, entry["live_version"])
+        result.add("update", "prompt", prompt.slug, [f"live_version {before or 'newest'} -> "
+                                                     f"{entry['live_version'] or 'newest'}"])
+
+
+# manage.apply_limits argument -> User attribute
+LIMIT_ATTRS = {"budget": "budget_usd", "period": "budget_period", "allow_models": "allowed_models",
+               "allow_prompts": "allowed_prompts"}
+
+
+def _user_limits(entry: Mapping, user: User | None) -> dict:
+    """manage.apply_limits keyword arguments for the fields that differ (all given ones for a new user)."""
+    out = {}
+    for key in ("rpm", "tpm", "max_concurrent", "budget_usd"):
+        if key in entry and (user is None or (entry[key] or None) != getattr(user, key)):
+            out["budget" if key == "budget_usd" else key] = entry[key] or 0  # 0 and null = no limit
+    if entry.get("budget_period") is not None and (user is None or entry["budget_period"] != user.budget_period):
+        out["period"] = entry["budget_period"]
+    for key in ("all_models", "all_prompts"):
+        if entry.get(key) is not None and (user is None or entry[key] != getattr(user, key)):
+            out[key] = entry[key]
+    for key, kind in (("allowed_models", "models"), ("allowed_prompts", "prompts")):
+        if key in entry and (user is None or list(entry[key] or []) != list(getattr(user, key) or [])):
+            out[f"clear_{kind}"] = True
+            out[f"allow_{kind}"] = list(entry[key] or [])
+    return out
+
+
+def _user(entry: Mapping, result: Result) -> None:
+    name = entry["name"]
+    found = db.session.scalar(sa.select(User).where(User.name == name))
+    limits = _user_limits(entry, found)
+    if found is None:
+        limits.pop("clear_models", None)
+        limits.pop("clear_prompts", None)
+        user = manage.create_user(ACTOR, name, email=entry.get("email"), role=entry.get("role") or "member",
+                                  **limits)
+        if entry.get("active") is False:
+            manage.update_user(ACTOR, user, active=False)
+        result.add("create", "user", name, [f"role {user.role}"] + [f"{k} {v}" for k, v in limits.items()])
+        return
+    fields = _changed(found, entry, ("role", "active"))
+    if "email" in entry and ((entry["email"] or "").strip().lower() or None) != found.email:
+        fields["email"] = entry["email"] or ""
+    shown = {LIMIT_ATTRS.get(k, k): (v or None) if k in ("rpm", "tpm", "max_concurrent", "budget") else v
+             for k, v in limits.items() if not k.startswith("clear_")}
+    notes = _describe(found, fields) + _describe(found, shown)
+    if notes:
+        manage.update_user(ACTOR, found, **fields, **limits)
+        result.add("update", "user", name, notes)
+
+
+# -- exporting ---------------------------------------------------------------------------------------
+def env_name(provider_name: str, what: str = "API_KEY") -> str:
+    """The environment variable an export names for a provider's secret, e.g. OPENAI_API_KEY."""
+    return re.sub(r"[^A-Z0-9]+", "_", provider_name.upper()).strip("_") + "_" + what
+
+
+def export_data() -> tuple[dict, list[str]]:
+    """The database in the file format (secrets replaced by environment-variable names), and notes."""
+    notes = []
+    providers = []
+    for p in db.session.scalars(sa.select(Provider).order_by(Provider.name)):
+        entry = {"name": p.name, "kind": p.kind, "base_url": p.base_url}
+        if p.api_key_encrypted:
+            entry["api_key_env"] = env_name(p.name)
+            notes.append(f"provider {p.name}: an API key is set; export it as {entry['api_key_env']} before applying")
+        if p.extra_headers_encrypted:
+            entry["headers_env"] = env_name(p.name, "HEADERS")
+            notes.append(f"provider {p.name}: extra headers are set; put them as a JSON object in "
+                         f"{entry['headers_env']}")
+        entry.update({f: getattr(p, f) for f in manage.PROVIDER_FIELDS if getattr(p, f) is not None})
+        providers.append(entry)
+    models = [{"slug": m.slug, "provider": m.provider.name, "upstream_model": m.upstream_model, "kind": m.kind,
+               **{f: getattr(m, f) for f in manage.PRICE_FIELDS if getattr(m, f) is not None},
+               **({"fallbacks": list(m.fallbacks)} if m.fallbacks else {}), "enabled": m.enabled}
+              for m in db.session.scalars(sa.select(Model).order_by(Model.slug))]
+    prompts = [_export_prompt(p) for p in db.session.scalars(sa.select(Prompt).order_by(Prompt.slug))
+               if p.latest_version]
+    users = [_export_user(u) for u in db.session.scalars(sa.select(User).order_by(User.name))]
+    return {"providers": providers, "models": models, "prompts": prompts, "users": users}, notes
+
+
+def _export_prompt(p: Prompt) -> dict:
+    latest = manage.get_version(p, p.latest_version)
+    entry = {"slug": p.slug, "description": p.description, "mode": p.mode, "text": latest.text}
+    for key in ("variables", "tools", "params"):
+        if getattr(latest, key):
+            entry[key] = getattr(latest, key)
+    labels = {lab.label: lab.version for lab in db.session.scalars(
+        sa.select(PromptLabel).where(PromptLabel.prompt_id == p.id).order_by(PromptLabel.label))}
+    if labels:
+        entry["labels"] = labels
+    if p.live_version is not None:
+        entry["live_version"] = p.live_version
+    return entry
+
+
+def _export_user(u: User) -> dict:
+    entry = {"name": u.name, "email": u.email, "role": u.role, "active": u.active, "all_models": u.all_models,
+             "all_prompts": u.all_prompts, "allowed_models": list(u.allowed_models or []),
+             "allowed_prompts": list(u.allowed_prompts or [])}
+    entry.update({k: getattr(u, k) for k in LIMIT_KEYS})
+    return entry
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML with multi-line text as literal blocks, so prompts stay readable and diffable."""
+
+
+def _str(dumper, value: str):
+    style = "|" if "\n" in value else None  # the emitter falls back to quotes when a block cannot hold it
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def export_text() -> str:
+    """The whole configuration as YAML, with a header saying which secrets to provide."""
+    data, notes = export_data()
+    header = ["# PromptProxy configuration, written by `promptproxy export`; apply with `promptproxy apply FILE`.",
+              "# Secrets are never exported in clear: providers name environment variables instead.",
+              "# API keys of users and dashboard passwords are not part of this format."]
+    header += [f"# - {note}" for note in notes]
+    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    return "\n".join(header) + "\n" + body
