@@ -107,7 +107,7 @@ def limit_options(fn):
 
 
 def all_options(fn):
-    """--all-models/--no-all-models and the same for prompts (users only)."""
+    """--all-models/--no-all-models and the same for prompts (on a key: no narrowing of its user's lists)."""
     fn = click.option("--all-prompts/--no-all-prompts", default=None, help="Every prompt, present and future.")(fn)
     return click.option("--all-models/--no-all-models", default=None, help="Every model, present and future.")(fn)
 
@@ -272,6 +272,7 @@ def key_revoke(key_id):
 @key.command("update")
 @click.argument("key_id")
 @click.option("--name")
+@all_options
 @limit_options
 @with_appcontext
 @committed

@@ -37,6 +37,7 @@ DEFAULTS = {
     "LOG_BATCH_SIZE": 500,
     "DEFAULT_MAX_TOKENS": 4096,
     "LIMITS_FAIL_OPEN": True,
+    "REDIS_PREFIX": "promptproxy",  # key prefix, so several deployments (or test runs) can share one Redis
     "RETENTION_DAYS": 0,
     "TRUSTED_PROXIES": 0,
     "SESSION_COOKIE_SECURE": False,

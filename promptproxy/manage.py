@@ -125,11 +125,15 @@ def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, peri
             raise ManageError(f"period must be one of {', '.join(PERIODS)}")
         obj.budget_period = period
         changed["budget_period"] = period
-    for flag, attr in ((all_models, "all_models"), (all_prompts, "all_prompts")):
+    for flag, attr, listed in ((all_models, "all_models", "allowed_models"),
+                               (all_prompts, "all_prompts", "allowed_prompts")):
         if flag is not None:
-            if not hasattr(obj, attr):
-                raise ManageError(f"--{attr.replace('_', '-')} applies to users only; keys can only narrow")
-            setattr(obj, attr, flag)
+            if hasattr(obj, attr):
+                setattr(obj, attr, flag)
+            elif flag:  # a key: "all" means no narrowing, i.e. everything its user may use
+                setattr(obj, listed, None)
+            elif getattr(obj, listed) is None:
+                setattr(obj, listed, [])  # a key: only what it lists (nothing until --allow-*)
             changed[attr] = flag
     for clear, attr in ((clear_models, "allowed_models"), (clear_prompts, "allowed_prompts")):
         if clear:

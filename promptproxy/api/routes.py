@@ -53,9 +53,9 @@ def proxy_call(kind: str) -> Response:
     service.check_routing_keys(body)
     service.resolve(gw, call, body, kind)
     call.stream = bool(body.get("stream"))
+    body = service.build_body(call, body, kind)  # before admission: nothing can fail between admit and finish
     admission = gw.limiter.admit(call, body)
     call.headers.update(admission.headers)
-    body = service.build_body(call, body, kind)
     if call.stream:
         return start_stream(gw, call, service.stream_events(gw, call, kind, body, service.OpenAIEncoder()),
                             admission)

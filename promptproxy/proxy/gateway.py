@@ -25,6 +25,15 @@ class NullLimiter:
         return Admission()
 
 
+def make_limiter(app):
+    """The real limiter (memory, or Redis with PROMPTPROXY_REDIS_URL) unless LIMITS_ENABLED is off."""
+    if not app.config.get("LIMITS_ENABLED", True):
+        return NullLimiter()
+    from .limits import Limiter
+
+    return Limiter(app)
+
+
 class Gateway:
     """Everything the request path shares across requests in one process."""
 
@@ -35,7 +44,7 @@ class Gateway:
         self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"])
         self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10),
                                    allow_private=bool(cfg["ALLOW_PRIVATE_UPSTREAMS"]))
-        self.limiter = NullLimiter()
+        self.limiter = make_limiter(app)
         self.log_bodies = cfg["LOG_BODIES"]
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
         self.retry = RetryPolicy.from_config(cfg)

@@ -1,0 +1,380 @@
+"""Rate limits, concurrency caps and budgets per user and per key, shared between instances through Redis."""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from limits import RateLimitItemPerMinute
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from redis.exceptions import RedisError
+
+from ..api.errors import ApiError
+from ..extensions import db
+from ..models import BudgetUsage, utcnow
+from .gateway import Admission
+from .usage import estimate_input
+
+log = logging.getLogger("promptproxy.limits")
+STORE_ERRORS = (StorageError, RedisError, OSError)
+EPSILON = 1e-9  # float slack so a request costing exactly the remaining budget still fits
+WHO = {"user": "your user", "key": "this API key"}
+
+# Atomic "take a slot if one is free": INCR, refresh the safety TTL, undo and refuse when over the cap.
+ACQUIRE = """
+local v = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if v > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+return v
+"""
+RELEASE = """
+local v = redis.call('DECR', KEYS[1])
+if v <= 0 then redis.call('DEL', KEYS[1]) end
+return v
+"""
+
+
+class LimitsUnavailable(Exception):
+    """The shared limit store (Redis) could not be reached."""
+
+
+# -- periods ---------------------------------------------------------------------------------------
+def period_start(period: str, now: datetime) -> datetime:
+    """Start of the budget period holding `now` (naive UTC): midnight, Monday midnight or the 1st."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def period_end(period: str, start: datetime) -> datetime:
+    """The first instant of the next period."""
+    if period == "day":
+        return start + timedelta(days=1)
+    if period == "week":
+        return start + timedelta(days=7)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: `250ms`, `12s`, `6m0s`."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def retry_after(seconds: float) -> str:
+    """Whole seconds, at least 1."""
+    return str(max(math.ceil(seconds), 1))
+
+
+# -- counters --------------------------------------------------------------------------------------
+class MemoryCounters:
+    """Concurrent-request counters for one process."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, key: str, cap: int, ttl: int) -> bool:
+        """Take a slot if fewer than `cap` are held."""
+        with self._lock:
+            held = self._counts.get(key, 0)
+            if held >= cap:
+                return False
+            self._counts[key] = held + 1
+            return True
+
+    def release(self, key: str) -> None:
+        """Give a slot back."""
+        with self._lock:
+            held = self._counts.get(key, 0) - 1
+            if held > 0:
+                self._counts[key] = held
+            else:
+                self._counts.pop(key, None)
+
+
+class RedisCounters:
+    """Concurrent-request counters shared through Redis; the TTL clears slots leaked by a crashed instance."""
+
+    def __init__(self, client, prefix: str):
+        self.prefix = prefix
+        self._acquire = client.register_script(ACQUIRE)
+        self._release = client.register_script(RELEASE)
+
+    def acquire(self, key: str, cap: int, ttl: int) -> bool:
+        """Take a slot if fewer than `cap` are held (one atomic script)."""
+        return bool(self._acquire([f"{self.prefix}:{key}"], [cap, ttl]))
+
+    def release(self, key: str) -> None:
+        """Give a slot back."""
+        self._release([f"{self.prefix}:{key}"])
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Reservation:
+    """Money held for one call in one subject's period."""
+
+    subject: str
+    period_start: datetime
+    amount: float
+
+
+class Budgets:
+    """Reserve-then-settle spend in the budget_usage table; a conditional UPDATE makes it race-free."""
+
+    table = BudgetUsage.__table__
+
+    def reserve(self, engine, subject: str, start: datetime, amount: float, limit: float) -> bool:
+        """Hold `amount` if spent + reserved + amount stays within `limit`."""
+        t = self.table
+        with engine.begin() as conn:
+            self._ensure_row(conn, subject, start)
+            done = conn.execute(
+                sa.update(t).where(t.c.subject == subject, t.c.period_start == start,
+                                   t.c.spent + t.c.reserved + amount <= limit + EPSILON)
+                .values(reserved=t.c.reserved + amount))
+            return done.rowcount == 1
+
+    def settle(self, engine, res: Reservation, actual: float) -> None:
+        """Replace the reservation with the actual cost (0 releases it)."""
+        t = self.table
+        left = t.c.reserved - res.amount
+        with engine.begin() as conn:
+            conn.execute(sa.update(t).where(t.c.subject == res.subject, t.c.period_start == res.period_start)
+                         .values(reserved=sa.case((left < EPSILON, 0.0), else_=left), spent=t.c.spent + actual))
+
+    def usage(self, engine, subject: str, start: datetime) -> tuple[float, float]:
+        """(spent, reserved) for a subject's period."""
+        t = self.table
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(t.c.spent, t.c.reserved).where(
+                t.c.subject == subject, t.c.period_start == start)).first()
+        return (row.spent, row.reserved) if row else (0.0, 0.0)
+
+    def _ensure_row(self, conn, subject: str, start: datetime) -> None:
+        values = {"subject": subject, "period_start": start, "spent": 0.0, "reserved": 0.0}
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif conn.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # pragma: no cover - other databases: plain insert, duplicate ignored
+            try:
+                conn.execute(sa.insert(self.table).values(**values))
+            except sa.exc.IntegrityError:
+                pass
+            return
+        conn.execute(insert(self.table).values(**values).on_conflict_do_nothing(
+            index_elements=["subject", "period_start"]))
+
+
+# -- admission -------------------------------------------------------------------------------------
+@dataclass
+class LimitAdmission(Admission):
+    """What one call holds: concurrency slots, TPM windows to charge, budget reservations."""
+
+    limiter: Limiter
+    headers: dict = field(default_factory=dict)
+    slots: list = field(default_factory=list)
+    tpm: list = field(default_factory=list)  # (item, identifiers)
+    reservations: list = field(default_factory=list)
+    engine: object = None
+    done: bool = False
+
+    def finish(self, call) -> None:
+        """Release slots, add the real tokens to TPM windows, settle the budgets (each step best effort)."""
+        if self.done:
+            return
+        self.done = True
+        self.limiter.finish(self, call)
+
+
+class Limiter:
+    """RPM (moving window), TPM (fixed window of real usage), concurrency and budgets per user and per key."""
+
+    def __init__(self, app, now=utcnow):
+        cfg = app.config
+        self.now = now  # injectable clock for budget periods
+        self.fail_open = bool(cfg["LIMITS_FAIL_OPEN"])
+        self.default_max_tokens = int(cfg["DEFAULT_MAX_TOKENS"])
+        self.slot_ttl = int(cfg["TOTAL_TIMEOUT"]) + 60
+        self.retry_seconds = float(cfg.get("LIMITS_RETRY_SECONDS", 5.0))
+        self.redis_url = cfg.get("REDIS_URL")
+        prefix = cfg.get("REDIS_PREFIX") or "promptproxy"
+        if self.redis_url:
+            self.storage = storage_from_string(self.redis_url, key_prefix=f"{prefix}:limits", wrap_exceptions=True,
+                                               socket_connect_timeout=1.0, socket_timeout=1.0)
+            self.counters = RedisCounters(self.storage.get_connection(), f"{prefix}:slots")
+        else:
+            self.storage = MemoryStorage()
+            self.counters = MemoryCounters()
+        self.requests = MovingWindowRateLimiter(self.storage)
+        self.tokens = FixedWindowRateLimiter(self.storage)  # hit() always adds, so real usage is never dropped
+        self.budgets = Budgets()
+        self._down_until = 0.0
+
+    # -- admit -------------------------------------------------------------------------------------
+    def admit(self, call, body: dict) -> LimitAdmission:
+        """Check TPM, take an RPM hit and a concurrency slot, reserve budget; or raise a 429/503 ApiError."""
+        adm = LimitAdmission(self)
+        subjects = self._subjects(call.principal)
+        if any(lim.get("rpm") or lim.get("tpm") or lim.get("max_concurrent") for _, _, lim in subjects):
+            try:
+                self._shared(adm, subjects)
+            except LimitsUnavailable:
+                self._release_slots(adm)
+                if not self.fail_open:
+                    raise ApiError(503, "Rate limits cannot be checked right now; please retry shortly.",
+                                   code="limits_unavailable", type="server_error",
+                                   headers={"Retry-After": retry_after(self.retry_seconds)}) from None
+                log.warning("limit store unreachable: admitting request %s without rate limits (fail open)",
+                            call.request_id)
+        try:
+            self._reserve(adm, call, body, subjects)
+        except BaseException:
+            self._release_slots(adm)
+            raise
+        return adm
+
+    def _subjects(self, principal) -> list[tuple[str, int, dict]]:
+        limits = principal.limits or {}
+        return [("key", principal.key_id, limits.get("key") or {}), ("user", principal.user_id,
+                                                                     limits.get("user") or {})]
+
+    def _store(self, fn, *args, retry: bool = False, **kwargs):
+        """Run one store operation; a failure marks the store down for a few seconds (checks skip it then)."""
+        if not retry and self.redis_url and time.monotonic() < self._down_until:
+            raise LimitsUnavailable
+        try:
+            return fn(*args, **kwargs)
+        except STORE_ERRORS as exc:
+            self._down_until = time.monotonic() + self.retry_seconds
+            log.warning("limit store error: %s", type(exc).__name__)
+            raise LimitsUnavailable from None
+
+    def _shared(self, adm: LimitAdmission, subjects) -> None:
+        tokens, requests = [], []
+        for kind, ident, lim in subjects:
+            ids = (kind, str(ident))
+            if lim.get("tpm"):
+                item = RateLimitItemPerMinute(lim["tpm"], namespace="tpm")
+                stats = self._store(self.tokens.get_window_stats, item, *ids)
+                tokens.append((kind, item, stats))
+                adm.tpm.append((item, ids))
+        self._headers(adm.headers, "tokens", tokens)
+        for kind, item, stats in tokens:
+            if stats.remaining <= 0:
+                raise self._too_many("tokens", kind, item.amount, stats.reset_time - time.time(), adm.headers)
+        for kind, ident, lim in subjects:
+            if lim.get("rpm"):
+                item = RateLimitItemPerMinute(lim["rpm"], namespace="rpm")
+                ids = (kind, str(ident))
+                ok = self._store(self.requests.hit, item, *ids)
+                stats = self._store(self.requests.get_window_stats, item, *ids)
+                requests.append((kind, item, stats))
+                if not ok:
+                    self._headers(adm.headers, "requests", requests)
+                    raise self._too_many("requests", kind, item.amount, stats.reset_time - time.time(), adm.headers)
+        self._headers(adm.headers, "requests", requests)
+        for kind, ident, lim in subjects:
+            cap = lim.get("max_concurrent")
+            if cap:
+                key = f"{kind}:{ident}"
+                if not self._store(self.counters.acquire, key, cap, self.slot_ttl):
+                    raise ApiError(429, f"Too many concurrent requests for {WHO[kind]}: the limit is {cap}. "
+                                        "Retry when one of them has finished.", code="rate_limit_exceeded",
+                                   type="requests", headers={**adm.headers, "Retry-After": "1"})
+                adm.slots.append(key)
+
+    @staticmethod
+    def _headers(headers: dict, what: str, entries) -> None:
+        """The tightest subject's limit, remaining and reset, OpenAI's header names."""
+        if not entries:
+            return
+        _, item, stats = min(entries, key=lambda e: (e[2].remaining, e[1].amount))
+        headers[f"x-ratelimit-limit-{what}"] = str(item.amount)
+        headers[f"x-ratelimit-remaining-{what}"] = str(max(stats.remaining, 0))
+        headers[f"x-ratelimit-reset-{what}"] = duration(max(stats.reset_time - time.time(), 0))
+
+    @staticmethod
+    def _too_many(what: str, kind: str, amount: int, wait: float, headers: dict) -> ApiError:
+        short = "RPM" if what == "requests" else "TPM"
+        return ApiError(429, f"Rate limit reached for {WHO[kind]} on {what} per min ({short}): Limit {amount}. "
+                             f"Please try again in {duration(max(wait, 0))}.", code="rate_limit_exceeded",
+                        type=what, headers={**headers, "Retry-After": retry_after(wait)})
+
+    def _reserve(self, adm: LimitAdmission, call, body: dict, subjects) -> None:
+        budgeted = [(kind, ident, lim) for kind, ident, lim in subjects if lim.get("budget_usd")]
+        if not budgeted:
+            return
+        adm.engine = db.engine
+        amount = self.estimate(call, body)
+        now = self.now()
+        for kind, ident, lim in budgeted:
+            period = lim.get("budget_period") or "month"
+            start = period_start(period, now)
+            subject = f"{kind}:{ident}"
+            if not self.budgets.reserve(adm.engine, subject, start, amount, lim["budget_usd"]):
+                self._settle_budgets(adm, 0.0)
+                wait = (period_end(period, start) - now).total_seconds()
+                raise ApiError(429, f"The budget of ${lim['budget_usd']:.2f} per {period} for {WHO[kind]} is used "
+                                    f"up or too small for this request; it resets at "
+                                    f"{period_end(period, start).isoformat()}Z.",
+                               code="insufficient_quota", type="insufficient_quota",
+                               headers={**adm.headers, "Retry-After": retry_after(wait)})
+            adm.reservations.append(Reservation(subject, start, amount))
+
+    def estimate(self, call, body: dict) -> float:
+        """Worst-case cost: estimated input tokens plus max_tokens (or the default cap) of output."""
+        model = call.model
+        if not (model.input_price or model.output_price or model.cached_input_price):
+            return 0.0
+        tokens_in = estimate_input(body)  # the built body: the stored prompt is already in it
+        tokens_out = 0
+        if model.kind != "embedding":
+            tokens_out = body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens
+        return (tokens_in * model.input_price + tokens_out * model.output_price) / 1_000_000
+
+    # -- finish ------------------------------------------------------------------------------------
+    def finish(self, adm: LimitAdmission, call) -> None:
+        """Release, charge tokens, settle money; failures are logged, never raised into the response."""
+        self._release_slots(adm)
+        used = call.usage or {}
+        total = (used.get("input_tokens") or 0) + (used.get("output_tokens") or 0)
+        if total and adm.tpm:
+            try:
+                for item, ids in adm.tpm:
+                    self._store(self.tokens.hit, item, *ids, cost=total, retry=True)
+            except LimitsUnavailable:
+                log.warning("limit store unreachable: tokens of request %s not counted", call.request_id)
+        if adm.reservations:
+            # Spend is exactly the logged cost, so the budget equals the sum of the request log's costs.
+            self._settle_budgets(adm, call.cost or 0.0)
+
+    def _settle_budgets(self, adm: LimitAdmission, actual: float) -> None:
+        for res in adm.reservations:
+            try:
+                self.budgets.settle(adm.engine, res, actual)
+            except sa.exc.SQLAlchemyError:
+                log.exception("budget settlement failed for %s", res.subject)
+        adm.reservations = []
+
+    def _release_slots(self, adm: LimitAdmission) -> None:
+        for key in adm.slots:
+            try:
+                self._store(self.counters.release, key, retry=True)
+            except LimitsUnavailable:
+                log.warning("limit store unreachable: slot %s not released (expires by TTL)", key)
+        adm.slots = []
