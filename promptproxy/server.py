@@ -76,11 +76,16 @@ def announce_setup(app) -> None:
         token = secrets.token_urlsafe(24)
         from .crypto import hash_key
 
-        found = db.session.get(Setting, "setup_token")
-        if found is None:
-            db.session.add(Setting(key="setup_token", value=hash_key(token)))
-        else:
-            found.value = hash_key(token)
-        db.session.commit()
+        try:
+            found = db.session.get(Setting, "setup_token")
+            if found is None:
+                db.session.add(Setting(key="setup_token", value=hash_key(token)))
+            else:
+                found.value = hash_key(token)
+            db.session.commit()
+        except sa.exc.IntegrityError:  # another instance starting at the same moment wrote one first
+            db.session.rollback()
+            db.session.execute(sa.update(Setting).where(Setting.key == "setup_token").values(value=hash_key(token)))
+            db.session.commit()
         print(f"No admin yet. Open /admin/setup and use this one-time token: {token}", flush=True)
         print("(or run: promptproxy create-admin --email E --password P)", flush=True)

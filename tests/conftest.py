@@ -26,7 +26,7 @@ def base_config(db_url: str, instance: Path) -> dict:
     """Test settings: real database, private upstreams allowed, fast caches."""
     return {"DATABASE_URL": db_url, "SECRET_KEY": "test-secret-key-0123456789abcdefgh", "ENCRYPTION_KEY": ENC_KEY,
             "ALLOW_PRIVATE_UPSTREAMS": True, "TESTING": True, "CACHE_TTL": 0.0, "THREADS": 64,
-            "LOG_FLUSH_INTERVAL": 0.05}
+            "LOG_FLUSH_INTERVAL": 0.05, "BREAKER_THRESHOLD": 0}
 
 
 def migrate(url: str, instance: Path) -> None:

@@ -126,6 +126,7 @@ def one_row_status(app):
 
 def test_open_breaker_skips_to_the_fallback(live, seeded, upstream, backup, app):
     gw = app.extensions["promptproxy"]
+    gw.breakers = Breakers(threshold=3, cooldown=30.0)
     add_backup(app, backup.url)
     with app.app_context():
         pid = manage.get_provider("local").id
