@@ -26,7 +26,11 @@ DEFAULTS = {
     "LOG_BATCH_SIZE": 500,
     "DEFAULT_MAX_TOKENS": 4096,
     "LIMITS_FAIL_OPEN": True,
-    "RETENTION_DAYS": 0,
+    "RETENTION_DAYS": 0,  # prune request-log rows older than this (roll-ups are kept); 0 = keep forever
+    "LOG_QUEUE_MAX": 50_000,  # queued log rows before requests wait for the database (backpressure)
+    "METRICS_TOKEN": "",  # when set, GET /metrics needs `Authorization: Bearer <token>`
+    "ACCESS_LOG": True,  # one JSON line per request on stderr (logger promptproxy.access)
+    "SHUTDOWN_GRACE": 30.0,  # seconds SIGTERM waits for in-flight requests and streams
     "TRUSTED_PROXIES": 0,
     "SESSION_COOKIE_SECURE": False,
 }

@@ -243,3 +243,49 @@ class BudgetUsage(db.Model):
     period_start: so.Mapped[datetime]
     spent: so.Mapped[float] = so.mapped_column(default=0.0)
     reserved: so.Mapped[float] = so.mapped_column(default=0.0)
+
+
+LATENCY_EDGES_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000)  # + overflow
+
+
+class UsageRollup(db.Model):
+    """Request-log totals per hour ("h") or day ("d") and user/key/model/prompt; kept when raw rows are pruned.
+
+    Missing dimensions are stored as 0 or "" (not NULL) so the unique key can be upserted on every database.
+    """
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (sa.UniqueConstraint("period", "bucket_start", "user_id", "key_id", "model", "prompt",
+                                          name="uq_usage_rollups_bucket"),)
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    period: so.Mapped[str] = so.mapped_column(sa.String(1))
+    bucket_start: so.Mapped[datetime]
+    user_id: so.Mapped[int] = so.mapped_column(default=0)
+    key_id: so.Mapped[int] = so.mapped_column(default=0)
+    model: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
+    prompt: so.Mapped[str] = so.mapped_column(sa.String(128), default="")
+    requests: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    errors: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    input_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    output_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    cached_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    cost: so.Mapped[float] = so.mapped_column(default=0.0)
+    latency_count: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    latency_sum: so.Mapped[float] = so.mapped_column(default=0.0)
+    ttft_count: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    ttft_sum: so.Mapped[float] = so.mapped_column(default=0.0)
+    # latency histogram: lat_i counts rows with EDGES[i-1] <= latency < EDGES[i]; the last one is the overflow
+    lat_0: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_1: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_2: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_3: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_4: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_5: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_6: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_7: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_8: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_9: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_10: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_11: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_12: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_13: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)

@@ -149,7 +149,7 @@ def main() -> None:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "promptproxy.cli", "serve", "--port", str(port),
                                "--threads", str(args.threads)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "server.log", "w"))
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -164,8 +164,9 @@ def main() -> None:
         spy = None
         if args.pyspy:
             fmt = "speedscope" if args.pyspy.endswith(".json") else "flamegraph"
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--rate", "250", "--format", fmt,
-                                    "--output", args.pyspy, "--nonblocking", *(["--gil"] if args.gil else [])],
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid),
+                                    "--rate", "250", "--format", fmt, "--output", args.pyspy, "--nonblocking",
+                                    *(["--gil"] if args.gil else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
