@@ -39,8 +39,8 @@ class GracefulShutdown:
             raise SystemExit(0)
         self.begun = True
         self.gateway.draining = True  # /readyz answers 503 from now on
-        log.info("signal %s: no longer accepting connections; draining for up to %.0f s", signum, self.grace)
-        self.server.pull_trigger(self._stop_accepting)
+        log.info("signal %s: no longer accepting connections; draining for up to %g s", signum, self.grace)
+        self.server.trigger.pull_trigger(self._stop_accepting)
         threading.Thread(target=self._drain, name="promptproxy-shutdown", daemon=True).start()
 
     def _stop_accepting(self) -> None:
@@ -62,7 +62,7 @@ class GracefulShutdown:
         left = self.busy()
         if left:
             log.warning("shutdown grace period over with %d requests in flight; closing their connections", left)
-            self.server.pull_trigger(self._close_channels)
+            self.server.trigger.pull_trigger(self._close_channels)
             cutoff = time.monotonic() + 5.0
             while self.server.task_dispatcher.active_count and time.monotonic() < cutoff:
                 time.sleep(self.poll)

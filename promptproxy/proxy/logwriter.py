@@ -37,7 +37,7 @@ class LogWriter:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pruned_at = 0.0
+        self._pruned_at: float | None = None
         self.written = 0  # rows committed by this process (metrics, tests)
         self.blocked = 0  # submits that had to wait for room (backpressure events)
         self.listeners: list = []  # callables(rows) run after a batch commits (roll-ups, metrics)
@@ -134,7 +134,8 @@ class LogWriter:
 
     def _maybe_prune(self) -> None:
         """Apply the retention setting at most once an hour per process (deletes are idempotent)."""
-        if self.retention_days <= 0 or time.monotonic() - self._pruned_at < PRUNE_EVERY:
+        if self.retention_days <= 0 or (self._pruned_at is not None
+                                        and time.monotonic() - self._pruned_at < PRUNE_EVERY):
             return
         self._pruned_at = time.monotonic()
         with self.app.app_context():
