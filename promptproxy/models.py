@@ -249,21 +249,22 @@ LATENCY_EDGES_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 6
 
 
 class UsageRollup(db.Model):
-    """Request-log totals per hour ("h") or day ("d") and user/key/model/prompt; kept when raw rows are pruned.
+    """Request-log totals per hour ("h") or day ("d"), per user, kept when raw rows are pruned.
 
-    Missing dimensions are stored as 0 or "" (not NULL) so the unique key can be upserted on every database.
+    `dim` "all" rows hold a user's totals (series, percentiles, top users); "model", "prompt" and "key" rows hold
+    the same sums split by that one dimension (`value`), so each chart reads only the rows it needs instead of a
+    user x key x model x prompt cross product. Missing users are 0 (not NULL) so the unique key can be upserted.
     """
 
     __tablename__ = "usage_rollups"
-    __table_args__ = (sa.UniqueConstraint("period", "bucket_start", "user_id", "key_id", "model", "prompt",
+    __table_args__ = (sa.UniqueConstraint("period", "dim", "bucket_start", "user_id", "value",
                                           name="uq_usage_rollups_bucket"),)
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     period: so.Mapped[str] = so.mapped_column(sa.String(1))
+    dim: so.Mapped[str] = so.mapped_column(sa.String(8))
     bucket_start: so.Mapped[datetime]
     user_id: so.Mapped[int] = so.mapped_column(default=0)
-    key_id: so.Mapped[int] = so.mapped_column(default=0)
-    model: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
-    prompt: so.Mapped[str] = so.mapped_column(sa.String(128), default="")
+    value: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
     requests: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     errors: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     input_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)

@@ -18,6 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .extensions import db
 
@@ -193,6 +194,10 @@ def install(app: Flask) -> None:
 
     app.before_request(_start_timer)
     app.after_request(_access_non_api)
+    trusted = int(app.config.get("TRUSTED_PROXIES") or 0)
+    if trusted and not isinstance(app.wsgi_app, ProxyFix):
+        # behind nginx or a load balancer: the client address and scheme come from the last `trusted` hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted, x_proto=trusted, x_host=0)
 
 
 def _access_from_call(call) -> None:

@@ -16,7 +16,7 @@ from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, utcnow
 
 log = logging.getLogger("promptproxy.rollups")
 TABLE = UsageRollup.__table__
-KEY_COLS = ("period", "bucket_start", "user_id", "key_id", "model", "prompt")
+KEY_COLS = ("period", "dim", "bucket_start", "user_id", "value")
 HIST_COLS = tuple(f"lat_{i}" for i in range(len(LATENCY_EDGES_MS) + 1))
 SUM_COLS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cost", "latency_count",
             "latency_sum", "ttft_count", "ttft_sum", *HIST_COLS)
@@ -40,13 +40,18 @@ def histogram_index(latency_ms: float) -> int:
 
 
 def aggregate(rows, out: dict | None = None) -> dict:
-    """Fold log rows (dicts with ROW_COLS) into {key tuple: sums} for both the hourly and the daily period."""
+    """Fold log rows (dicts with ROW_COLS) into {key tuple: sums}: hourly and daily, per user and per dimension."""
     out = {} if out is None else out
     for row in rows:
         when = row["created_at"]
-        dims = (row.get("user_id") or 0, row.get("key_id") or 0, row.get("model") or "", row.get("prompt") or "")
+        user = row.get("user_id") or 0
+        hour, day = hour_of(when), day_of(when)
+        keys = [("h", "all", hour, user, ""), ("d", "all", day, user, "")]
+        for dim, value in (("model", row.get("model")), ("prompt", row.get("prompt")), ("key", row.get("key_id"))):
+            if value is not None and value != "":
+                keys += [("h", dim, hour, user, str(value)), ("d", dim, day, user, str(value))]
         latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
-        for key in (("h", hour_of(when), *dims), ("d", day_of(when), *dims)):
+        for key in keys:
             acc = out.get(key)
             if acc is None:
                 acc = out[key] = dict.fromkeys(SUM_COLS, 0)

@@ -24,12 +24,10 @@ RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
           "30d": (timedelta(days=30), timedelta(days=1))}
 DIMENSIONS = {"user": RequestLog.user_id, "model": RequestLog.model, "prompt": RequestLog.prompt,
               "key": RequestLog.key_id}
-ROLLUP_DIMENSIONS = {"user": UsageRollup.user_id, "model": UsageRollup.model, "prompt": UsageRollup.prompt,
-                     "key": UsageRollup.key_id}
 PERCENTILES = (50, 95)
 EPOCH = datetime(2000, 1, 1)
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
-EXACT_PERCENTILE_ROWS = 20_000
+EXACT_PERCENTILE_ROWS = 2_000  # exact percentiles up to this many rows: fetching more costs > 20 ms
 
 
 def window(name: str, now: datetime | None = None) -> tuple[datetime, datetime, timedelta]:
@@ -63,8 +61,9 @@ def _raw_rows_cover(since: datetime) -> bool:
 
 
 # -- roll-up queries ------------------------------------------------------------------------------------
-def _r_where(period: str, since: datetime, until: datetime, user_id: int | None) -> list:
-    conds = [UsageRollup.period == period, UsageRollup.bucket_start >= since, UsageRollup.bucket_start < until]
+def _r_where(period: str, since: datetime, until: datetime, user_id: int | None, dim: str = "all") -> list:
+    conds = [UsageRollup.period == period, UsageRollup.dim == dim, UsageRollup.bucket_start >= since,
+             UsageRollup.bucket_start < until]
     if user_id is not None:
         conds.append(UsageRollup.user_id == user_id)
     return conds
@@ -157,6 +156,22 @@ def _percentiles(conds: list, bucket_expr) -> dict[int, dict]:
     return out
 
 
+def _exact_percentiles(since: datetime, until: datetime, bucket: timedelta, count: int,
+                       user_id: int | None) -> dict[int, dict]:
+    """Nearest-rank percentiles per bucket from the raw latencies (few rows: cheaper than ranking in SQL)."""
+    values: list[list[float]] = [[] for _ in range(count)]
+    query = sa.select(RequestLog.created_at, RequestLog.latency_ms).where(
+        *_where(since, until, user_id), RequestLog.latency_ms.is_not(None))
+    for created, latency in db.session.execute(query):
+        values[min(int((created - since) / bucket), count - 1)].append(latency)
+    out = {}
+    for i, lats in enumerate(values):
+        if lats:
+            lats.sort()
+            out[i] = {f"p{p}": float(lats[math.ceil(p * len(lats) / 100) - 1]) for p in PERCENTILES}
+    return out
+
+
 # -- public interface ------------------------------------------------------------------------------------
 def _row(sums: dict | None, pcts: dict | None) -> dict:
     sums = dict(sums or {"requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0, "cost": 0.0})
@@ -178,7 +193,7 @@ def _series(since: datetime, until: datetime, bucket: timedelta, user_id: int | 
     sums = _r_sums(_r_where(period, since, until, user_id), _r_bucket(since, count, bucket))
     total = sum(s["requests"] for s in sums.values())
     if total <= EXACT_PERCENTILE_ROWS and _raw_rows_cover(since):
-        pcts = _percentiles(_where(since, until, user_id), _bucket(since, count, bucket))
+        pcts = _exact_percentiles(since, until, bucket, count, user_id)
     else:
         pcts = {i: {f"p{p}": estimate_percentile(s["_hist"], p) for p in PERCENTILES} for i, s in sums.items()}
     return [_row(sums.get(i), pcts.get(i)) for i in range(count)]
@@ -212,15 +227,16 @@ def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, 
         ).where(*_where(since, until, user_id), column.is_not(None)).group_by(column).order_by(
             sa.desc("requests"), column).limit(limit)
     else:
-        column = ROLLUP_DIMENSIONS[dim]
-        missing = "" if dim in ("model", "prompt") else 0
+        column = UsageRollup.user_id if dim == "user" else UsageRollup.value
+        conds = _r_where(period, since, until, user_id, "all" if dim == "user" else dim)
+        if dim == "user":
+            conds.append(UsageRollup.user_id != 0)
         query = sa.select(
             column, sa.func.sum(UsageRollup.requests).label("requests"), sa.func.sum(UsageRollup.errors),
             sa.func.sum(UsageRollup.input_tokens + UsageRollup.output_tokens), sa.func.sum(UsageRollup.cost),
-        ).where(*_r_where(period, since, until, user_id), column != missing).group_by(column).order_by(
-            sa.desc("requests"), column).limit(limit)
-    rows = [{"key": k, "label": str(k), "requests": int(n), "errors": int(e or 0), "tokens": int(t or 0),
-             "cost": float(c or 0.0)} for k, n, e, t, c in db.session.execute(query)]
+        ).where(*conds).group_by(column).order_by(sa.desc("requests"), column).limit(limit)
+    rows = [{"key": int(k) if dim == "key" else k, "label": str(k), "requests": int(n), "errors": int(e or 0),
+             "tokens": int(t or 0), "cost": float(c or 0.0)} for k, n, e, t, c in db.session.execute(query)]
     if dim == "user" and rows:
         query = sa.select(User.id, User.name).where(User.id.in_([r["key"] for r in rows]))
         names = dict(db.session.execute(query).tuples().all())

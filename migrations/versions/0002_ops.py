@@ -19,11 +19,10 @@ def upgrade():
         "usage_rollups",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("period", sa.String(length=1), nullable=False),
+        sa.Column("dim", sa.String(length=8), nullable=False),
         sa.Column("bucket_start", sa.DateTime(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("key_id", sa.Integer(), nullable=False),
-        sa.Column("model", sa.String(length=256), nullable=False),
-        sa.Column("prompt", sa.String(length=128), nullable=False),
+        sa.Column("value", sa.String(length=256), nullable=False),
         *[sa.Column(name, BIG, nullable=False) for name in
           ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens")],
         sa.Column("cost", sa.Float(), nullable=False),
@@ -33,8 +32,7 @@ def upgrade():
         sa.Column("ttft_sum", sa.Float(), nullable=False),
         *[sa.Column(f"lat_{i}", BIG, nullable=False) for i in range(14)],
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("period", "bucket_start", "user_id", "key_id", "model", "prompt",
-                            name="uq_usage_rollups_bucket"),
+        sa.UniqueConstraint("period", "dim", "bucket_start", "user_id", "value", name="uq_usage_rollups_bucket"),
     )
     with op.batch_alter_table("request_logs", schema=None) as batch_op:
         batch_op.create_index("ix_request_logs_key_created", ["key_id", "created_at"], unique=False)

@@ -152,3 +152,19 @@ def test_access_log_one_json_line_per_request_without_the_key(app, live, seeded,
     assert (lines[1]["method"], lines[1]["path"], lines[1]["status"]) == ("GET", "/v1/models", 401)
     text = caplog.text
     assert seeded.key not in text and "pp-wrong-key" not in text
+
+
+@pytest.mark.parametrize("trusted, expected", [(0, "127.0.0.1"), (1, "203.0.113.9")])
+def test_client_address_from_x_forwarded_for_only_behind_a_trusted_proxy(db_url, tmp_path, monkeypatch, trusted,
+                                                                         expected):
+    from ..conftest import log_rows
+
+    monkeypatch.setenv("PROMPTPROXY_INSTANCE_PATH", str(tmp_path))
+    app = create_app({**base_config(db_url, tmp_path), "TRUSTED_PROXIES": trusted})
+    try:
+        r = app.test_client().get("/v1/models", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
+                                  environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert r.status_code == 401
+        assert [row.client_ip for row in log_rows(app)] == [expected]
+    finally:
+        app.extensions["promptproxy"].close()
