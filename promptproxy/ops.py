@@ -54,26 +54,43 @@ class Metrics:
                                 ["endpoint", "model", "reason"], registry=r)
         r.register(_GatewayCollector(gateway))
 
+        self._children: dict[tuple, tuple] = {}
+
+    def _series(self, endpoint: str, model: str, provider: str, status: str) -> tuple:
+        """The labelled children for one label set, cached: `labels()` costs more than the increments."""
+        key = (endpoint, model, provider, status)
+        found = self._children.get(key)
+        if found is None:
+            found = (self.requests.labels(endpoint, model, provider, status),
+                     self.latency.labels(endpoint, model, provider), self.ttft.labels(model, provider),
+                     self.tokens.labels(model, provider, "input"), self.tokens.labels(model, provider, "output"),
+                     self.tokens.labels(model, provider, "cached"), self.cost.labels(model, provider))
+            self._children[key] = found
+        return found
+
     def observe(self, call) -> None:
         """Record a finished call (a Gateway.record hook)."""
         endpoint = call.endpoint if call.endpoint in API_ENDPOINTS else "other"
         model = call.model.slug if call.model is not None else "-"  # never the raw, client-chosen name
         provider = call.model.provider.name if call.model is not None else "-"
-        self.requests.labels(endpoint, model, provider, str(call.status)).inc()
-        self.latency.labels(endpoint, model, provider).observe(max(time.perf_counter() - call.t0, 0.0))
+        requests, latency, ttft, tin, tout, tcached, cost = self._series(endpoint, model, provider, str(call.status))
+        requests.inc()
+        latency.observe(max(time.perf_counter() - call.t0, 0.0))
         if call.ttft_ms is not None:
-            self.ttft.labels(model, provider).observe(call.ttft_ms / 1000)
-        usage = call.usage or {}
-        for direction, name in (("input", "input_tokens"), ("output", "output_tokens"), ("cached", "cached_tokens")):
-            if usage.get(name):
-                self.tokens.labels(model, provider, direction).inc(usage[name])
+            ttft.observe(call.ttft_ms / 1000)
+        usage = call.usage
+        if usage:
+            for counter, name in ((tin, "input_tokens"), (tout, "output_tokens"), (tcached, "cached_tokens")):
+                if usage.get(name):
+                    counter.inc(usage[name])
         if call.cost:
-            self.cost.labels(model, provider).inc(call.cost)
-        kind = call.error_type or ""
-        if kind in LIMIT_CODES:
-            self.refusals.labels(endpoint, model, kind).inc()
-        if kind.startswith("upstream_") or kind in UPSTREAM_CODES:
-            self.upstream_errors.labels(model, provider, kind).inc()
+            cost.inc(call.cost)
+        kind = call.error_type
+        if kind:
+            if kind in LIMIT_CODES:
+                self.refusals.labels(endpoint, model, kind).inc()
+            if kind.startswith("upstream_") or kind in UPSTREAM_CODES:
+                self.upstream_errors.labels(model, provider, kind).inc()
 
 
 class _GatewayCollector:
