@@ -253,7 +253,8 @@ class UsageRollup(db.Model):
 
     `dim` "all" rows hold a user's totals (series, percentiles, top users); "model", "prompt" and "key" rows hold
     the same sums split by that one dimension (`value`), so each chart reads only the rows it needs instead of a
-    user x key x model x prompt cross product. Missing users are 0 (not NULL) so the unique key can be upserted.
+    user x key x model x prompt cross product. Each row is counted twice: under its user and under user_id -1
+    (everyone), so unfiltered charts read few rows. No user is 0 (not NULL) so the unique key can be upserted.
     """
 
     __tablename__ = "usage_rollups"

@@ -17,6 +17,7 @@ from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, utcnow
 log = logging.getLogger("promptproxy.rollups")
 TABLE = UsageRollup.__table__
 KEY_COLS = ("period", "dim", "bucket_start", "user_id", "value")
+EVERYONE = -1  # user_id of the rows summing every user: the admin's charts read only these
 HIST_COLS = tuple(f"lat_{i}" for i in range(len(LATENCY_EDGES_MS) + 1))
 SUM_COLS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cost", "latency_count",
             "latency_sum", "ttft_count", "ttft_sum", *HIST_COLS)
@@ -44,12 +45,13 @@ def aggregate(rows, out: dict | None = None) -> dict:
     out = {} if out is None else out
     for row in rows:
         when = row["created_at"]
-        user = row.get("user_id") or 0
         hour, day = hour_of(when), day_of(when)
-        keys = [("h", "all", hour, user, ""), ("d", "all", day, user, "")]
-        for dim, value in (("model", row.get("model")), ("prompt", row.get("prompt")), ("key", row.get("key_id"))):
-            if value is not None and value != "":
-                keys += [("h", dim, hour, user, str(value)), ("d", dim, day, user, str(value))]
+        keys = []
+        for user in (row.get("user_id") or 0, EVERYONE):
+            keys += [("h", "all", hour, user, ""), ("d", "all", day, user, "")]
+            for dim, value in (("model", row.get("model")), ("prompt", row.get("prompt")), ("key", row.get("key_id"))):
+                if value is not None and value != "":
+                    keys += [("h", dim, hour, user, str(value)), ("d", dim, day, user, str(value))]
         latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
         for key in keys:
             acc = out.get(key)

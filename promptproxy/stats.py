@@ -17,7 +17,7 @@ from flask import current_app
 
 from .extensions import db
 from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, User, utcnow
-from .rollups import HIST_COLS
+from .rollups import EVERYONE, HIST_COLS
 
 RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
           "7d": (timedelta(days=7), timedelta(hours=6)),
@@ -64,8 +64,7 @@ def _raw_rows_cover(since: datetime) -> bool:
 def _r_where(period: str, since: datetime, until: datetime, user_id: int | None, dim: str = "all") -> list:
     conds = [UsageRollup.period == period, UsageRollup.dim == dim, UsageRollup.bucket_start >= since,
              UsageRollup.bucket_start < until]
-    if user_id is not None:
-        conds.append(UsageRollup.user_id == user_id)
+    conds.append(UsageRollup.user_id == (EVERYONE if user_id is None else user_id))
     return conds
 
 
@@ -228,9 +227,13 @@ def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, 
             sa.desc("requests"), column).limit(limit)
     else:
         column = UsageRollup.user_id if dim == "user" else UsageRollup.value
-        conds = _r_where(period, since, until, user_id, "all" if dim == "user" else dim)
-        if dim == "user":
-            conds.append(UsageRollup.user_id != 0)
+        if dim == "user":  # per-user "all" rows (everyone's row and requests without a user left out)
+            conds = [UsageRollup.period == period, UsageRollup.dim == "all", UsageRollup.bucket_start >= since,
+                     UsageRollup.bucket_start < until, UsageRollup.user_id > 0]
+            if user_id is not None:
+                conds.append(UsageRollup.user_id == user_id)
+        else:
+            conds = _r_where(period, since, until, user_id, dim)
         query = sa.select(
             column, sa.func.sum(UsageRollup.requests).label("requests"), sa.func.sum(UsageRollup.errors),
             sa.func.sum(UsageRollup.input_tokens + UsageRollup.output_tokens), sa.func.sum(UsageRollup.cost),

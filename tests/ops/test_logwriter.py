@@ -23,7 +23,8 @@ def rollup_totals(app, period: str) -> dict:
         row = db.session.execute(sa.select(
             sa.func.sum(UsageRollup.requests), sa.func.sum(UsageRollup.errors),
             sa.func.sum(UsageRollup.input_tokens), sa.func.sum(UsageRollup.output_tokens),
-            sa.func.sum(UsageRollup.latency_count)).where(UsageRollup.period == period, UsageRollup.dim == "all")).one()
+            sa.func.sum(UsageRollup.latency_count)).where(
+            UsageRollup.period == period, UsageRollup.dim == "all", UsageRollup.user_id == -1)).one()
         return dict(zip(("requests", "errors", "input_tokens", "output_tokens", "latency_count"),
                         (int(v or 0) for v in row), strict=True))
 

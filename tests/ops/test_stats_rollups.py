@@ -77,12 +77,16 @@ def test_top_lists_from_rollups(app, rows):
         users = stats.top("user", since, until)
         prompts = stats.top("prompt", since, until)
         keys = stats.top("key", since, until, user_id=2)
+        mine = stats.totals(since, until, user_id=2)
+        my_users = stats.top("user", since, until, user_id=2)
     inside = [r for r in rows if since <= r["created_at"] < until]
     counts = {u: sum(r["user_id"] == u for r in inside) for u in (1, 2, 3)}
     assert {u["key"]: u["requests"] for u in users} == counts
     assert all(u["label"].startswith("deleted user #") for u in users)  # no such users in this database
     assert [(p["key"], p["requests"]) for p in prompts] == [("p", sum(r["prompt"] == "p" for r in inside))]
     assert sum(k["requests"] for k in keys) == counts[2]
+    assert mine["requests"] == counts[2]
+    assert [(u["key"], u["requests"]) for u in my_users] == [(2, counts[2])]
 
 
 def test_large_windows_estimate_percentiles_from_the_histogram(app, rows, monkeypatch):
