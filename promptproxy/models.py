@@ -249,7 +249,7 @@ LATENCY_EDGES_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 6
 
 
 class UsageRollup(db.Model):
-    """Request-log totals per hour ("h") or day ("d"), per user, kept when raw rows are pruned.
+    """Request-log totals per hour (period "h"; the column leaves room for coarser periods), kept when rows are pruned.
 
     `dim` "all" rows hold a user's totals (series, percentiles, top users); "model", "prompt" and "key" rows hold
     the same sums split by that one dimension (`value`), so each chart reads only the rows it needs instead of a

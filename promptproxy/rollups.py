@@ -1,4 +1,4 @@
-"""Usage roll-ups: hourly and daily totals of the request log, upserted in the same transaction as the rows.
+"""Usage roll-ups: hourly totals of the request log, upserted in the same transaction as the rows.
 
 The dashboard reads these instead of scanning millions of log rows; retention prunes raw rows and keeps these.
 Writing them with the log rows (one transaction) means they can never drift from the log: a batch either
@@ -30,67 +30,88 @@ def hour_of(when: datetime) -> datetime:
     return when.replace(minute=0, second=0, microsecond=0)
 
 
-def day_of(when: datetime) -> datetime:
-    """The start of the day (UTC)."""
-    return when.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 def histogram_index(latency_ms: float) -> int:
     """The histogram column a latency falls in."""
     return bisect.bisect_right(LATENCY_EDGES_MS, latency_ms)
 
 
+_N = len(SUM_COLS)
+_FLOAT = tuple(i for i, c in enumerate(SUM_COLS) if c in ("cost", "latency_sum", "ttft_sum"))
+_HIST0 = SUM_COLS.index(HIST_COLS[0])
+
+
 def aggregate(rows, out: dict | None = None) -> dict:
-    """Fold log rows (dicts with ROW_COLS) into {key tuple: sums}: hourly and daily, per user and per dimension."""
+    """Fold log rows (dicts with ROW_COLS) into {key tuple: sums list} per hour, per user and per dimension.
+
+    Each row counts under its own user and under EVERYONE, in the "all" row and in its model, prompt and key rows.
+    Sums are lists in SUM_COLS order (this runs in the writer thread for every row, so it stays lean).
+    """
     out = {} if out is None else out
     for row in rows:
-        when = row["created_at"]
-        hour, day = hour_of(when), day_of(when)
-        keys = []
-        for user in (row.get("user_id") or 0, EVERYONE):
-            keys += [("h", "all", hour, user, ""), ("d", "all", day, user, "")]
-            for dim, value in (("model", row.get("model")), ("prompt", row.get("prompt")), ("key", row.get("key_id"))):
-                if value is not None and value != "":
-                    keys += [("h", dim, hour, user, str(value)), ("d", dim, day, user, str(value))]
+        hour = row["created_at"].replace(minute=0, second=0, microsecond=0)
         latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
-        for key in keys:
-            acc = out.get(key)
-            if acc is None:
-                acc = out[key] = dict.fromkeys(SUM_COLS, 0)
-                acc["cost"] = acc["latency_sum"] = acc["ttft_sum"] = 0.0
-            acc["requests"] += 1
-            acc["errors"] += row["status"] >= 400
-            acc["input_tokens"] += row.get("input_tokens") or 0
-            acc["output_tokens"] += row.get("output_tokens") or 0
-            acc["cached_tokens"] += row.get("cached_tokens") or 0
-            acc["cost"] += row.get("cost") or 0.0
-            if latency is not None:
-                acc["latency_count"] += 1
-                acc["latency_sum"] += latency
-                acc[HIST_COLS[histogram_index(latency)]] += 1
-            if ttft is not None:
-                acc["ttft_count"] += 1
-                acc["ttft_sum"] += ttft
+        add = (1, 1 if row["status"] >= 400 else 0, row.get("input_tokens") or 0, row.get("output_tokens") or 0,
+               row.get("cached_tokens") or 0, row.get("cost") or 0.0, 0 if latency is None else 1, latency or 0.0,
+               0 if ttft is None else 1, ttft or 0.0)
+        hist = None if latency is None else _HIST0 + bisect.bisect_right(LATENCY_EDGES_MS, latency)
+        values = [("all", "")]
+        for dim, name in (("model", "model"), ("prompt", "prompt"), ("key", "key_id")):
+            value = row.get(name)
+            if value is not None and value != "":
+                values.append((dim, str(value)))
+        for user in (row.get("user_id") or 0, EVERYONE):
+            for dim, value in values:
+                key = ("h", dim, hour, user, value)
+                acc = out.get(key)
+                if acc is None:
+                    acc = out[key] = [0] * _N
+                    for i in _FLOAT:
+                        acc[i] = 0.0
+                for i, v in enumerate(add):
+                    acc[i] += v
+                if hist is not None:
+                    acc[hist] += 1
     return out
+
+
+_SQL: dict[str, tuple] = {}
+
+
+def _upsert_sql(dialect) -> tuple[str, tuple | None] | None:
+    """The upsert as driver SQL, compiled once per dialect (SQLAlchemy would recompile it for every batch)."""
+    if dialect.name not in _SQL:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            _SQL[dialect.name] = None
+            return None
+        stmt = insert(TABLE).values({c: sa.bindparam(c) for c in (*KEY_COLS, *SUM_COLS)})
+        stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLS),
+                                          set_={c: TABLE.c[c] + stmt.excluded[c] for c in SUM_COLS})
+        compiled = stmt.compile(dialect=dialect)
+        _SQL[dialect.name] = (str(compiled), tuple(compiled.positiontup) if compiled.positiontup else None)
+    return _SQL[dialect.name]
 
 
 def upsert(conn, aggregates: dict) -> None:
     """Add aggregates to the stored roll-ups (INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL)."""
     if not aggregates:
         return
-    params = [dict(zip(KEY_COLS, key, strict=True), **sums) for key, sums in aggregates.items()]
-    name = conn.dialect.name if hasattr(conn, "dialect") else conn.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
+    if not hasattr(conn, "exec_driver_sql"):  # an ORM session: use its connection (same transaction)
+        conn = conn.connection()
+    params = [dict(zip(KEY_COLS, key, strict=True), **dict(zip(SUM_COLS, sums, strict=True)))
+              for key, sums in aggregates.items()]
+    compiled = _upsert_sql(conn.dialect)
+    if compiled is None:
         _upsert_portable(conn, params)
         return
-    stmt = insert(TABLE)
-    stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLS),
-                                      set_={c: TABLE.c[c] + stmt.excluded[c] for c in SUM_COLS})
-    conn.execute(stmt, params)
+    sql, order = compiled
+    if order:
+        conn.exec_driver_sql(sql, [tuple(p[name] for name in order) for p in params])
+    else:
+        conn.exec_driver_sql(sql, params)
 
 
 def _upsert_portable(conn, params: list[dict]) -> None:

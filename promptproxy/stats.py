@@ -26,7 +26,7 @@ DIMENSIONS = {"user": RequestLog.user_id, "model": RequestLog.model, "prompt": R
               "key": RequestLog.key_id}
 PERCENTILES = (50, 95)
 EPOCH = datetime(2000, 1, 1)
-HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+HOUR = timedelta(hours=1)
 EXACT_PERCENTILE_ROWS = 2_000  # exact percentiles up to this many rows: fetching more costs > 20 ms
 
 
@@ -44,11 +44,9 @@ def _aligned(when: datetime, step: timedelta) -> bool:
 
 
 def _period(since: datetime, until: datetime, bucket: timedelta | None) -> str | None:
-    """'d' or 'h' when the roll-ups can answer the window exactly, else None (scan the log)."""
+    """'h' when the hourly roll-ups can answer the window exactly, else None (scan the log)."""
     if bucket is not None and bucket % HOUR:
         return None
-    if _aligned(since, DAY) and _aligned(until, DAY) and (bucket is None or not bucket % DAY):
-        return "d"
     if _aligned(since, HOUR) and _aligned(until, HOUR):
         return "h"
     return None

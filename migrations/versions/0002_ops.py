@@ -1,4 +1,4 @@
-"""ops: usage roll-ups (hourly and daily) and request-log indexes for the dashboard and the request log
+"""ops: hourly usage roll-ups and request-log indexes for the dashboard and the request log
 
 Revision ID: 0002_ops
 Revises: 0001
