@@ -77,7 +77,7 @@ def aggregate(rows, out: dict | None = None) -> dict:
 _SQL: dict[str, tuple] = {}
 
 
-def _upsert_sql(dialect) -> tuple[str, tuple | None] | None:
+def _upsert_sql(dialect) -> tuple | None:
     """The upsert as driver SQL, compiled once per dialect (SQLAlchemy would recompile it for every batch)."""
     if dialect.name not in _SQL:
         if dialect.name == "postgresql":
@@ -91,7 +91,9 @@ def _upsert_sql(dialect) -> tuple[str, tuple | None] | None:
         stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLS),
                                           set_={c: TABLE.c[c] + stmt.excluded[c] for c in SUM_COLS})
         compiled = stmt.compile(dialect=dialect)
-        _SQL[dialect.name] = (str(compiled), tuple(compiled.positiontup) if compiled.positiontup else None)
+        # the bucket start must be stored exactly as SQLAlchemy stores datetimes (SQLite: a fixed string format)
+        process = TABLE.c.bucket_start.type._cached_bind_processor(dialect)
+        _SQL[dialect.name] = (str(compiled), tuple(compiled.positiontup) if compiled.positiontup else None, process)
     return _SQL[dialect.name]
 
 
@@ -107,7 +109,10 @@ def upsert(conn, aggregates: dict) -> None:
     if compiled is None:
         _upsert_portable(conn, params)
         return
-    sql, order = compiled
+    sql, order, process = compiled
+    if process is not None:
+        for p in params:
+            p["bucket_start"] = process(p["bucket_start"])
     if order:
         conn.exec_driver_sql(sql, [tuple(p[name] for name in order) for p in params])
     else:
