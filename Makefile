@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
 
-.PHONY: install install-test run test lint bench clean
+.PHONY: install install-test run test lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,10 +21,16 @@ run: install
 	$(BIN)/promptproxy serve
 
 lint: install-test
-	$(BIN)/ruff check promptproxy tests app.py
+	$(BIN)/ruff check promptproxy tests app.py bench
 
 test: install-test lint
 	$(BIN)/python -m pytest
+
+bench: install-test
+	$(BIN)/python bench/run.py
+
+bench-quick: install-test
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
