@@ -4,17 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
 
-.PHONY: install install-test run test lint bench bench-quick clean
+.PHONY: install install-test lock run test lint audit bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# Dependencies come from hash-pinned lock files (a tampered or substituted package fails to install);
+# the project itself is installed without resolving anything. `make lock` regenerates them.
 install: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --require-hashes -r requirements-test.lock
+	$(BIN)/pip install -q --no-deps -e .
+
+lock:
+	$(PY) -m venv /tmp/pp-lock-venv && /tmp/pp-lock-venv/bin/pip install -q pip-tools==7.6.2
+	/tmp/pp-lock-venv/bin/pip-compile -q --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
+		--allow-unsafe -o requirements.lock pyproject.toml
+	/tmp/pp-lock-venv/bin/pip-compile -q --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
+		--allow-unsafe --extra test -o requirements-test.lock pyproject.toml
 
 run: install
 	$(BIN)/promptproxy db upgrade
@@ -22,9 +33,16 @@ run: install
 
 lint: install-test
 	$(BIN)/ruff check promptproxy tests app.py bench
+	$(BIN)/bandit -q -c pyproject.toml -r promptproxy
 
 test: install-test lint
 	$(BIN)/python -m pytest
+
+# Known vulnerabilities in the locked dependencies (PyPI's advisory data); CI runs it, `make test` does not.
+# pip-audit lives in its own venv so the project's stays exactly the lock file.
+audit:
+	test -x .venv-audit/bin/pip-audit || ($(PY) -m venv .venv-audit && .venv-audit/bin/pip install -q pip-audit==2.10.1)
+	.venv-audit/bin/pip-audit --vulnerability-service pypi --require-hashes --disable-pip -r requirements-test.lock
 
 bench: install-test
 	$(BIN)/python bench/run.py
@@ -33,4 +51,4 @@ bench-quick: install-test
 	$(BIN)/python bench/run.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-audit .pytest_cache .ruff_cache

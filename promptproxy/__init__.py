@@ -51,14 +51,18 @@ def create_app(test_config: dict | None = None) -> Flask:
 def register_blueprints(app: Flask) -> None:
     """API at /v1 (CSRF-exempt, bearer auth); the dashboard at /admin."""
     from .api import hooks
+    from .api.openapi import bp as openapi_bp
     from .api.routes import bp as api_bp
 
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp, url_prefix="/v1")
     hooks.install(app)
+    app.register_blueprint(openapi_bp)  # GET /openapi.json
     try:
         from .admin import bp as admin_bp
-    except ImportError:
+    except ModuleNotFoundError as exc:  # a missing dashboard is tolerated; a broken one must fail loudly
+        if exc.name != "promptproxy.admin":
+            raise
         admin_bp = None
     if admin_bp is not None:
         app.register_blueprint(admin_bp, url_prefix="/admin")

@@ -646,6 +646,7 @@ def log_cmd(user_name, limit, as_json):
                    f"{row.prompt or '-'}\t{row.input_tokens}/{row.output_tokens}\t{row.latency_ms:.0f}ms")
 
 
+<<<<<<< HEAD
 # -- retention and roll-ups ---------------------------------------------------------------------------
 @cli.command("prune")
 @click.option("--days", type=click.IntRange(0), default=None,
@@ -676,6 +677,26 @@ def rollups_rebuild():
     with db.engine.begin() as conn:
         count = rebuild(conn)
     click.echo(f"rebuilt roll-ups from {count} request-log rows")
+=======
+@cli.command("rotate-encryption-key")
+@with_appcontext
+def rotate_encryption_key():
+    """Re-encrypt every stored secret under PROMPTPROXY_ENCRYPTION_KEY (old keys in PROMPTPROXY_OLD_ENCRYPTION_KEYS)."""
+    from .rotation import RotationError, rotate_secrets
+
+    gw = current_app.extensions["promptproxy"]
+    try:
+        counts = rotate_secrets(gw.box)
+        if counts["rotated"]:
+            manage.audit(ACTOR, "rotate", "encryption_key", "secrets", counts)
+        db.session.commit()
+    except RotationError as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"re-encrypted {counts['rotated']} secret(s); {counts['current']} already under the current key")
+    if counts["rotated"] or counts["current"]:
+        click.echo("you may now remove the old keys from PROMPTPROXY_OLD_ENCRYPTION_KEYS")
+>>>>>>> dashboard
 
 
 def main() -> None:

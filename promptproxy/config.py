@@ -9,6 +9,7 @@ DEFAULTS = {
     "DATABASE_URL": None,  # default: SQLite in the instance folder
     "SECRET_KEY": None,
     "ENCRYPTION_KEY": None,
+    "OLD_ENCRYPTION_KEYS": "",  # comma-separated keys still accepted for decryption (rotation)
     "REDIS_URL": None,
     "HOST": "127.0.0.1",
     "PORT": 8090,
@@ -33,6 +34,9 @@ DEFAULTS = {
     "SHUTDOWN_GRACE": 30.0,  # seconds SIGTERM waits for in-flight requests and streams
     "TRUSTED_PROXIES": 0,
     "SESSION_COOKIE_SECURE": False,
+    "SESSION_IDLE_MINUTES": 30,  # dashboard: idle timeout
+    "SESSION_MAX_HOURS": 12,  # dashboard: absolute session lifetime
+    "LOGIN_MAX_FAILURES": 10,  # dashboard: failed logins per (email, IP) per 15 minutes
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -98,4 +102,13 @@ def finalize(cfg: dict, instance: Path) -> dict:
             cfg[name] = _instance_secret(instance, name.lower())
     if cfg["SECRET_KEY"] == cfg["ENCRYPTION_KEY"]:
         raise ConfigError("PROMPTPROXY_ENCRYPTION_KEY must differ from PROMPTPROXY_SECRET_KEY")
+    cfg["OLD_ENCRYPTION_KEYS"] = old_keys(cfg.get("OLD_ENCRYPTION_KEYS"))
     return cfg
+
+
+def old_keys(value) -> tuple[str, ...]:
+    """PROMPTPROXY_OLD_ENCRYPTION_KEYS as a tuple: a comma-separated string or a list."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(k.strip() for k in items if k and k.strip())

@@ -27,7 +27,8 @@ class Box:
     """Encrypts with the first key, decrypts with any (old keys listed for rotation)."""
 
     def __init__(self, key: str, old_keys: tuple[str, ...] = ()):
-        self._multi = MultiFernet([_fernet(key), *(_fernet(k) for k in old_keys)])
+        self._current = _fernet(key)
+        self._multi = MultiFernet([self._current, *(_fernet(k) for k in old_keys)])
 
     def encrypt(self, plaintext: str) -> str:
         """Return versioned ciphertext for a secret."""
@@ -43,6 +44,14 @@ class Box:
             raise SecretError(
                 "stored secret cannot be decrypted: wrong PROMPTPROXY_ENCRYPTION_KEY or tampered data"
             ) from None
+
+    def is_current(self, token: str) -> bool:
+        """True if the token decrypts under the current key (rotation can skip it)."""
+        try:
+            self._current.decrypt(token[len(PREFIX):].encode())
+        except InvalidToken:
+            return False
+        return token.startswith(PREFIX)
 
     def rotate(self, token: str) -> str:
         """Re-encrypt a token under the current key."""

@@ -25,11 +25,16 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
         app, host=host, port=port, threads=threads,
         connection_limit=max(2 * threads, 100),
         channel_request_lookahead=1,  # lets waitress notice a client that went away mid-stream
-        max_request_body_size=cfg["MAX_BODY_BYTES"],
+        # waitress refuses a body of exactly its limit (>=) and counts chunk framing; +1 makes MAX_BODY_BYTES
+        # itself allowed. Over it waitress answers 413 (JSON via json_errors) before the app: no row.
+        max_request_body_size=cfg["MAX_BODY_BYTES"] + 1,
         max_request_header_size=64 * 1024,
         channel_timeout=120, cleanup_interval=10, outbuf_high_watermark=1024 * 1024,
         send_bytes=1, expose_tracebacks=False, ident="promptproxy",
     )
+    from .wsgierrors import json_errors
+
+    json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
     atexit.register(gw.close)
 
     # SIGTERM/SIGINT: stop accepting, let requests and streams finish (PROMPTPROXY_SHUTDOWN_GRACE), flush the log.

@@ -12,6 +12,7 @@ from waitress.server import create_server
 
 from promptproxy import create_app, manage
 from promptproxy.extensions import db
+from promptproxy.wsgierrors import json_errors
 
 from .upstream import Upstream
 
@@ -99,11 +100,13 @@ def upstream():
 def live(app):
     """The gateway served by waitress on a free port, as in production."""
     server = create_server(app, host="127.0.0.1", port=0, threads=64, channel_request_lookahead=1,
-                           max_request_body_size=app.config["MAX_BODY_BYTES"])
+                           max_request_body_size=app.config["MAX_BODY_BYTES"] + 1)
+    json_errors(server)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
     server.close()
+    server.task_dispatcher.shutdown(timeout=5)  # end the worker threads, or every test leaks 64 of them
     thread.join(5)
 
 

@@ -1,6 +1,7 @@
 """In-memory snapshot of providers, models, prompts and keys, refreshed when the shared revision changes."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from ..crypto import Box, SecretError, hash_key
 from ..extensions import db
 from ..models import ApiKey, Model, Prompt, PromptLabel, PromptVersion, Provider, Setting, User, utcnow
 
+log = logging.getLogger("promptproxy.catalog")
 REVISION_KEY = "revision"
 WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel)
 
@@ -173,6 +175,8 @@ class Catalog:
             headers = self.box.decrypt(p.extra_headers_encrypted) if p.extra_headers_encrypted else None
         except SecretError as exc:
             broken = str(exc)
+            # Fail closed: the provider answers 502 provider_misconfigured until an admin re-enters its key.
+            log.error("provider %s is unusable: %s", p.name, broken)
         return ProviderInfo(
             id=p.id, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), api_key=secret,
             headers=orjson.loads(headers) if headers else {},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 
@@ -15,6 +16,23 @@ from ..models import ApiKey, RequestLog
 log = logging.getLogger("promptproxy.logwriter")
 LOG_TABLE = RequestLog.__table__
 PRUNE_EVERY = 3600.0  # seconds between retention passes in each process
+
+
+# Our own client keys (`pp-` + 43 url-safe characters) wherever a client pasted one into a logged body.
+CLIENT_KEY_RE = re.compile(r"pp-[A-Za-z0-9_-]{40,}")
+
+
+def _storable(row: dict) -> dict:
+    """Make a row safe to store: no client keys in logged text, no NUL characters (PostgreSQL text cannot hold
+    them, and one unstorable row would otherwise fail its whole batch on every retry)."""
+    for name, value in row.items():
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            value = row[name] = value.replace("\x00", "\ufffd")
+        if "pp-" in value:
+            row[name] = CLIENT_KEY_RE.sub("pp-[redacted]", value)
+    return row
 
 
 class LogWriter:
@@ -43,8 +61,14 @@ class LogWriter:
         self.listeners: list = []  # callables(rows) run after a batch commits (roll-ups, metrics)
 
     def submit(self, row: dict) -> None:
+<<<<<<< HEAD
         """Queue one row; waits only when the bounded queue is full (the database is behind)."""
         if self._thread is None and not self._stop.is_set():
+=======
+        """Queue one row; never blocks on the database."""
+        self._queue.put(_storable(row))
+        if self._thread is None:
+>>>>>>> dashboard
             self._start()
         try:
             self._queue.put_nowait(row)
@@ -80,8 +104,12 @@ class LogWriter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+<<<<<<< HEAD
             self._wake.wait(self.interval)
             self._wake.clear()
+=======
+            self._stop.wait(self.interval)  # wakes at once on close(), so shutdown never waits an interval
+>>>>>>> dashboard
             try:
                 self.flush()
                 self._maybe_prune()

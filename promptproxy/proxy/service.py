@@ -202,9 +202,12 @@ def upstream_error(adapter, provider, status: int, raw: bytes) -> ApiError:
 
 
 def scrub(text: str, provider) -> str:
-    """Remove the provider's secret and address from an upstream message."""
+    """Remove the provider's secrets (key, extra header values) and address from an upstream message."""
     text = (text or "")[:1000]
-    for secret in (provider.api_key, provider.base_url):
+    # Extra headers are stored encrypted because they often carry credentials; very short values are skipped
+    # so that a header like `X-Flag: 1` does not blank every digit.
+    headers = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= 8]
+    for secret in (provider.api_key, provider.base_url, *headers):
         if secret:
             text = text.replace(secret, "[redacted]")
     return text

@@ -1,22 +1,34 @@
 """Pooled HTTP sessions per provider and the one place that sends upstream requests."""
 from __future__ import annotations
 
+import ipaddress
+import logging
 import threading
 
 import requests
 from requests.adapters import HTTPAdapter
+<<<<<<< HEAD
 from requests.utils import check_header_validity
+=======
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
+>>>>>>> dashboard
 
 from ..api.errors import ApiError
+from ..netguard import is_public
 from ..providers.base import UpstreamRequest
 from .catalog import ProviderInfo
+
+log = logging.getLogger("promptproxy.upstream")
 
 
 class Upstreams:
     """One requests.Session per provider, sized for the server's thread pool."""
 
-    def __init__(self, pool_size: int):
+    def __init__(self, pool_size: int, allow_private: bool = True):
         self.pool_size = pool_size
+        self.allow_private = allow_private
         self._sessions: dict[tuple, requests.Session] = {}
         self._lock = threading.Lock()
 
@@ -30,7 +42,8 @@ class Upstreams:
                 if found is None:
                     found = LeanSession()
                     found.trust_env = False  # never route through environment proxies or .netrc
-                    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+                    adapter_cls = HTTPAdapter if self.allow_private else PublicOnlyAdapter
+                    adapter = adapter_cls(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
                     found.mount("http://", adapter)
                     found.mount("https://", adapter)
                     self._sessions[key] = found
@@ -60,6 +73,7 @@ class Upstreams:
         self._sessions.clear()
 
 
+<<<<<<< HEAD
 class LeanSession(requests.Session):
     """A Session whose `post` skips requests' per-call merging of settings, cookies, proxies and redirects.
 
@@ -89,6 +103,59 @@ class LeanSession(requests.Session):
         prepared._cookies = None
         return self.get_adapter(url).send(prepared, stream=stream, timeout=timeout, verify=self.verify,
                                           cert=self.cert, proxies={})
+=======
+# -- DNS rebinding guard ---------------------------------------------------------------------------
+def check_peer(sock, host: str) -> None:
+    """Refuse a connection whose actual peer is not a public address (the name may have re-resolved)."""
+    address = sock.getpeername()[0]
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if not is_public(ip):
+        sock.close()
+        log.warning("refused upstream connection: %s resolved to the private or special address %s", host, ip)
+        raise OSError(f"{host} resolved to a private or special address")
+
+
+class _PublicOnly:
+    """Mixin for urllib3 connections: check the connected peer before a byte (or TLS hello) is sent."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        try:
+            check_peer(sock, self.host)
+        except OSError as exc:
+            raise NewConnectionError(self, f"Refused connection: {exc}") from None
+        return sock
+
+
+class PublicHTTPConnection(_PublicOnly, HTTPConnection):
+    """HTTP connection limited to public peers."""
+
+
+class PublicHTTPSConnection(_PublicOnly, HTTPSConnection):
+    """HTTPS connection limited to public peers."""
+
+
+class PublicHTTPConnectionPool(HTTPConnectionPool):
+    """Pool of PublicHTTPConnection."""
+
+    ConnectionCls = PublicHTTPConnection
+
+
+class PublicHTTPSConnectionPool(HTTPSConnectionPool):
+    """Pool of PublicHTTPSConnection."""
+
+    ConnectionCls = PublicHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """A requests adapter whose connections refuse private peers (used unless ALLOW_PRIVATE_UPSTREAMS)."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        """Swap the pool classes after the pool manager is built."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": PublicHTTPConnectionPool,
+                                                   "https": PublicHTTPSConnectionPool}
+>>>>>>> dashboard
 
 
 def set_idle_timeout(resp: requests.Response, seconds: float) -> None:

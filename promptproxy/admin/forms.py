@@ -1,0 +1,130 @@
+"""Dashboard forms; validation of meaning stays in manage.* (its ManageError messages are shown inline)."""
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    DateField,
+    DecimalField,
+    EmailField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
+
+from .. import manage
+
+
+def options(pairs) -> list[SelectChoice]:
+    """Select options from (value, label) pairs or plain values."""
+    return [SelectChoice(*p) if isinstance(p, tuple) else SelectChoice(p) for p in pairs]
+
+
+PERIOD_CHOICES = options([("", "—"), *manage.PERIODS])
+
+
+class LoginForm(FlaskForm):
+    """Email and password."""
+
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+class SetupForm(FlaskForm):
+    """The first administrator, authorised by the one-time token."""
+
+    token = PasswordField("Set-up token", validators=[DataRequired(), Length(max=256)],
+                          description="Printed by the server at start.")
+    name = StringField("Your user name", validators=[DataRequired(), Length(max=64)])
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(min=8, max=1024)],
+                             description="At least 8 characters.")
+
+
+class LimitsMixin:
+    """Limits and allow-lists shared by user forms."""
+
+    all_models = BooleanField("Every model (present and future)")
+    allowed_models = SelectMultipleField("Allowed models", choices=[], validate_choice=False)
+    all_prompts = BooleanField("Every prompt (present and future)")
+    allowed_prompts = SelectMultipleField("Allowed prompts", choices=[], validate_choice=False)
+    rpm = IntegerField("Requests per minute", validators=[Optional(), NumberRange(min=0)],
+                       description="Empty or 0: no limit.")
+    tpm = IntegerField("Tokens per minute", validators=[Optional(), NumberRange(min=0)])
+    max_concurrent = IntegerField("Concurrent requests", validators=[Optional(), NumberRange(min=0)])
+    budget = DecimalField("Budget (USD)", places=None, validators=[Optional(), NumberRange(min=0)])
+    period = SelectField("Budget period", choices=PERIOD_CHOICES, default="")
+
+
+class UserForm(LimitsMixin, FlaskForm):
+    """Create a user."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=64)])
+    email = EmailField("Email", validators=[Optional(), Length(max=254)])
+    role = SelectField("Role", choices=options(manage.ROLES), default="member")
+    password = PasswordField("Password", validators=[Optional(), Length(min=8, max=1024)],
+                             description="Lets the user log in to the dashboard. At least 8 characters.")
+
+
+class UserEditForm(LimitsMixin, FlaskForm):
+    """Change a user (the name is fixed; it is how the CLI and logs refer to them)."""
+
+    email = EmailField("Email", validators=[Optional(), Length(max=254)])
+    role = SelectField("Role", choices=options(manage.ROLES), default="member")
+    active = BooleanField("Active")
+    password = PasswordField("New password", validators=[Optional(), Length(min=8, max=1024)],
+                             description="Leave empty to keep. Changing it ends the user's sessions.")
+
+
+class KeyForm(FlaskForm):
+    """A new key."""
+
+    name = StringField("Name", validators=[Optional(), Length(max=64)], description="What it is for.")
+    user = SelectField("User", choices=[], validate_choice=False)
+    expires = DateField("Expires", validators=[Optional()], description="Optional, UTC.")
+
+
+class ProviderForm(FlaskForm):
+    """An upstream API; the secret is write-only."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=64)])
+    kind = SelectField("Kind", choices=[])
+    base_url = StringField("Base URL", validators=[DataRequired(), Length(max=512)],
+                           description="e.g. https://api.openai.com/v1")
+    api_key = PasswordField("API key", validators=[Optional(), Length(max=4096)])
+    clear_key = BooleanField("Remove the stored key")
+    first_byte_timeout = DecimalField("First-byte timeout (s)", places=None, validators=[Optional()])
+    total_timeout = DecimalField("Overall timeout (s)", places=None, validators=[Optional()])
+    enabled = BooleanField("Enabled", default=True)
+
+
+class ModelForm(FlaskForm):
+    """A public model slug mapped to a provider's model."""
+
+    slug = StringField("Slug", validators=[DataRequired(), Length(max=128)],
+                       description="What clients send as `model`.")
+    provider = SelectField("Provider", choices=[], validate_choice=False)
+    upstream_model = StringField("Upstream model", validators=[DataRequired(), Length(max=256)])
+    kind = SelectField("Kind", choices=options(manage.MODEL_KINDS))
+    input_price = DecimalField("Input price (USD / 1M tokens)", places=None, validators=[Optional()])
+    output_price = DecimalField("Output price (USD / 1M tokens)", places=None, validators=[Optional()])
+    cached_input_price = DecimalField("Cached input price", places=None, validators=[Optional()])
+    fallbacks = StringField("Fallbacks", validators=[Optional(), Length(max=1024)],
+                            description="Model slugs, comma-separated, tried in order.")
+    enabled = BooleanField("Enabled", default=True)
+
+
+class PromptForm(FlaskForm):
+    """A stored system prompt; a text change saves a new version."""
+
+    slug = StringField("Slug", validators=[DataRequired(), Length(max=128)],
+                       description="Used as `model:slug`.")
+    description = StringField("Description", validators=[Optional(), Length(max=1000)])
+    mode = SelectField("Injection mode", choices=options(manage.PROMPT_MODES))
+    text = TextAreaField("Text", validators=[DataRequired()], render_kw={"rows": 8})
+    note = StringField("Version note", validators=[Optional(), Length(max=256)])
