@@ -646,7 +646,6 @@ def log_cmd(user_name, limit, as_json):
                    f"{row.prompt or '-'}\t{row.input_tokens}/{row.output_tokens}\t{row.latency_ms:.0f}ms")
 
 
-<<<<<<< HEAD
 # -- retention and roll-ups ---------------------------------------------------------------------------
 @cli.command("prune")
 @click.option("--days", type=click.IntRange(0), default=None,
@@ -677,7 +676,8 @@ def rollups_rebuild():
     with db.engine.begin() as conn:
         count = rebuild(conn)
     click.echo(f"rebuilt roll-ups from {count} request-log rows")
-=======
+
+
 @cli.command("rotate-encryption-key")
 @with_appcontext
 def rotate_encryption_key():
@@ -696,7 +696,6 @@ def rotate_encryption_key():
     click.echo(f"re-encrypted {counts['rotated']} secret(s); {counts['current']} already under the current key")
     if counts["rotated"] or counts["current"]:
         click.echo("you may now remove the old keys from PROMPTPROXY_OLD_ENCRYPTION_KEYS")
->>>>>>> dashboard
 
 
 def main() -> None:

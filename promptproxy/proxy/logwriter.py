@@ -61,14 +61,9 @@ class LogWriter:
         self.listeners: list = []  # callables(rows) run after a batch commits (roll-ups, metrics)
 
     def submit(self, row: dict) -> None:
-<<<<<<< HEAD
         """Queue one row; waits only when the bounded queue is full (the database is behind)."""
+        row = _storable(row)
         if self._thread is None and not self._stop.is_set():
-=======
-        """Queue one row; never blocks on the database."""
-        self._queue.put(_storable(row))
-        if self._thread is None:
->>>>>>> dashboard
             self._start()
         try:
             self._queue.put_nowait(row)
@@ -104,12 +99,8 @@ class LogWriter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-<<<<<<< HEAD
-            self._wake.wait(self.interval)
+            self._wake.wait(self.interval)  # close() and a full batch set it, so neither waits an interval
             self._wake.clear()
-=======
-            self._stop.wait(self.interval)  # wakes at once on close(), so shutdown never waits an interval
->>>>>>> dashboard
             try:
                 self.flush()
                 self._maybe_prune()

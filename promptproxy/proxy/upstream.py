@@ -7,13 +7,10 @@ import threading
 
 import requests
 from requests.adapters import HTTPAdapter
-<<<<<<< HEAD
 from requests.utils import check_header_validity
-=======
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
->>>>>>> dashboard
 
 from ..api.errors import ApiError
 from ..netguard import is_public
@@ -73,7 +70,6 @@ class Upstreams:
         self._sessions.clear()
 
 
-<<<<<<< HEAD
 class LeanSession(requests.Session):
     """A Session whose `post` skips requests' per-call merging of settings, cookies, proxies and redirects.
 
@@ -103,7 +99,8 @@ class LeanSession(requests.Session):
         prepared._cookies = None
         return self.get_adapter(url).send(prepared, stream=stream, timeout=timeout, verify=self.verify,
                                           cert=self.cert, proxies={})
-=======
+
+
 # -- DNS rebinding guard ---------------------------------------------------------------------------
 def check_peer(sock, host: str) -> None:
     """Refuse a connection whose actual peer is not a public address (the name may have re-resolved)."""
@@ -155,7 +152,6 @@ class PublicOnlyAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": PublicHTTPConnectionPool,
                                                    "https": PublicHTTPSConnectionPool}
->>>>>>> dashboard
 
 
 def set_idle_timeout(resp: requests.Response, seconds: float) -> None:
