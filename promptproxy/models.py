@@ -258,7 +258,7 @@ class UsageRollup(db.Model):
     """
 
     __tablename__ = "usage_rollups"
-    __table_args__ = (sa.UniqueConstraint("period", "dim", "bucket_start", "user_id", "value",
+    __table_args__ = (sa.UniqueConstraint("period", "dim", "user_id", "bucket_start", "value",
                                           name="uq_usage_rollups_bucket"),)
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     period: so.Mapped[str] = so.mapped_column(sa.String(1))

@@ -32,7 +32,8 @@ def upgrade():
         sa.Column("ttft_sum", sa.Float(), nullable=False),
         *[sa.Column(f"lat_{i}", BIG, nullable=False) for i in range(14)],
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("period", "dim", "bucket_start", "user_id", "value", name="uq_usage_rollups_bucket"),
+        # user_id before bucket_start: a chart reads one user (or everyone, -1) over a time range
+        sa.UniqueConstraint("period", "dim", "user_id", "bucket_start", "value", name="uq_usage_rollups_bucket"),
     )
     with op.batch_alter_table("request_logs", schema=None) as batch_op:
         batch_op.create_index("ix_request_logs_key_created", ["key_id", "created_at"], unique=False)
