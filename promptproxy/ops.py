@@ -182,6 +182,9 @@ def configure_logging() -> None:
 # -- wiring ----------------------------------------------------------------------------------------
 def install(app: Flask) -> None:
     """Routes /readyz and /metrics, the metrics record hook, access-log hooks."""
+    from .rollups import install_orm_hook
+
+    install_orm_hook()
     gw = app.extensions["promptproxy"]
     metrics = Metrics(gw)
     app.extensions["promptproxy.metrics"] = metrics

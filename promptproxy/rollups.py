@@ -159,3 +159,19 @@ def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) 
             if deleted:
                 log.info("pruned %d request-log rows older than %s (roll-ups kept)", deleted, cutoff)
             return deleted
+
+
+def _after_flush(session, flush_context) -> None:
+    """Rows added through the ORM (tests, imports, scripts) get their roll-ups in the same transaction too."""
+    added = [obj for obj in session.new if isinstance(obj, RequestLog)]
+    if added:
+        upsert(session.connection(), aggregate({c: getattr(obj, c) for c in ROW_COLS} for obj in added))
+
+
+def install_orm_hook() -> None:
+    """Register the after_flush hook once per process (the log writer's Core inserts do their own upserts)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    if not event.contains(Session, "after_flush", _after_flush):
+        event.listen(Session, "after_flush", _after_flush)
