@@ -41,6 +41,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     install_revision_hook()
     app.extensions["promptproxy"] = Gateway(app)
     register_blueprints(app)
+    from . import ops
+
+    ops.install(app)
     logging.getLogger("promptproxy").setLevel(logging.INFO)
     return app
 

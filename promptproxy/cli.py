@@ -647,6 +647,38 @@ def log_cmd(user_name, limit, as_json):
                    f"{row.prompt or '-'}\t{row.input_tokens}/{row.output_tokens}\t{row.latency_ms:.0f}ms")
 
 
+# -- retention and roll-ups ---------------------------------------------------------------------------
+@cli.command("prune")
+@click.option("--days", type=click.IntRange(0), default=None,
+              help="Keep this many days of request-log rows (default PROMPTPROXY_RETENTION_DAYS; 0 = keep all).")
+@with_appcontext
+def prune_cmd(days):
+    """Delete request-log rows older than the retention period; usage roll-ups (charts, totals) are kept."""
+    from .rollups import prune
+
+    days = current_app.config["RETENTION_DAYS"] if days is None else days
+    if days <= 0:
+        click.echo("retention is off (0 days): nothing pruned; pass --days N or set PROMPTPROXY_RETENTION_DAYS")
+        return
+    click.echo(f"pruned {prune(db.session, days)} request-log rows older than {days} days (roll-ups kept)")
+
+
+@cli.group()
+def rollups():
+    """Usage roll-ups behind the dashboard's charts."""
+
+
+@rollups.command("rebuild")
+@with_appcontext
+def rollups_rebuild():
+    """Recompute the roll-ups from the request-log rows still present (pruned days are lost)."""
+    from .rollups import rebuild
+
+    with db.engine.begin() as conn:
+        count = rebuild(conn)
+    click.echo(f"rebuilt roll-ups from {count} request-log rows")
+
+
 @cli.command("rotate-encryption-key")
 @with_appcontext
 def rotate_encryption_key():

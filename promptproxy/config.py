@@ -38,7 +38,11 @@ DEFAULTS = {
     "DEFAULT_MAX_TOKENS": 4096,
     "LIMITS_FAIL_OPEN": True,
     "REDIS_PREFIX": "promptproxy",  # key prefix, so several deployments (or test runs) can share one Redis
-    "RETENTION_DAYS": 0,
+    "RETENTION_DAYS": 0,  # prune request-log rows older than this (roll-ups are kept); 0 = keep forever
+    "LOG_QUEUE_MAX": 50_000,  # queued log rows before requests wait for the database (backpressure)
+    "METRICS_TOKEN": "",  # when set, GET /metrics needs `Authorization: Bearer <token>`
+    "ACCESS_LOG": True,  # one JSON line per request on stderr (logger promptproxy.access)
+    "SHUTDOWN_GRACE": 30.0,  # seconds SIGTERM waits for in-flight requests and streams
     "TRUSTED_PROXIES": 0,
     "SESSION_COOKIE_SECURE": False,
     "SESSION_IDLE_MINUTES": 30,  # dashboard: idle timeout

@@ -243,3 +243,51 @@ class BudgetUsage(db.Model):
     period_start: so.Mapped[datetime]
     spent: so.Mapped[float] = so.mapped_column(default=0.0)
     reserved: so.Mapped[float] = so.mapped_column(default=0.0)
+
+
+LATENCY_EDGES_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000)  # + overflow
+
+
+class UsageRollup(db.Model):
+    """Request-log totals per hour (period "h"; the column leaves room for coarser periods), kept when rows are pruned.
+
+    `dim` "all" rows hold a user's totals (series, percentiles, top users); "model", "prompt" and "key" rows hold
+    the same sums split by that one dimension (`value`), so each chart reads only the rows it needs instead of a
+    user x key x model x prompt cross product. Each row is counted twice: under its user and under user_id -1
+    (everyone), so unfiltered charts read few rows. No user is 0 (not NULL) so the unique key can be upserted.
+    """
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (sa.UniqueConstraint("period", "dim", "user_id", "bucket_start", "value",
+                                          name="uq_usage_rollups_bucket"),)
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    period: so.Mapped[str] = so.mapped_column(sa.String(1))
+    dim: so.Mapped[str] = so.mapped_column(sa.String(8))
+    bucket_start: so.Mapped[datetime]
+    user_id: so.Mapped[int] = so.mapped_column(default=0)
+    value: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
+    requests: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    errors: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    input_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    output_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    cached_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    cost: so.Mapped[float] = so.mapped_column(default=0.0)
+    latency_count: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    latency_sum: so.Mapped[float] = so.mapped_column(default=0.0)
+    ttft_count: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    ttft_sum: so.Mapped[float] = so.mapped_column(default=0.0)
+    # latency histogram: lat_i counts rows with EDGES[i-1] <= latency < EDGES[i]; the last one is the overflow
+    lat_0: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_1: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_2: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_3: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_4: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_5: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_6: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_7: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_8: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_9: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_10: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_11: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_12: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    lat_13: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import atexit
 import logging
 import secrets
-import signal
-import sys
 
 import sqlalchemy as sa
 from waitress.server import create_server
+
+from .ops import configure_logging
+from .shutdown import GracefulShutdown
 
 log = logging.getLogger("promptproxy.server")
 
@@ -26,17 +27,14 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
     json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
     atexit.register(gw.close)
 
-    def stop(signum, frame):
-        log.info("signal %s: closing listener, flushing the request log", signum)
-        server.close()
-        gw.close()
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # SIGTERM/SIGINT: stop accepting, let requests and streams finish (PROMPTPROXY_SHUTDOWN_GRACE), flush the log.
+    shutdown = GracefulShutdown(server, gw, grace=float(cfg.get("SHUTDOWN_GRACE", 30.0)))
+    shutdown.install()
+    configure_logging()
     announce_setup(app)
     print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
     server.run()
+    shutdown.finish()
 
 
 def waitress_options(cfg, threads: int) -> dict:

@@ -1,8 +1,11 @@
 """Aggregates over the request log for the dashboard: time series, totals and top lists.
 
-The interface (window, overview, totals, top) is what the dashboard uses; the implementation may change
-(roll-up tables) as long as the numbers still match the request log. Everything here is portable SQL
-(SQLite 3.25+ and PostgreSQL): buckets are a CASE over precomputed edges, percentiles use ROW_NUMBER.
+The interface (window, overview, totals, top) is what the dashboard uses. Windows aligned to whole hours (all
+the dashboard's ranges) are answered from the usage roll-ups (promptproxy/rollups.py: hourly and daily totals
+written in the same transaction as the log rows), so the overview costs the same with a million rows as with
+a hundred, and survives retention pruning. Latency percentiles are exact (ranked in the database) while the
+window holds at most EXACT_PERCENTILE_ROWS raw rows, and estimated from the roll-ups' latency histogram beyond.
+Any other window falls back to scanning request_logs (portable SQL for SQLite 3.25+ and PostgreSQL).
 """
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import math
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from flask import current_app
 
 from .extensions import db
-from .models import RequestLog, User, utcnow
+from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, User, utcnow
+from .rollups import EVERYONE, HIST_COLS
 
 RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
           "7d": (timedelta(days=7), timedelta(hours=6)),
@@ -21,6 +26,8 @@ DIMENSIONS = {"user": RequestLog.user_id, "model": RequestLog.model, "prompt": R
               "key": RequestLog.key_id}
 PERCENTILES = (50, 95)
 EPOCH = datetime(2000, 1, 1)
+HOUR = timedelta(hours=1)
+EXACT_PERCENTILE_ROWS = 2_000  # exact percentiles up to this many rows: fetching more costs > 20 ms
 
 
 def window(name: str, now: datetime | None = None) -> tuple[datetime, datetime, timedelta]:
@@ -31,6 +38,73 @@ def window(name: str, now: datetime | None = None) -> tuple[datetime, datetime, 
     return until - span, until, bucket
 
 
+# -- which source answers a window ---------------------------------------------------------------------
+def _aligned(when: datetime, step: timedelta) -> bool:
+    return (when - EPOCH) % step == timedelta(0)
+
+
+def _period(since: datetime, until: datetime, bucket: timedelta | None) -> str | None:
+    """'h' when the hourly roll-ups can answer the window exactly, else None (scan the log)."""
+    if bucket is not None and bucket % HOUR:
+        return None
+    if _aligned(since, HOUR) and _aligned(until, HOUR):
+        return "h"
+    return None
+
+
+def _raw_rows_cover(since: datetime) -> bool:
+    """False when retention has pruned raw rows inside the window."""
+    days = current_app.config.get("RETENTION_DAYS") or 0
+    return days <= 0 or since >= utcnow() - timedelta(days=days)
+
+
+# -- roll-up queries ------------------------------------------------------------------------------------
+def _r_where(period: str, since: datetime, until: datetime, user_id: int | None, dim: str = "all") -> list:
+    conds = [UsageRollup.period == period, UsageRollup.dim == dim, UsageRollup.bucket_start >= since,
+             UsageRollup.bucket_start < until]
+    conds.append(UsageRollup.user_id == (EVERYONE if user_id is None else user_id))
+    return conds
+
+
+def _r_bucket(since: datetime, count: int, bucket: timedelta):
+    if count == 1:
+        return sa.literal(0)
+    return sa.case(*[(UsageRollup.bucket_start < since + bucket * (i + 1), i) for i in range(count - 1)],
+                   else_=count - 1)
+
+
+def _r_sums(conds: list, bucket_expr) -> dict[int, dict]:
+    inner = sa.select(bucket_expr.label("b"), *[getattr(UsageRollup, c) for c in (
+        "requests", "errors", "input_tokens", "output_tokens", "cost", *HIST_COLS)]).where(*conds).subquery()
+    sums = [sa.func.sum(inner.c[c]) for c in ("requests", "errors", "input_tokens", "output_tokens", "cost",
+                                               *HIST_COLS)]
+    out = {}
+    for b, n, e, ti, to, c, *hist in db.session.execute(sa.select(inner.c.b, *sums).group_by(inner.c.b)):
+        out[int(b)] = {"requests": int(n or 0), "errors": int(e or 0), "input_tokens": int(ti or 0),
+                       "output_tokens": int(to or 0), "cost": float(c or 0.0),
+                       "_hist": [int(h or 0) for h in hist]}
+    return out
+
+
+def estimate_percentile(hist: list[int], p: float) -> float | None:
+    """Nearest-rank percentile from histogram counts, interpolated linearly inside its bucket."""
+    n = sum(hist)
+    if not n:
+        return None
+    rank = math.ceil(p * n / 100)
+    seen = 0
+    for i, count in enumerate(hist):
+        if seen + count >= rank:
+            low = LATENCY_EDGES_MS[i - 1] if i else 0.0
+            if i >= len(LATENCY_EDGES_MS):
+                return float(low)
+            high = LATENCY_EDGES_MS[i]
+            return round(low + (high - low) * (rank - seen) / count, 3)
+        seen += count
+    return None
+
+
+# -- raw-log queries (exact; used for small or unaligned windows) ---------------------------------------
 def _where(since: datetime, until: datetime, user_id: int | None) -> list:
     conds = [RequestLog.created_at >= since, RequestLog.created_at < until]
     if user_id is not None:
@@ -79,28 +153,58 @@ def _percentiles(conds: list, bucket_expr) -> dict[int, dict]:
     return out
 
 
+def _exact_percentiles(since: datetime, until: datetime, bucket: timedelta, count: int,
+                       user_id: int | None) -> dict[int, dict]:
+    """Nearest-rank percentiles per bucket from the raw latencies (few rows: cheaper than ranking in SQL)."""
+    values: list[list[float]] = [[] for _ in range(count)]
+    query = sa.select(RequestLog.created_at, RequestLog.latency_ms).where(
+        *_where(since, until, user_id), RequestLog.latency_ms.is_not(None))
+    for created, latency in db.session.execute(query):
+        values[min(int((created - since) / bucket), count - 1)].append(latency)
+    out = {}
+    for i, lats in enumerate(values):
+        if lats:
+            lats.sort()
+            out[i] = {f"p{p}": float(lats[math.ceil(p * len(lats) / 100) - 1]) for p in PERCENTILES}
+    return out
+
+
+# -- public interface ------------------------------------------------------------------------------------
 def _row(sums: dict | None, pcts: dict | None) -> dict:
-    sums = sums or {"requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0, "cost": 0.0}
+    sums = dict(sums or {"requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0, "cost": 0.0})
+    sums.pop("_hist", None)
     pcts = pcts or {}
     return {**sums, "tokens": sums["input_tokens"] + sums["output_tokens"],
             "error_rate": sums["errors"] / sums["requests"] if sums["requests"] else 0.0,
             "p50": pcts.get("p50"), "p95": pcts.get("p95")}
 
 
+def _series(since: datetime, until: datetime, bucket: timedelta, user_id: int | None) -> list[dict]:
+    """One row per bucket: sums and percentiles, from roll-ups when aligned, else from the log."""
+    count = max(1, math.ceil((until - since) / bucket))
+    period = _period(since, until, bucket)
+    if period is None:
+        conds, expr = _where(since, until, user_id), _bucket(since, count, bucket)
+        sums, pcts = _sums(conds, expr), _percentiles(conds, expr)
+        return [_row(sums.get(i), pcts.get(i)) for i in range(count)]
+    sums = _r_sums(_r_where(period, since, until, user_id), _r_bucket(since, count, bucket))
+    total = sum(s["requests"] for s in sums.values())
+    if total <= EXACT_PERCENTILE_ROWS and _raw_rows_cover(since):
+        pcts = _exact_percentiles(since, until, bucket, count, user_id)
+    else:
+        pcts = {i: {f"p{p}": estimate_percentile(s["_hist"], p) for p in PERCENTILES} for i, s in sums.items()}
+    return [_row(sums.get(i), pcts.get(i)) for i in range(count)]
+
+
 def totals(since: datetime, until: datetime, user_id: int | None = None) -> dict:
     """Requests, errors, error rate, tokens, cost and latency percentiles over the whole window."""
-    conds = _where(since, until, user_id)
-    zero = sa.literal(0)
-    return _row(_sums(conds, zero).get(0), _percentiles(conds, zero).get(0))
+    return _series(since, until, until - since, user_id)[0]
 
 
 def overview(since: datetime, until: datetime, bucket: timedelta, user_id: int | None = None) -> dict:
     """Time series per bucket (labels are bucket starts, ISO, UTC) plus totals for the window."""
     count = max(1, math.ceil((until - since) / bucket))
-    conds = _where(since, until, user_id)
-    expr = _bucket(since, count, bucket)
-    sums, pcts = _sums(conds, expr), _percentiles(conds, expr)
-    rows = [_row(sums.get(i), pcts.get(i)) for i in range(count)]
+    rows = _series(since, until, bucket, user_id)
     series = {name: [r[name] for r in rows] for name in (
         "requests", "errors", "error_rate", "input_tokens", "output_tokens", "tokens", "cost", "p50", "p95")}
     return {"labels": [(since + bucket * i).isoformat() + "Z" for i in range(count)], **series,
@@ -109,19 +213,34 @@ def overview(since: datetime, until: datetime, bucket: timedelta, user_id: int |
 
 def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, limit: int = 10) -> list[dict]:
     """The busiest users, models, prompts or keys: requests, errors, tokens and cost each."""
-    column = DIMENSIONS[dim]
-    query = sa.select(
-        column, sa.func.count().label("requests"),
-        sa.func.sum(sa.case((RequestLog.status >= 400, 1), else_=0)),
-        sa.func.sum(sa.func.coalesce(RequestLog.input_tokens, 0) + sa.func.coalesce(RequestLog.output_tokens, 0)),
-        sa.func.sum(sa.func.coalesce(RequestLog.cost, 0.0)),
-    ).where(*_where(since, until, user_id), column.is_not(None)).group_by(column).order_by(
-        sa.desc("requests"), column).limit(limit)
-    rows = [{"key": k, "label": str(k), "requests": n, "errors": int(e or 0), "tokens": int(t or 0),
-             "cost": float(c or 0.0)} for k, n, e, t, c in db.session.execute(query)]
+    period = _period(since, until, None)
+    if period is None:
+        column = DIMENSIONS[dim]
+        query = sa.select(
+            column, sa.func.count().label("requests"),
+            sa.func.sum(sa.case((RequestLog.status >= 400, 1), else_=0)),
+            sa.func.sum(sa.func.coalesce(RequestLog.input_tokens, 0) + sa.func.coalesce(RequestLog.output_tokens, 0)),
+            sa.func.sum(sa.func.coalesce(RequestLog.cost, 0.0)),
+        ).where(*_where(since, until, user_id), column.is_not(None)).group_by(column).order_by(
+            sa.desc("requests"), column).limit(limit)
+    else:
+        column = UsageRollup.user_id if dim == "user" else UsageRollup.value
+        if dim == "user":  # per-user "all" rows (everyone's row and requests without a user left out)
+            conds = [UsageRollup.period == period, UsageRollup.dim == "all", UsageRollup.bucket_start >= since,
+                     UsageRollup.bucket_start < until, UsageRollup.user_id > 0]
+            if user_id is not None:
+                conds.append(UsageRollup.user_id == user_id)
+        else:
+            conds = _r_where(period, since, until, user_id, dim)
+        query = sa.select(
+            column, sa.func.sum(UsageRollup.requests).label("requests"), sa.func.sum(UsageRollup.errors),
+            sa.func.sum(UsageRollup.input_tokens + UsageRollup.output_tokens), sa.func.sum(UsageRollup.cost),
+        ).where(*conds).group_by(column).order_by(sa.desc("requests"), column).limit(limit)
+    rows = [{"key": int(k) if dim == "key" else k, "label": str(k), "requests": int(n), "errors": int(e or 0),
+             "tokens": int(t or 0), "cost": float(c or 0.0)} for k, n, e, t, c in db.session.execute(query)]
     if dim == "user" and rows:
-        ids = [r["key"] for r in rows]
-        names = {i: n for i, n in db.session.execute(sa.select(User.id, User.name).where(User.id.in_(ids)))}
+        query = sa.select(User.id, User.name).where(User.id.in_([r["key"] for r in rows]))
+        names = dict(db.session.execute(query).tuples().all())
         for r in rows:
             r["label"] = names.get(r["key"], f"deleted user #{r['key']}")
     return rows

@@ -41,7 +41,8 @@ class Gateway:
         cfg = app.config
         self.box = Box(cfg["ENCRYPTION_KEY"], tuple(k for k in cfg.get("OLD_ENCRYPTION_KEYS", ()) if k))
         self.catalog = Catalog(self.box, ttl=cfg["CACHE_TTL"])
-        self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"])
+        self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"],
+                              max_queue=cfg.get("LOG_QUEUE_MAX", 50_000), retention_days=cfg["RETENTION_DAYS"])
         self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10),
                                    allow_private=bool(cfg["ALLOW_PRIVATE_UPSTREAMS"]))
         self.limiter = make_limiter(app)

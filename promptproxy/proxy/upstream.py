@@ -7,6 +7,7 @@ import threading
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import check_header_validity
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
@@ -36,7 +37,7 @@ class Upstreams:
             with self._lock:
                 found = self._sessions.get(key)
                 if found is None:
-                    found = requests.Session()
+                    found = LeanSession()
                     found.trust_env = False  # never route through environment proxies or .netrc
                     adapter_cls = HTTPAdapter if self.allow_private else PublicOnlyAdapter
                     adapter = adapter_cls(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
@@ -72,6 +73,37 @@ class Upstreams:
         for session in self._sessions.values():
             session.close()
         self._sessions.clear()
+
+
+class LeanSession(requests.Session):
+    """A Session whose `post` skips requests' per-call merging of settings, cookies, proxies and redirects.
+
+    Profiling showed Session.request spending more CPU than the HTTP exchange itself (settings merge, URL
+    re-encoding, environment look-ups). The gateway sends pre-built bodies, never follows redirects, keeps no
+    cookies between callers and ignores environment proxies, so it hands a PreparedRequest straight to the
+    mounted adapter (the same adapter, pool, timeouts and exceptions as before).
+    """
+
+    def post(self, url, data=None, headers=None, stream=True, allow_redirects=False, timeout=None, **kwargs):
+        """POST through the mounted adapter; falls back to requests' full path for anything unusual."""
+        if kwargs or allow_redirects or not isinstance(data, bytes | None) or not url.isascii():
+            return super().post(url, data=data, headers=headers, stream=stream, allow_redirects=allow_redirects,
+                                timeout=timeout, **kwargs)
+        prepared = requests.PreparedRequest()
+        prepared.method = "POST"
+        prepared.url = url
+        merged = requests.structures.CaseInsensitiveDict(self.headers)
+        if headers:
+            for header in headers.items():
+                check_header_validity(header)  # CR/LF in an admin-set header must fail as before (502)
+            merged.update(headers)
+        merged["Content-Length"] = str(len(data or b""))
+        prepared.headers = merged
+        prepared.body = data
+        prepared.hooks = {"response": []}
+        prepared._cookies = None
+        return self.get_adapter(url).send(prepared, stream=stream, timeout=timeout, verify=self.verify,
+                                          cert=self.cert, proxies={})
 
 
 # -- DNS rebinding guard ---------------------------------------------------------------------------

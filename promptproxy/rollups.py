@@ -1,0 +1,177 @@
+"""Usage roll-ups: hourly totals of the request log, upserted in the same transaction as the rows.
+
+The dashboard reads these instead of scanning millions of log rows; retention prunes raw rows and keeps these.
+Writing them with the log rows (one transaction) means they can never drift from the log: a batch either
+commits both or neither.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, utcnow
+
+log = logging.getLogger("promptproxy.rollups")
+TABLE = UsageRollup.__table__
+KEY_COLS = ("period", "dim", "bucket_start", "user_id", "value")
+EVERYONE = -1  # user_id of the rows summing every user: the admin's charts read only these
+HIST_COLS = tuple(f"lat_{i}" for i in range(len(LATENCY_EDGES_MS) + 1))
+SUM_COLS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cost", "latency_count",
+            "latency_sum", "ttft_count", "ttft_sum", *HIST_COLS)
+ROW_COLS = ("created_at", "user_id", "key_id", "model", "prompt", "status", "input_tokens", "output_tokens",
+            "cached_tokens", "cost", "latency_ms", "ttft_ms")
+
+
+def hour_of(when: datetime) -> datetime:
+    """The start of the hour."""
+    return when.replace(minute=0, second=0, microsecond=0)
+
+
+def histogram_index(latency_ms: float) -> int:
+    """The histogram column a latency falls in."""
+    return bisect.bisect_right(LATENCY_EDGES_MS, latency_ms)
+
+
+_N = len(SUM_COLS)
+_FLOAT = tuple(i for i, c in enumerate(SUM_COLS) if c in ("cost", "latency_sum", "ttft_sum"))
+_HIST0 = SUM_COLS.index(HIST_COLS[0])
+
+
+def aggregate(rows, out: dict | None = None) -> dict:
+    """Fold log rows (dicts with ROW_COLS) into {key tuple: sums list} per hour, per user and per dimension.
+
+    Each row counts under its own user and under EVERYONE, in the "all" row and in its model, prompt and key rows.
+    Sums are lists in SUM_COLS order (this runs in the writer thread for every row, so it stays lean).
+    """
+    out = {} if out is None else out
+    for row in rows:
+        hour = row["created_at"].replace(minute=0, second=0, microsecond=0)
+        latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
+        add = (1, 1 if row["status"] >= 400 else 0, row.get("input_tokens") or 0, row.get("output_tokens") or 0,
+               row.get("cached_tokens") or 0, row.get("cost") or 0.0, 0 if latency is None else 1, latency or 0.0,
+               0 if ttft is None else 1, ttft or 0.0)
+        hist = None if latency is None else _HIST0 + bisect.bisect_right(LATENCY_EDGES_MS, latency)
+        values = [("all", "")]
+        for dim, name in (("model", "model"), ("prompt", "prompt"), ("key", "key_id")):
+            value = row.get(name)
+            if value is not None and value != "":
+                values.append((dim, str(value)))
+        for user in (row.get("user_id") or 0, EVERYONE):
+            for dim, value in values:
+                key = ("h", dim, hour, user, value)
+                acc = out.get(key)
+                if acc is None:
+                    acc = out[key] = [0] * _N
+                    for i in _FLOAT:
+                        acc[i] = 0.0
+                for i, v in enumerate(add):
+                    acc[i] += v
+                if hist is not None:
+                    acc[hist] += 1
+    return out
+
+
+_SQL: dict[str, tuple] = {}
+
+
+def _upsert_sql(dialect) -> tuple | None:
+    """The upsert as driver SQL, compiled once per dialect (SQLAlchemy would recompile it for every batch)."""
+    if dialect.name not in _SQL:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            _SQL[dialect.name] = None
+            return None
+        stmt = insert(TABLE).values({c: sa.bindparam(c) for c in (*KEY_COLS, *SUM_COLS)})
+        stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLS),
+                                          set_={c: TABLE.c[c] + stmt.excluded[c] for c in SUM_COLS})
+        compiled = stmt.compile(dialect=dialect)
+        # the bucket start must be stored exactly as SQLAlchemy stores datetimes (SQLite: a fixed string format)
+        process = TABLE.c.bucket_start.type._cached_bind_processor(dialect)
+        _SQL[dialect.name] = (str(compiled), tuple(compiled.positiontup) if compiled.positiontup else None, process)
+    return _SQL[dialect.name]
+
+
+def upsert(conn, aggregates: dict) -> None:
+    """Add aggregates to the stored roll-ups (INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL)."""
+    if not aggregates:
+        return
+    if not hasattr(conn, "exec_driver_sql"):  # an ORM session: use its connection (same transaction)
+        conn = conn.connection()
+    params = [dict(zip(KEY_COLS, key, strict=True), **dict(zip(SUM_COLS, sums, strict=True)))
+              for key, sums in aggregates.items()]
+    compiled = _upsert_sql(conn.dialect)
+    if compiled is None:
+        _upsert_portable(conn, params)
+        return
+    sql, order, process = compiled
+    if process is not None:
+        for p in params:
+            p["bucket_start"] = process(p["bucket_start"])
+    if order:
+        conn.exec_driver_sql(sql, [tuple(p[name] for name in order) for p in params])
+    else:
+        conn.exec_driver_sql(sql, params)
+
+
+def _upsert_portable(conn, params: list[dict]) -> None:
+    """Update-then-insert for databases without ON CONFLICT (not used on SQLite or PostgreSQL)."""
+    for p in params:
+        match = sa.and_(*[TABLE.c[c] == p[c] for c in KEY_COLS])
+        done = conn.execute(sa.update(TABLE).where(match).values({c: TABLE.c[c] + p[c] for c in SUM_COLS}))
+        if not done.rowcount:
+            conn.execute(sa.insert(TABLE), [p])
+
+
+def rebuild(conn, batch: int = 50_000) -> int:
+    """Recompute every roll-up from the request-log rows still present; returns the rows read."""
+    conn.execute(sa.delete(TABLE))
+    table = RequestLog.__table__
+    cols = [table.c[c] for c in ROW_COLS]
+    last, total = 0, 0
+    while True:
+        chunk = conn.execute(sa.select(table.c.id, *cols).where(table.c.id > last).order_by(table.c.id)
+                             .limit(batch)).mappings().all()
+        if not chunk:
+            return total
+        upsert(conn, aggregate(chunk))
+        last, total = chunk[-1]["id"], total + len(chunk)
+
+
+def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) -> int:
+    """Delete request-log rows older than `days` in small transactions; roll-ups stay. Returns rows deleted."""
+    if days <= 0:
+        return 0
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    table = RequestLog.__table__
+    deleted = 0
+    while True:
+        ids = sa.select(table.c.id).where(table.c.created_at < cutoff).limit(batch).scalar_subquery()
+        count = session.execute(sa.delete(table).where(table.c.id.in_(ids))).rowcount
+        session.commit()
+        deleted += count
+        if count < batch:
+            if deleted:
+                log.info("pruned %d request-log rows older than %s (roll-ups kept)", deleted, cutoff)
+            return deleted
+
+
+def _after_flush(session, flush_context) -> None:
+    """Rows added through the ORM (tests, imports, scripts) get their roll-ups in the same transaction too."""
+    added = [obj for obj in session.new if isinstance(obj, RequestLog)]
+    if added:
+        upsert(session.connection(), aggregate({c: getattr(obj, c) for c in ROW_COLS} for obj in added))
+
+
+def install_orm_hook() -> None:
+    """Register the after_flush hook once per process (the log writer's Core inserts do their own upserts)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    if not event.contains(Session, "after_flush", _after_flush):
+        event.listen(Session, "after_flush", _after_flush)

@@ -1,0 +1,78 @@
+"""Two gateway processes sharing PostgreSQL and Redis behave as one gateway (needs both, so opt-in)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from ..conftest import PG_URL, REDIS_URL, log_rows
+from .procs import ROOT, Server, server_env
+
+pytestmark = pytest.mark.skipif(
+    not (PG_URL and REDIS_URL),
+    reason="scale-out needs a shared database and Redis: set PROMPTPROXY_TEST_DATABASE_URL (PostgreSQL) "
+           "and PROMPTPROXY_TEST_REDIS_URL")
+
+
+@pytest.fixture
+def pair(app, seeded, db_url, tmp_path):
+    """Two `promptproxy serve` processes on different ports, one database, one Redis."""
+    servers = []
+    try:
+        for i in range(2):
+            env = server_env(db_url, tmp_path / f"instance{i}", PROMPTPROXY_REDIS_URL=REDIS_URL,
+                             PROMPTPROXY_LOG_FLUSH_INTERVAL="0.1")
+            servers.append(Server(env, tmp_path / f"server{i}.log"))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def chat(base: str, key: str) -> requests.Response:
+    """One chat completion."""
+    return requests.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_two_processes_write_one_consistent_request_log(app, seeded, pair):
+    n = 40
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: chat(pair[i % 2].url, seeded.key), range(n)))
+    assert [r.status_code for r in responses] == [200] * n
+    ids = {r.headers["x-request-id"] for r in responses}
+    assert len(ids) == n
+    deadline = time.monotonic() + 15
+    rows = log_rows(app)
+    while len(rows) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = log_rows(app)
+    assert {r.request_id for r in rows} == ids
+    assert len(rows) == n
+
+
+def test_key_revoked_on_the_cli_is_refused_by_both_processes(app, seeded, pair, db_url, tmp_path):
+    for server in pair:
+        assert chat(server.url, seeded.key).status_code == 200
+    with app.app_context():
+        from promptproxy.extensions import db
+        from promptproxy.models import ApiKey
+
+        key_id = db.session.scalar(db.select(ApiKey.id).where(ApiKey.user_id == seeded.user_id))
+    env = server_env(db_url, tmp_path / "cli")
+    out = subprocess.run([sys.executable, "-m", "promptproxy.cli", "key", "revoke", str(key_id)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for server in pair:
+        deadline = time.monotonic() + 10  # catalog revision check: about a second per process
+        status = chat(server.url, seeded.key).status_code
+        while status == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = chat(server.url, seeded.key).status_code
+        r = chat(server.url, seeded.key)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
