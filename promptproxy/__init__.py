@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask, redirect
 
 from . import config as cfgmod
-from .extensions import csrf, db, login, migrate
+from .extensions import ApiAwareSessionInterface, csrf, db, login, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     login.init_app(app)
+    app.session_interface = ApiAwareSessionInterface()
     csrf.init_app(app)
 
     from .proxy.catalog import install_revision_hook

@@ -1,6 +1,7 @@
 """Extensions created unbound and bound in create_app."""
 from __future__ import annotations
 
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -28,3 +29,19 @@ def _sqlite_pragmas(dbapi_conn, record) -> None:
         for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=NORMAL", "foreign_keys=ON"):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
+
+
+class ApiAwareSessionInterface(SecureCookieSessionInterface):
+    """No cookie session under /v1: API calls never use it, and opening one signs nothing but costs CPU."""
+
+    def open_session(self, app, request):
+        """A null session for the API, the signed cookie session elsewhere."""
+        if request.path.startswith("/v1/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+    def save_session(self, app, session, response) -> None:
+        """Nothing to save for a null session."""
+        if self.is_null_session(session):
+            return
+        super().save_session(app, session, response)

@@ -20,7 +20,7 @@ from . import resilience
 from .catalog import ModelInfo, Principal, PromptInfo, PromptVersionInfo
 from .grammar import parse_model
 from .sse import SSEParser
-from .upstream import iter_raw, read_body, set_idle_timeout
+from .upstream import drain, iter_raw, read_body, set_idle_timeout
 from .usage import cost, estimate_input
 
 ENDPOINT_KIND = {"chat": "chat", "completion": "completion", "embedding": "embedding"}
@@ -400,6 +400,7 @@ def stream_events(gw, call: Call, kind: str, body: dict, encoder):
                     yield encoder.chunk(chunk)
                 if out.done:
                     yield encoder.done()
+                    drain(resp)
                     return
                 if event.comment is not None and sent:
                     yield b": " + event.comment.encode() + b"\n\n"

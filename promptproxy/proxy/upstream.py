@@ -188,3 +188,15 @@ def iter_raw(resp: requests.Response, chunk_size: int = 65536):
         if not data:
             return
         yield data
+
+
+def drain(resp, timeout: float = 0.5, max_reads: int = 8) -> None:
+    """After the last event, read the stream's end (the chunked terminator) so its connection is reused."""
+    try:
+        set_idle_timeout(resp, timeout)
+        for _ in range(max_reads):
+            if not resp.raw.read1(65536):
+                resp.raw.release_conn()
+                return
+    except Exception:  # noqa: S110 - a connection we cannot reuse is simply closed
+        pass
