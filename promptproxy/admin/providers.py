@@ -30,6 +30,14 @@ def provider_options(form) -> dict:
                 enabled=form.enabled.data)
 
 
+@bp.app_context_processor
+def breaker_helper() -> dict:
+    """`breaker(provider_id)`: this process's circuit-breaker state for a provider row."""
+    from ..proxy.resilience import breaker_states
+
+    return {"breaker": lambda provider_id: breaker_states().get(provider_id)}
+
+
 @bp.get("/providers")
 @admin_required
 def providers():

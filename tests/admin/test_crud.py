@@ -287,3 +287,22 @@ def test_audit_page_lists_dashboard_changes(admin_web):
     admin_web.post("/admin/users", {"name": "zed", "role": "member"})
     body = admin_web.hx_get("/admin/audit?q=zed", "rows").get_data(as_text=True)
     assert "web:root" in body and "zed" in body
+
+
+def test_open_circuit_breaker_is_shown_on_the_providers_page(app, admin_web):
+    from promptproxy import manage
+    from promptproxy.extensions import db
+    from promptproxy.proxy.resilience import Breakers
+
+    with app.app_context():
+        provider = manage.create_provider("t", "flaky", "openai", "http://127.0.0.1:9/v1")
+        db.session.commit()
+        pid = provider.id
+    gw = app.extensions["promptproxy"]
+    gw.breakers = Breakers(threshold=2, cooldown=30.0)
+    page = admin_web.get("/admin/providers").get_data(as_text=True)
+    assert "circuit open" not in page
+    for _ in range(2):
+        gw.breakers.failure(type("P", (), {"id": pid, "name": "flaky"})())
+    page = admin_web.get("/admin/providers").get_data(as_text=True)
+    assert "circuit open, retry in 30 s" in page
