@@ -40,7 +40,7 @@ class RetryPolicy:
         if retry_after is not None:
             return retry_after if retry_after <= self.retry_after_cap else None
         top = min(self.backoff_max, self.backoff * 2 ** (retry - 1))
-        return random.uniform(top / 2, top)  # jitter so many clients do not retry in lockstep
+        return random.uniform(top / 2, top)  # nosec B311 - jitter so many clients do not retry in lockstep
 
 
 def parse_retry_after(headers) -> float | None:
