@@ -40,7 +40,8 @@ class RetryPolicy:
         if retry_after is not None:
             return retry_after if retry_after <= self.retry_after_cap else None
         top = min(self.backoff_max, self.backoff * 2 ** (retry - 1))
-        return random.uniform(top / 2, top)  # nosec B311 - jitter so many clients do not retry in lockstep
+        # Jitter, so many clients do not retry in lockstep (not a security use of randomness).
+        return random.uniform(top / 2, top)  # nosec B311
 
 
 def parse_retry_after(headers) -> float | None:

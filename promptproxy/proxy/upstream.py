@@ -198,5 +198,5 @@ def drain(resp, timeout: float = 0.5, max_reads: int = 8) -> None:
             if not resp.raw.read1(65536):
                 resp.raw.release_conn()
                 return
-    except Exception:  # noqa: S110  # nosec B110 - a connection we cannot reuse is simply closed
-        pass
+    except Exception:  # noqa: S110  # nosec B110
+        pass  # a connection we cannot reuse is simply closed
