@@ -107,7 +107,10 @@ def live(app):
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
     # Close every channel (idle keep-alive ones too) from inside the loop, so it ends now, not at join's timeout.
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    try:
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    except OSError:  # the loop's wake-up pipe is already gone (loop ended, or its fd number was reused)
+        wasyncore.close_all(server._map, ignore_all=True)
     thread.join(5)
     server.task_dispatcher.shutdown(timeout=5)  # end the worker threads, or every test leaks 64 of them
 
