@@ -49,6 +49,16 @@ def _unique(model, column, value, what: str, exclude_id: int | None = None) -> N
         raise ManageError(f"{what} `{value}` already exists")
 
 
+def _lookup(model, column, ref: str, what: str):
+    """A row by its unique name, else by numeric id; ManageError when neither matches."""
+    found = db.session.scalar(sa.select(model).where(column == ref))
+    if found is None and str(ref).isdigit():
+        found = db.session.get(model, int(ref))
+    if found is None:
+        raise ManageError(f"no {what} `{ref}`")
+    return found
+
+
 # -- users -------------------------------------------------------------------------------------------
 def get_user(ref: str) -> User:
     """A user by name, email or id."""
@@ -236,12 +246,7 @@ def _check_url(url: str) -> str:
 
 def get_provider(ref: str) -> Provider:
     """A provider by name or id."""
-    found = db.session.scalar(sa.select(Provider).where(Provider.name == ref))
-    if found is None and str(ref).isdigit():
-        found = db.session.get(Provider, int(ref))
-    if found is None:
-        raise ManageError(f"no provider `{ref}`")
-    return found
+    return _lookup(Provider, Provider.name, ref, "provider")
 
 
 def _set_secret(provider: Provider, api_key: str | None, headers: dict | None) -> None:
@@ -329,12 +334,7 @@ def delete_provider(actor: str, provider: Provider) -> None:
 # -- models ------------------------------------------------------------------------------------------
 def get_model(ref: str) -> Model:
     """A model by slug or id."""
-    found = db.session.scalar(sa.select(Model).where(Model.slug == ref))
-    if found is None and str(ref).isdigit():
-        found = db.session.get(Model, int(ref))
-    if found is None:
-        raise ManageError(f"no model `{ref}`")
-    return found
+    return _lookup(Model, Model.slug, ref, "model")
 
 
 PRICE_FIELDS = ("input_price", "output_price", "cached_input_price", "cache_write_price")
@@ -400,12 +400,7 @@ def delete_model(actor: str, model: Model) -> None:
 # -- prompts -----------------------------------------------------------------------------------------
 def get_prompt(ref: str) -> Prompt:
     """A prompt by slug or id."""
-    found = db.session.scalar(sa.select(Prompt).where(Prompt.slug == ref))
-    if found is None and str(ref).isdigit():
-        found = db.session.get(Prompt, int(ref))
-    if found is None:
-        raise ManageError(f"no prompt `{ref}`")
-    return found
+    return _lookup(Prompt, Prompt.slug, ref, "prompt")
 
 
 def create_prompt(actor: str, slug: str, text: str, mode: str = "prepend", description: str = "",
