@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import logging
 import secrets
+import warnings
 
 import sqlalchemy as sa
 from waitress.server import create_server
@@ -21,10 +22,7 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
     port = int(port or cfg["PORT"])
     threads = int(threads or cfg["THREADS"])
     gw = app.extensions["promptproxy"]
-    server = create_server(app, host=host, port=port, **waitress_options(cfg, threads))
-    from .wsgierrors import json_errors
-
-    json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
+    server = make_server(app, host, port, threads)
     atexit.register(gw.close)
 
     # SIGTERM/SIGINT: stop accepting, let requests and streams finish (PROMPTPROXY_SHUTDOWN_GRACE), flush the log.
@@ -35,6 +33,18 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
     print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
     server.run()
     shutdown.finish()
+
+
+def make_server(app, host: str, port: int, threads: int):
+    """A waitress server with our options and channel (JSON errors, streams flushed per event)."""
+    from .wsgierrors import json_errors
+
+    with warnings.catch_warnings():
+        # send_bytes is deprecated in waitress 3 but still the only switch for one send per whole response.
+        warnings.filterwarnings("ignore", "send_bytes", DeprecationWarning)
+        server = create_server(app, host=host, port=port, **waitress_options(app.config, threads))
+    json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
+    return server
 
 
 def waitress_options(cfg, threads: int) -> dict:
@@ -53,7 +63,8 @@ def waitress_options(cfg, threads: int) -> dict:
         "channel_timeout": int(cfg.get("CHANNEL_TIMEOUT", 120)), "cleanup_interval": 10,
         # A slow reader blocks its own stream (bounded memory) instead of buffering the upstream without limit.
         "outbuf_high_watermark": int(cfg.get("OUTBUF_HIGH_WATERMARK", 1024 * 1024)),
-        "send_bytes": 1,  # flush every event at once
+        # Whole responses leave in one send; a stream switches its connection to send_bytes=1 (wsgierrors.py).
+        "send_bytes": 18000,
         "expose_tracebacks": False, "ident": "promptproxy",
     }
 

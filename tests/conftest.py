@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from waitress import wasyncore
-from waitress.server import create_server
 
 from promptproxy import create_app, manage
 from promptproxy.extensions import db
-from promptproxy.wsgierrors import json_errors
+from promptproxy.server import make_server
 
 from .upstream import Upstream
 
@@ -100,9 +99,7 @@ def upstream():
 @pytest.fixture
 def live(app):
     """The gateway served by waitress on a free port, as in production."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=64, channel_request_lookahead=1,
-                           max_request_body_size=app.config["MAX_BODY_BYTES"] + 1)
-    json_errors(server)
+    server = make_server(app, "127.0.0.1", 0, threads=64)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"

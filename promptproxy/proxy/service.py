@@ -1,8 +1,8 @@
 """The request path: resolve the model and prompt, build the upstream body, send, relay, record."""
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import orjson
@@ -36,7 +36,7 @@ class Call:
 
     endpoint: str
     inbound: str = "openai"
-    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex[:24])
+    request_id: str = field(default_factory=lambda: "req_" + secrets.token_hex(12))
     t0: float = field(default_factory=time.perf_counter)
     created_at: object = field(default_factory=utcnow)
     client_ip: str | None = None

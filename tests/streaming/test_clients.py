@@ -100,3 +100,30 @@ def test_fifty_concurrent_streams_complete_and_hold_no_database_connection(live,
     assert {(r.status, r.stream, r.error_type) for r in rows} == {(200, True, None)}
     assert all(r.output_tokens > 0 for r in rows)
     assert len({r.request_id for r in rows}) == 50
+
+
+def test_each_event_reaches_the_client_while_the_upstream_holds_the_rest(live, seeded, upstream):
+    # Whole responses are buffered by waitress (send_bytes); a stream must still be flushed event by event.
+    release, finished = threading.Event(), threading.Event()
+
+    def handler(req):
+        def parts():
+            yield f"data: {json.dumps(chunk(req['body']['model'], 'first'))}\n\n"
+            release.wait(20)
+            yield f"data: {json.dumps(chunk(req['body']['model'], 'second'))}\n\n"
+            yield "data: [DONE]\n\n"
+            finished.set()
+        return 200, {"Content-Type": "text/event-stream"}, parts()
+    upstream.handler = handler
+    try:
+        resp = post(live, seeded.key, {"model": "gpt-4o-mini", "stream": True,
+                                       "messages": [{"role": "user", "content": "hi"}]}, stream=True)
+        lines = resp.iter_lines()
+        first = next(line for line in lines if line)
+        assert not finished.is_set()  # the first event arrived while the upstream still held the rest
+        assert json.loads(first.removeprefix(b"data: "))["choices"][0]["delta"]["content"] == "first"
+    finally:
+        release.set()
+    rest = [line for line in lines if line]
+    assert json.loads(rest[0].removeprefix(b"data: "))["choices"][0]["delta"]["content"] == "second"
+    assert rest[-1] == b"data: [DONE]"

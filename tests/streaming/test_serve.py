@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_default_waitress_options_fit_200_streams():
     opts = waitress_options(DEFAULTS, DEFAULTS["THREADS"])
     assert opts["threads"] >= 200 and opts["connection_limit"] >= 2 * 200
-    assert opts["channel_request_lookahead"] == 1 and opts["send_bytes"] == 1
+    assert opts["channel_request_lookahead"] == 1 and opts["send_bytes"] == 18000  # streams: StreamingTask
     assert opts["asyncore_use_poll"] is True and opts["outbuf_high_watermark"] == 1024 * 1024
     assert waitress_options({**DEFAULTS, "CONNECTION_LIMIT": 50}, 8)["connection_limit"] == 50
     assert waitress_options(DEFAULTS, 8)["connection_limit"] == 100
