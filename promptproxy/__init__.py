@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask, redirect
 
 from . import config as cfgmod
-from .extensions import ApiAwareSessionInterface, csrf, db, login, migrate
+from .extensions import ApiAwareSessionInterface, LazyExtensions, csrf, db, login
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +30,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         JSON_SORT_KEYS=False,
     )
+    app.extensions = LazyExtensions(app, app.extensions)  # Flask-Migrate is bound when a `db` command needs it
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     login.init_app(app)
     app.session_interface = ApiAwareSessionInterface()
     csrf.init_app(app)

@@ -23,7 +23,27 @@ def _create_app(*args, **kwargs):
     return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False, add_version_option=False,
+class Cli(FlaskGroup):
+    """Flask's command group without its entry-point scan, which would import Flask-Migrate and Alembic (~11 MB)
+    into every command, `serve` included. Flask-Migrate's `db` group is imported only when it is asked for."""
+
+    def _load_plugin_commands(self) -> None:
+        """No scan: `db` is the only plugin command we use (see get_command)."""
+
+    def get_command(self, ctx, cmd_name):
+        """Our commands, and Flask-Migrate's `db` group on demand."""
+        if cmd_name == "db":
+            from flask_migrate.cli import db as db_group
+
+            return db_group
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        """Our commands plus `db`."""
+        return sorted({*super().list_commands(ctx), "db"})
+
+
+@click.group(cls=Cli, create_app=_create_app, add_default_commands=False, add_version_option=False,
              load_dotenv=False, set_debug_flag=False)
 def cli():
     """PromptProxy: an LLM gateway with stored system prompts."""

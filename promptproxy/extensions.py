@@ -1,9 +1,10 @@
 """Extensions created unbound and bound in create_app."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from sqlalchemy import event
@@ -16,7 +17,7 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
-migrate = Migrate(render_as_batch=True)
+MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 login = LoginManager()
 csrf = CSRFProtect()
 
@@ -29,6 +30,25 @@ def _sqlite_pragmas(dbapi_conn, record) -> None:
         for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=NORMAL", "foreign_keys=ON"):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
+
+
+class LazyExtensions(dict):
+    """app.extensions, binding Flask-Migrate on first use: it imports Alembic (~11 MB), which serving never needs.
+
+    Flask-Migrate's commands read `current_app.extensions["migrate"]`; that lookup creates the binding.
+    """
+
+    def __init__(self, app, data: dict):
+        super().__init__(data)
+        self.app = app
+
+    def __missing__(self, key: str):
+        if key != "migrate":
+            raise KeyError(key)
+        from flask_migrate import Migrate
+
+        Migrate(self.app, db, directory=MIGRATIONS_DIR, render_as_batch=True)  # sets self["migrate"]
+        return dict.__getitem__(self, "migrate")
 
 
 class ApiAwareSessionInterface(SecureCookieSessionInterface):

@@ -8,6 +8,7 @@ import warnings
 
 import sqlalchemy as sa
 from waitress.server import create_server
+from waitress.task import ThreadedTaskDispatcher
 
 from .ops import configure_logging
 from .shutdown import GracefulShutdown
@@ -42,9 +43,40 @@ def make_server(app, host: str, port: int, threads: int):
     with warnings.catch_warnings():
         # send_bytes is deprecated in waitress 3 but still the only switch for one send per whole response.
         warnings.filterwarnings("ignore", "send_bytes", DeprecationWarning)
-        server = create_server(app, host=host, port=port, **waitress_options(app.config, threads))
+        server = create_server(app, host=host, port=port, _dispatcher=GrowingDispatcher(threads),
+                               **waitress_options(app.config, threads))
     json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
     return server
+
+
+class GrowingDispatcher(ThreadedTaskDispatcher):
+    """Waitress's thread pool, but threads start when tasks need them (up to `limit`) rather than all at once.
+
+    Each live stream holds a worker thread, so the limit is high (hundreds); starting them all costs ~15 KB of
+    memory each while idle. Threads that have started stay for the life of the process.
+    """
+
+    def __init__(self, limit: int, start: int = 8):
+        super().__init__()
+        self.limit = max(int(limit), 1)
+        self.set_thread_count(min(start, self.limit))
+
+    def add_task(self, task) -> None:
+        """Queue a task; start a thread when none is idle and the limit allows, else warn as waitress does."""
+        with self.lock:
+            self.queue.append(task)
+            self.queue_cv.notify()
+            running = len(self.threads) - self.stop_count
+            idle = running - self.active_count
+            if len(self.queue) <= idle:
+                return
+            if running < self.limit and not self.stop_count:
+                number = next(n for n in range(len(self.threads) + 1) if n not in self.threads)
+                self.threads.add(number)
+                self.active_count += 1  # counted busy until it first waits, as set_thread_count does
+                self.start_new_thread(self.handler_thread, number)
+            else:
+                self.queue_logger.warning("Task queue depth is %d", len(self.queue) - idle)
 
 
 def waitress_options(cfg, threads: int) -> dict:

@@ -5,7 +5,6 @@ import functools
 from pathlib import Path
 
 import orjson
-import yaml
 from flask import Blueprint, Response
 
 bp = Blueprint("openapi", __name__)
@@ -14,7 +13,9 @@ SPEC = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 @functools.cache
 def document() -> bytes:
-    """The YAML document as JSON bytes, read once."""
+    """The YAML document as JSON bytes, read once (PyYAML is imported only then)."""
+    import yaml
+
     return orjson.dumps(yaml.safe_load(SPEC.read_text(encoding="utf-8")))
 
 

@@ -13,7 +13,6 @@ from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
-from redis.exceptions import RedisError
 
 from ..api.errors import ApiError
 from ..extensions import db
@@ -22,7 +21,7 @@ from .gateway import Admission
 from .usage import estimate_input
 
 log = logging.getLogger("promptproxy.limits")
-STORE_ERRORS = (StorageError, RedisError, OSError)
+STORE_ERRORS = (StorageError, OSError)  # plus RedisError once Redis is configured (imported only then)
 EPSILON = 1e-9  # float slack so a request costing exactly the remaining budget still fits
 WHO = {"user": "your user", "key": "this API key"}
 
@@ -213,7 +212,11 @@ class Limiter:
         self.retry_seconds = float(cfg.get("LIMITS_RETRY_SECONDS", 5.0))
         self.redis_url = cfg.get("REDIS_URL")
         prefix = cfg.get("REDIS_PREFIX") or "promptproxy"
+        self.store_errors = STORE_ERRORS
         if self.redis_url:
+            from redis.exceptions import RedisError  # only with Redis: redis-py alone adds ~8 MB to every process
+
+            self.store_errors = (*STORE_ERRORS, RedisError)
             self.storage = storage_from_string(self.redis_url, key_prefix=f"{prefix}:limits", wrap_exceptions=True,
                                                socket_connect_timeout=1.0, socket_timeout=1.0)
             self.counters = RedisCounters(self.storage.get_connection(), f"{prefix}:slots")
@@ -259,7 +262,7 @@ class Limiter:
             raise LimitsUnavailable
         try:
             return fn(*args, **kwargs)
-        except STORE_ERRORS as exc:
+        except self.store_errors as exc:
             self._down_until = time.monotonic() + self.retry_seconds
             log.warning("limit store error: %s", type(exc).__name__)
             raise LimitsUnavailable from None

@@ -168,3 +168,51 @@ def test_client_address_from_x_forwarded_for_only_behind_a_trusted_proxy(db_url,
         assert [row.client_ip for row in log_rows(app)] == [expected]
     finally:
         app.extensions["promptproxy"].close()
+
+
+def test_migration_heads_agree_with_alembic_and_follow_branches(tmp_path):
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from promptproxy.extensions import MIGRATIONS_DIR
+    from promptproxy.ops import migration_heads
+
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS_DIR)
+    assert migration_heads(MIGRATIONS_DIR) == frozenset(ScriptDirectory.from_config(config).get_heads())
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    for name, down in (("a", None), ("b", "a"), ("c", "a")):
+        (versions / f"{name}.py").write_text(f"revision = {name!r}\ndown_revision: str | None = {down!r}\n")
+    assert migration_heads(str(tmp_path)) == {"b", "c"}  # two branches, two heads
+    merged = tmp_path / "merged"
+    (merged / "versions").mkdir(parents=True)
+    for path in versions.iterdir():
+        (merged / "versions" / path.name).write_text(path.read_text())
+    (merged / "versions" / "d.py").write_text("revision = 'd'\ndown_revision = ('b', 'c')\n")
+    assert migration_heads(str(merged)) == {"d"}
+
+
+def test_serving_loads_neither_alembic_nor_redis(db_url, tmp_path):
+    # Idle memory: Alembic (~11 MB) is for `promptproxy db`, redis-py (~8 MB) only when PROMPTPROXY_REDIS_URL is set.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from promptproxy.cli import cli\n"
+        "from promptproxy import create_app\n"
+        "assert cli.get_command(None, 'serve') is not None\n"
+        "app = create_app()\n"
+        "client = app.test_client()\n"
+        "assert client.get('/readyz').status_code == 200\n"
+        "assert client.get('/v1/models').status_code == 401\n"
+        "print(sorted(m for m in ('alembic', 'flask_migrate', 'redis', 'yaml') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PROMPTPROXY_DATABASE_URL": str(db_url), "PROMPTPROXY_ENCRYPTION_KEY": "k" * 40,
+           "PROMPTPROXY_SECRET_KEY": "s" * 40, "PROMPTPROXY_INSTANCE_PATH": str(tmp_path)}
+    env.pop("PROMPTPROXY_REDIS_URL", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

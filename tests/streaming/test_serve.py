@@ -115,3 +115,35 @@ def test_serve_threads_option_and_env(app):
     assert "--threads" in out.output and "PROMPTPROXY_THREADS" in out.output
     assert from_env({"PROMPTPROXY_THREADS": "300"})["THREADS"] == 300
     assert from_env({"PROMPTPROXY_CONNECTION_LIMIT": "1000"})["CONNECTION_LIMIT"] == 1000
+
+
+def test_worker_threads_start_on_demand_up_to_the_limit():
+    from promptproxy.server import GrowingDispatcher
+
+    release, started, done = threading.Event(), [], []
+
+    class Task:
+        def service(self):
+            started.append(1)
+            release.wait(10)
+            done.append(1)
+
+    pool = GrowingDispatcher(limit=20, start=2)
+    try:
+        assert len(pool.threads) == 2  # idle: two threads, not twenty
+        for _ in range(30):
+            pool.add_task(Task())
+        deadline = time.monotonic() + 10
+        while len(started) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert len(started) == 20 and len(pool.threads) == 20 and len(pool.queue) == 10  # capped at the limit
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(done) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(done) == 30 and len(pool.threads) == 20
+    finally:
+        release.set()
+        pool.shutdown(timeout=5)
+    assert not pool.threads
