@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
 
-.PHONY: install install-test lock run test lint audit bench bench-quick clean
+.PHONY: install install-test lock run test lint audit bench bench-quick bench-floor clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: install-test
 
 bench-quick: install-test
 	$(BIN)/python bench/run.py --quick
+
+# CPU per request of waitress alone, + Flask, + one upstream call: what the stack costs before gateway logic.
+bench-floor: install-test
+	$(BIN)/python bench/floor.py
 
 clean:
 	rm -rf $(VENV) .venv-audit .pytest_cache .ruff_cache
