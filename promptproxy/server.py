@@ -1,6 +1,7 @@
 """Serve with waitress, tuned for many concurrent streams; flush the request log on shutdown."""
 from __future__ import annotations
 
+import _thread
 import atexit
 import logging
 import secrets
@@ -60,6 +61,11 @@ class GrowingDispatcher(ThreadedTaskDispatcher):
         super().__init__()
         self.limit = max(int(limit), 1)
         self.set_thread_count(min(start, self.limit))
+
+    def start_new_thread(self, target, thread_no) -> None:
+        """Start a worker without waiting for it to run: threading.Thread.start() would block the event loop
+        (which calls add_task) until the new thread gets the GIL, serialising a burst of new streams."""
+        _thread.start_new_thread(target, (thread_no,))
 
     def add_task(self, task) -> None:
         """Queue a task; start a thread when none is idle and the limit allows, else warn as waitress does."""
