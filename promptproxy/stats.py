@@ -66,13 +66,6 @@ def _r_where(period: str, since: datetime, until: datetime, user_id: int | None,
     return conds
 
 
-def _r_bucket(since: datetime, count: int, bucket: timedelta):
-    if count == 1:
-        return sa.literal(0)
-    return sa.case(*[(UsageRollup.bucket_start < since + bucket * (i + 1), i) for i in range(count - 1)],
-                   else_=count - 1)
-
-
 def _r_sums(conds: list, bucket_expr) -> dict[int, dict]:
     inner = sa.select(bucket_expr.label("b"), *[getattr(UsageRollup, c) for c in (
         "requests", "errors", "input_tokens", "output_tokens", "cost", *HIST_COLS)]).where(*conds).subquery()
@@ -112,12 +105,11 @@ def _where(since: datetime, until: datetime, user_id: int | None) -> list:
     return conds
 
 
-def _bucket(since: datetime, count: int, bucket: timedelta):
-    """Bucket number of a row as a CASE over the bucket edges (portable, index-friendly filters)."""
+def _bucket(column, since: datetime, count: int, bucket: timedelta):
+    """Bucket number of a row (by its time `column`) as a CASE over the bucket edges (portable, index-friendly)."""
     if count == 1:
         return sa.literal(0)
-    return sa.case(*[(RequestLog.created_at < since + bucket * (i + 1), i) for i in range(count - 1)],
-                   else_=count - 1)
+    return sa.case(*[(column < since + bucket * (i + 1), i) for i in range(count - 1)], else_=count - 1)
 
 
 def _sums(conds: list, bucket_expr) -> dict[int, dict]:
@@ -184,10 +176,10 @@ def _series(since: datetime, until: datetime, bucket: timedelta, user_id: int | 
     count = max(1, math.ceil((until - since) / bucket))
     period = _period(since, until, bucket)
     if period is None:
-        conds, expr = _where(since, until, user_id), _bucket(since, count, bucket)
+        conds, expr = _where(since, until, user_id), _bucket(RequestLog.created_at, since, count, bucket)
         sums, pcts = _sums(conds, expr), _percentiles(conds, expr)
         return [_row(sums.get(i), pcts.get(i)) for i in range(count)]
-    sums = _r_sums(_r_where(period, since, until, user_id), _r_bucket(since, count, bucket))
+    sums = _r_sums(_r_where(period, since, until, user_id), _bucket(UsageRollup.bucket_start, since, count, bucket))
     total = sum(s["requests"] for s in sums.values())
     if total <= EXACT_PERCENTILE_ROWS and _raw_rows_cover(since):
         pcts = _exact_percentiles(since, until, bucket, count, user_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -19,6 +20,13 @@ from .upstream import Upstream
 PG_URL = os.environ.get("PROMPTPROXY_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("PROMPTPROXY_TEST_REDIS_URL")
 ENC_KEY = "test-encryption-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers started in a subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def base_config(db_url: str, instance: Path) -> dict:

@@ -13,6 +13,8 @@ import openai
 import pytest
 import sqlalchemy as sa
 
+from .conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,12 +40,6 @@ def pp(env, *args, ok=True):
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_from_empty_database_to_a_working_call(cli_env, upstream):

@@ -32,13 +32,14 @@ def stream_error(exc: wire.UpstreamStreamError) -> ApiError:
                     code=err["code"] or "upstream_error")
 
 
-def _event_data(event: Event) -> dict | None:
+def _named_event(event: Event) -> tuple[str, dict] | None:
+    """(event name, JSON data) of an upstream event; None for one without data."""
     if event.data is None:
         return None
     data = orjson.loads(event.data)
     if not isinstance(data, dict):
         raise ValueError("stream event is not a JSON object")
-    return data
+    return event.event or data.get("type") or "", data
 
 
 class AnthropicChatStream:
@@ -50,10 +51,10 @@ class AnthropicChatStream:
 
     def feed(self, event: Event) -> StreamOutput:
         """Translate one upstream event."""
-        data = _event_data(event)
-        if data is None:
+        named = _named_event(event)
+        if named is None:
             return StreamOutput()
-        name = event.event or data.get("type") or ""
+        name, data = named
         try:
             chunks = self.inner.feed(name, data)
         except wire.UpstreamStreamError as exc:
@@ -73,10 +74,10 @@ class AnthropicNativeStream:
 
     def feed(self, event: Event) -> StreamOutput:
         """Relay one upstream event, noting usage; errors raise."""
-        data = _event_data(event)
-        if data is None:
+        named = _named_event(event)
+        if named is None:
             return StreamOutput()
-        name = event.event or data.get("type") or ""
+        name, data = named
         data.setdefault("type", name)
         if name == "error":
             raise stream_error(wire._stream_error(data.get("error")))

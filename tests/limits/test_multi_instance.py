@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 from promptproxy.extensions import db
 from promptproxy.models import BudgetUsage
 
-from ..conftest import ENC_KEY, PG_URL, REDIS_URL
+from ..conftest import ENC_KEY, PG_URL, REDIS_URL, free_port
 from .conftest import chat, parallel, set_limits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,12 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(
     not (PG_URL and REDIS_URL),
     reason="needs PROMPTPROXY_TEST_DATABASE_URL (PostgreSQL) and PROMPTPROXY_TEST_REDIS_URL (Redis) to share state")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

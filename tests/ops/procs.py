@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,16 +9,9 @@ from pathlib import Path
 
 import requests
 
-from ..conftest import ENC_KEY
+from ..conftest import ENC_KEY, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """An unused local port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(db_url: str, instance: Path, **extra: str) -> dict:

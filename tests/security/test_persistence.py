@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from promptproxy.extensions import db
 from promptproxy.models import RequestLog
 
-from ..conftest import log_rows
+from ..conftest import free_port, log_rows
 from .helpers import ROOT, cli_env
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -69,12 +68,6 @@ def test_200_concurrent_requests_give_one_row_each_and_no_lock_errors(live, app,
 
 
 # -- a real server process ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """`python -m promptproxy.cli serve` in a subprocess on the test database."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import requests
 from promptproxy.config import DEFAULTS
 from promptproxy.server import waitress_options
 
-from ..conftest import ENC_KEY
+from ..conftest import ENC_KEY, free_port
 from ..upstream import chunk
 from .conftest import rows_when
 
@@ -32,12 +31,6 @@ def test_default_waitress_options_fit_200_streams():
     assert opts["asyncore_use_poll"] is True and opts["outbuf_high_watermark"] == 1024 * 1024
     assert waitress_options({**DEFAULTS, "CONNECTION_LIMIT": 50}, 8)["connection_limit"] == 50
     assert waitress_options(DEFAULTS, 8)["connection_limit"] == 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
