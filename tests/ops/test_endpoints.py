@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import openai
 import pytest
@@ -216,3 +217,39 @@ def test_serving_loads_neither_alembic_nor_redis(db_url, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_batched_access_log_writes_every_line_off_the_request_threads():
+    # `serve` writes access lines from one thread in batches; none may be lost or cut, and close() writes the rest.
+    import io
+    import threading
+
+    from promptproxy.ops import BatchedStreamHandler
+
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.02)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("promptproxy.test-batched")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    try:
+        def emit(worker):
+            for i in range(200):
+                logger.info(json.dumps({"worker": worker, "i": i}))
+        threads = [threading.Thread(target=emit, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        deadline = time.monotonic() + 5
+        while stream.getvalue().count("\n") < 1600 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stream.getvalue().count("\n") == 1600  # written by the handler's own thread, without close()
+        logger.info(json.dumps({"worker": "last", "i": 0}))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 1601 and lines[-1] == {"worker": "last", "i": 0}
+    for worker in range(8):  # each thread's lines in its own order
+        assert [x["i"] for x in lines if x["worker"] == worker] == list(range(200))
