@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,17 @@ def log_rows(app):
         rows = db.session.scalars(sa.select(RequestLog).order_by(RequestLog.id)).all()
         db.session.expunge_all()
         return rows
+
+
+def rows_when(app, count: int, wait: float = 10.0):
+    """All rows once `count` have been written (or the wait ran out).
+
+    A streamed call's row is queued after its last event, and SDKs stop reading at [DONE], so a test can finish
+    reading before the row exists.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        rows = log_rows(app)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ import pytest
 
 from promptproxy.proxy.limits import Limiter, duration
 
-from ..conftest import log_rows
+from ..conftest import log_rows, rows_when
 from ..upstream import chunk
 from .conftest import chat, closed_port, parallel, set_limits
 
@@ -114,16 +114,18 @@ def test_tpm_counted_from_real_usage_and_checked_before_the_next_call(live, seed
 def test_streams_count_tokens_and_refusals_come_before_the_stream(live, seeded, app):
     set_limits(app, tpm=20, rpm=100)
     sdk = openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0)
-    for _ in range(2):  # 14 tokens each (11 in, 3 out, from the stream's usage chunk)
+    for done in range(1, 3):  # 14 tokens each (11 in, 3 out, from the stream's usage chunk)
         raw = sdk.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
         assert raw.headers["x-ratelimit-limit-requests"] == "100"
         assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "Bonjour!"
+        # The SDK stops reading at [DONE]; the gateway charges the tokens and logs the row just after.
+        assert len(rows_when(app, done)) == done
     with pytest.raises(openai.RateLimitError) as info:
         sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
     assert info.value.response.headers["content-type"].startswith("application/json")
     assert info.value.body["type"] == "tokens"
-    rows = log_rows(app)
+    rows = rows_when(app, 3)
     assert [r.status for r in rows] == [200, 200, 429]
     assert [r.stream for r in rows] == [True, True, True]
 

@@ -8,7 +8,7 @@ import requests
 from promptproxy import manage
 from promptproxy.proxy import prompts as P
 
-from ..conftest import log_rows
+from ..conftest import log_rows, rows_when
 from .conftest import chat, system_text
 
 PARAMS = {"temperature": {"value": 0.2, "locked": False}, "max_tokens": {"value": 50, "locked": True},
@@ -143,5 +143,5 @@ def test_streamed_answer_with_a_stored_prompt_and_params(sdk, upstream, app, tun
     assert text == "Bonjour!"
     body = upstream.last["body"]
     assert system_text(upstream.last) == "Answer in JSON." and body["max_tokens"] == 50 and body["stream"] is True
-    [row] = log_rows(app)
+    [row] = rows_when(app, 1)
     assert (row.status, row.stream, row.prompt, row.prompt_version) == (200, True, "tuned", 1)

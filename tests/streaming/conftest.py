@@ -12,7 +12,7 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.proxy.resilience import RetryPolicy
 
-from ..conftest import flush_logs, log_rows
+from ..conftest import flush_logs, log_rows, rows_when
 
 
 @pytest.fixture(autouse=True)
@@ -61,16 +61,6 @@ def one_row(app, wait: float = 5.0):
         time.sleep(0.02)
     assert len(rows) == 1, rows
     return rows[0]
-
-
-def rows_when(app, count: int, wait: float = 10.0):
-    """All rows once `count` have been written (or the wait ran out)."""
-    deadline = time.monotonic() + wait
-    while True:
-        rows = log_rows(app)
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 __all__ = ["flush_logs", "tune", "post", "events", "one_row", "rows_when"]
