@@ -11,7 +11,8 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask, WSGITask
 
-from .api.errors import ApiError, anthropic_body, openai_body
+from .core.errors import GatewayError
+from .dialects.envelopes import anthropic_body, openai_body
 
 MESSAGES = {
     413: ("The request body is too large.", "request_too_large"),
@@ -31,7 +32,7 @@ class JsonErrorTask(ErrorTask):
         if path and not (path == "/v1" or path.startswith("/v1/")):
             return super().execute()
         message, code = MESSAGES.get(error.code, (error.reason, "invalid_request"))
-        err = ApiError(error.code, message, code=code)
+        err = GatewayError(error.code, message, code=code)
         anthropic = path.startswith("/v1/messages")
         body = orjson.dumps(anthropic_body(err) if anthropic else openai_body(err))
         request_id = "req_" + uuid.uuid4().hex[:24]

@@ -10,11 +10,15 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from flask_login import current_user
 
 from .. import manage
-from ..api.errors import ApiError, openai_body
+from ..api.routes import stream_response
+from ..core.call import Call
+from ..core.errors import GatewayError
+from ..dialects.envelopes import openai_body
+from ..dialects.openai import OpenAIDialect
 from ..extensions import db
 from ..models import ApiKey, Model, Prompt, PromptLabel, PromptVersion, User
+from ..proxy import pipeline
 from ..proxy import prompts as P
-from ..proxy import service
 from ..proxy.catalog import principal_from
 from . import bp
 from .auth import actor, admin_required
@@ -168,7 +172,7 @@ def _playground_body(data) -> dict:
         try:
             variables = orjson.loads(variables)
         except orjson.JSONDecodeError:
-            raise ApiError(400, "Variables must be a JSON object.", param="prompt_variables") from None
+            raise GatewayError(400, "Variables must be a JSON object.", param="prompt_variables") from None
     if variables:
         body["prompt_variables"] = variables
     return body
@@ -181,31 +185,15 @@ def _principal():
 
 
 def _start(gw, call, data):
-    """The normal proxy pipeline up to the first streamed bytes; returns (first bytes, generator)."""
+    """The /v1 pipeline as the logged-in admin, streamed, with a closing stats event for the page."""
     body = _playground_body(data)
     gw.catalog.refresh()
     call.principal = _principal()
-    service.validate(body, "chat")
-    service.check_routing_keys(body)
-    service.resolve(gw, call, body, "chat")
-    call.stream = True
-    admission = gw.limiter.admit(call, body)
-    try:
-        body = service.build_body(call, body, "chat")
-        events = service.stream_events(gw, call, "chat", body, service.OpenAIEncoder())
-        first = next(events, b"")
-    except BaseException:
-        admission.finish(call)
-        raise
+    events = pipeline.run(gw, call, OpenAIDialect("chat"), body)
 
     def rest():
-        try:
-            yield first
-            yield from events
-            yield b"event: stats\ndata: " + orjson.dumps(_stats(call)) + b"\n\n"
-        finally:
-            admission.finish(call)
-            gw.record(call)
+        yield from events
+        yield b"event: stats\ndata: " + orjson.dumps(_stats(call)) + b"\n\n"
 
     return rest()
 
@@ -225,22 +213,22 @@ def _stats(call) -> dict:
 def playground_run():
     """Run one streamed chat call as the logged-in admin, through the same path as /v1, logged as them."""
     gw = current_app.extensions["promptproxy"]
-    call = service.Call(endpoint=PLAYGROUND_ENDPOINT, client_ip=request.remote_addr)
+    call = Call(endpoint=PLAYGROUND_ENDPOINT, client_ip=request.remote_addr)
     data = request.get_json(silent=True) if request.is_json else request.form
     try:
         if not isinstance(data, dict) and not hasattr(data, "get"):
-            raise ApiError(400, "The request body must be a JSON object.")
+            raise GatewayError(400, "The request body must be a JSON object.")
         stream = _start(gw, call, data)
-    except ApiError as err:
+    except GatewayError as err:
         call.fail(err)
-        gw.record(call)
+        gw.record(call)  # once: a call the pipeline already recorded is not recorded again
         if request.is_json:
             return current_app.response_class(orjson.dumps(openai_body(err)), status=err.status,
                                               mimetype="application/json")
         flash(err.message, "error")
         return redirect(url_for("admin.playground", **{k: v for k, v in data.items() if k != "csrf_token"}), 303)
     if request.is_json:
-        return service.stream_response(stream, {"x-request-id": call.request_id})
+        return stream_response(stream, {"x-request-id": call.request_id})
     return _answer_page(stream, data)
 
 

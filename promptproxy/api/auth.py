@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import request
 
+from ..core.errors import GatewayError
 from ..proxy.catalog import Principal, now
-from .errors import ApiError
 
 MAX_KEY_LENGTH = 256
 
@@ -24,13 +24,13 @@ def authenticate(catalog) -> Principal:
     """Look the key up once, by hash; refuse missing, unknown, revoked, expired keys and disabled users."""
     key = raw_key()
     if key is None:
-        raise ApiError(401, "You didn't provide an API key. Provide it in the Authorization header "
+        raise GatewayError(401, "You didn't provide an API key. Provide it in the Authorization header "
                             "(Authorization: Bearer YOUR_KEY) or the x-api-key header.", code="invalid_api_key")
     principal = None
     if key and len(key) <= MAX_KEY_LENGTH and key.isprintable():
         principal = catalog.principal(key)
     if principal is None or principal.revoked or (principal.expires_at and principal.expires_at <= now()):
-        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
     if not principal.user_active:
-        raise ApiError(403, "The user of this API key is disabled.", code="user_disabled", type="permission_error")
+        raise GatewayError(403, "The user of this API key is disabled.", code="user_disabled", type="permission_error")
     return principal

@@ -6,10 +6,11 @@ import logging
 from flask import current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from ..core.call import Call
+from ..core.errors import GatewayError
 from ..errors import html_error
 from ..extensions import db
-from ..proxy.service import Call
-from .errors import ApiError, error_response
+from .errors import error_response
 
 log = logging.getLogger("promptproxy.api")
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type",
@@ -26,10 +27,15 @@ def dialect() -> str:
     return "anthropic" if request.path.startswith("/v1/messages") else "openai"
 
 
+def inbound() -> str:
+    """The inbound format recorded on the row."""
+    return "responses" if request.path.startswith("/v1/responses") else dialect()
+
+
 def start_call() -> None:
     """Open a Call for every /v1 request."""
     if is_api():
-        g.call = Call(endpoint=request.path[:64], inbound=dialect(), client_ip=client_ip())
+        g.call = Call(endpoint=request.path[:64], inbound=inbound(), client_ip=client_ip())
 
 
 def client_ip() -> str | None:
@@ -38,7 +44,7 @@ def client_ip() -> str | None:
 
 
 def finish_call(response):
-    """Add x-request-id and limit headers; record non-streamed calls."""
+    """Add x-request-id and limit headers; record calls the pipeline never took (auth, JSON, unknown paths)."""
     call = g.get("call")
     if call is None:
         return response
@@ -47,14 +53,14 @@ def finish_call(response):
         response.headers["request-id"] = call.request_id
     for name, value in call.headers.items():
         response.headers.setdefault(name, value)
-    if not g.get("stream_owned"):
+    if not call.in_pipeline:
         if response.status_code >= 400 and call.status < 400:
             call.status = response.status_code
         current_app.extensions["promptproxy"].record(call)
     return response
 
 
-def handle_api_error(err: ApiError):
+def handle_api_error(err: GatewayError):
     """Our own errors, in the caller's dialect."""
     call = g.get("call")
     if call is not None:
@@ -72,7 +78,7 @@ def handle_http_error(exc: HTTPException):
     message = {404: "Unknown request URL: {method} {path}. Please check the URL and method.",
                405: "Method {method} is not allowed for {path}.",
                413: "The request body is too large."}.get(status, exc.description or exc.name)
-    err = ApiError(status, message.format(method=request.method, path=request.path[:200]),
+    err = GatewayError(status, message.format(method=request.method, path=request.path[:200]),
                    code=HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")))
     response = handle_api_error(err)
     if status == 405 and exc.valid_methods:
@@ -91,7 +97,7 @@ def handle_unexpected(exc: Exception):
         return html_error(500)
     if call is None:
         start_call()
-    return handle_api_error(ApiError(500, "The gateway hit an internal error. Quote the request id "
+    return handle_api_error(GatewayError(500, "The gateway hit an internal error. Quote the request id "
                                           "(x-request-id) when reporting it.", code="internal_error",
                                      type="server_error"))
 
@@ -100,6 +106,6 @@ def install(app) -> None:
     """Register the hooks on the app."""
     app.before_request(start_call)
     app.after_request(finish_call)
-    app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(GatewayError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -1,4 +1,4 @@
-"""Thin /v1 views: authenticate, parse, hand to the proxy service."""
+"""Thin /v1 views: authenticate, parse, hand to the request pipeline."""
 from __future__ import annotations
 
 import time
@@ -6,10 +6,10 @@ import time
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from ..extensions import db
-from ..proxy import service
+from ..core.errors import ErrorCode, GatewayError, model_not_found
+from ..dialects.openai import OpenAIDialect
+from ..proxy import pipeline
 from .auth import authenticate
-from .errors import ApiError
 
 bp = Blueprint("api", __name__)
 JSON_TYPES = ("application/json", "")
@@ -21,18 +21,18 @@ def gateway():
 
 
 def json_body() -> dict:
-    """The request body as a JSON object, or a 400/415 ApiError."""
+    """The request body as a JSON object, or a 400/415 GatewayError."""
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
-        raise ApiError(415, "Content-Type must be application/json.", code="unsupported_media_type")
+        raise GatewayError(415, "Content-Type must be application/json.", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE)
     data = request.get_data(cache=False)
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {str(exc).split(':')[0]}.",
-                       code="invalid_json") from None
+        raise GatewayError(400, f"The request body is not valid JSON: {str(exc).split(':')[0]}.",
+                       code=ErrorCode.INVALID_JSON) from None
     if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+        raise GatewayError(400, "The request body must be a JSON object.", code=ErrorCode.INVALID_JSON)
     if current_app.config["LOG_BODIES"]:
         g.call.request_body = data.decode("utf-8", "replace")
     return body
@@ -43,90 +43,45 @@ def json_response(body: dict, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
-def proxy_call(kind: str) -> Response:
-    """The shared path for chat, completions and embeddings."""
+def serve(dialect, body: dict | None = None) -> Response:
+    """The one view body: authenticate, parse JSON, run the pipeline, answer whole or streamed."""
     gw, call = gateway(), g.call
     gw.catalog.refresh()
     call.principal = authenticate(gw.catalog)
-    body = json_body()
-    service.validate(body, kind)
-    service.check_routing_keys(body)
-    service.resolve(gw, call, body, kind)
-    call.stream = bool(body.get("stream"))
-    body = service.build_body(call, body, kind)  # before admission: nothing can fail between admit and finish
-    admission = gw.limiter.admit(call, body)
-    call.headers.update(admission.headers)
-    if call.stream:
-        return start_stream(gw, call, service.stream_events(gw, call, kind, body, service.OpenAIEncoder()),
-                            admission)
-    try:
-        out = service.complete(gw, call, kind, body)
-    finally:
-        admission.finish(call)
-    return json_response(out)
+    out = pipeline.run(gw, call, dialect, json_body() if body is None else body)
+    if isinstance(out, dict):
+        return json_response(out)
+    return stream_response(out, call.headers)
 
 
-def start_stream(gw, call, events, admission) -> Response:
-    """Pull the first bytes before answering, so errors before them are plain JSON errors.
-
-    Retries and fallbacks happen inside that first pull. The database session is released before the stream
-    runs (no connection is held for its length); settling the admission at the end gets a fresh app context.
-    """
-    app = current_app._get_current_object()
-
-    def owned():
-        try:
-            yield from events
-        except ApiError as err:  # before the first byte: note it now, the row is queued in `finally`
-            call.fail(err)
-            raise
-        except Exception:
-            if call.status < 400:
-                call.status, call.error_type = 500, "internal_error"
-            raise
-        finally:
-            try:
-                with app.app_context():
-                    try:
-                        admission.finish(call)
-                    finally:
-                        db.session.remove()
-            finally:
-                gw.record(call)
-
-    gen = owned()
-    try:
-        first = next(gen)
-    except StopIteration:
-        first = b""
-    g.stream_owned = True
-    db.session.remove()
-
-    def relay():
-        yield first
-        yield from gen
-
-    return service.stream_response(relay(), call.headers)
+def stream_response(gen, headers: dict) -> Response:
+    """A streaming response that waitress flushes event by event."""
+    resp = Response(gen, mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"
+    for name, value in headers.items():
+        resp.headers[name] = value
+    return resp
 
 
 @bp.post("/chat/completions")
 @bp.post("/chat/completion")
 def chat_completions():
     """OpenAI chat completions (and the original's singular alias)."""
-    return proxy_call("chat")
+    return serve(OpenAIDialect("chat"))
 
 
 @bp.post("/completions")
 @bp.post("/completion")
 def completions():
     """Legacy text completions."""
-    return proxy_call("completion")
+    return serve(OpenAIDialect("completion"))
 
 
 @bp.post("/embeddings")
 def embeddings():
     """Embeddings."""
-    return proxy_call("embedding")
+    return serve(OpenAIDialect("embedding"))
 
 
 @bp.get("/models")
@@ -147,8 +102,6 @@ def retrieve_model(model_id: str):
     for entry in visible_models(gw.catalog, call.principal):
         if entry["id"] == model_id:
             return json_response(entry)
-    from .errors import model_not_found
-
     raise model_not_found(model_id)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..api.errors import ApiError
+from ..core.errors import GatewayError
 from ..proxy.catalog import ProviderInfo
 from ..proxy.sse import Event
 from . import anthropic_wire as wire
@@ -23,12 +23,12 @@ def base_root(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
 
-def stream_error(exc: wire.UpstreamStreamError) -> ApiError:
-    """An error event inside an Anthropic stream as our ApiError."""
+def stream_error(exc: wire.UpstreamStreamError) -> GatewayError:
+    """An error event inside an Anthropic stream as our GatewayError."""
     status = STREAM_ERROR_STATUS.get(exc.error_type, 502)
     _, body = wire.anthropic_error_to_openai(status, {"error": {"type": exc.error_type, "message": exc.message}})
     err = body["error"]
-    return ApiError(status, exc.message or "The upstream reported an error.", type=err["type"],
+    return GatewayError(status, exc.message or "The upstream reported an error.", type=err["type"],
                     code=err["code"] or "upstream_error")
 
 

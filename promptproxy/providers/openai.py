@@ -8,7 +8,9 @@ from ..proxy.sse import Event
 from ..proxy.usage import normalize_openai
 from .base import StreamOutput, UpstreamRequest
 
-PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings",
+         "responses": "/responses"}
+RESPONSES_END = ("response.completed", "response.incomplete", "response.failed")
 
 
 class OpenAIStream:
@@ -42,6 +44,38 @@ class OpenAIStream:
         return StreamOutput([chunk])
 
 
+class OpenAIResponsesStream:
+    """Responses API events passed through as dicts (model renamed); the stream ends with the final response."""
+
+    def __init__(self, public_model: str):
+        self.public_model = public_model
+        self.usage: dict | None = None
+
+    def feed(self, event: Event) -> StreamOutput:
+        """Relay one upstream event, noting usage from the final response."""
+        if event.data is None or event.data.strip() == "[DONE]":
+            return StreamOutput(done=event.data is not None)
+        data = orjson.loads(event.data)
+        if not isinstance(data, dict):
+            raise ValueError("stream event is not a JSON object")
+        if data.get("type") == "error":
+            raise UpstreamStreamError(data.get("error") or data)
+        response = data.get("response")
+        if isinstance(response, dict):
+            response["model"] = self.public_model
+            self.usage = normalize_responses(response.get("usage")) or self.usage
+        return StreamOutput([data], done=data.get("type") in RESPONSES_END)
+
+
+def normalize_responses(usage) -> dict | None:
+    """Responses usage (input_tokens, output_tokens, input_tokens_details.cached_tokens) normalized."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("input_tokens_details") or {}
+    return {"input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
+            "cached_tokens": details.get("cached_tokens") if isinstance(details, dict) else None}
+
+
 class UpstreamStreamError(Exception):
     """The upstream reported an error inside the stream."""
 
@@ -68,6 +102,11 @@ class OpenAIAdapter:
 
     def parse(self, endpoint: str, data: dict, public_model: str) -> tuple[dict, dict | None]:
         """The upstream body with our model name, and its usage."""
+        if endpoint == "responses":
+            if not isinstance(data.get("output"), list):
+                raise ValueError("response has no `output` list")
+            data["model"] = public_model
+            return data, normalize_responses(data.get("usage"))
         if endpoint == "embedding":
             if not isinstance(data.get("data"), list):
                 raise ValueError("embedding response has no `data` list")
@@ -77,8 +116,10 @@ class OpenAIAdapter:
             data["model"] = public_model
         return data, normalize_openai(data.get("usage"))
 
-    def stream(self, endpoint: str, public_model: str, strip_usage: bool) -> OpenAIStream:
+    def stream(self, endpoint: str, public_model: str, strip_usage: bool):
         """A pass-through stream translator."""
+        if endpoint == "responses":
+            return OpenAIResponsesStream(public_model)
         return OpenAIStream(public_model, strip_usage)
 
     def error(self, status: int, data: dict | None) -> tuple[str, str | None, str | None]:
@@ -90,4 +131,6 @@ class OpenAIAdapter:
             return err, None, None
         if isinstance(data, dict) and isinstance(data.get("detail"), str):  # FastAPI-style servers
             return data["detail"], None, None
+        if isinstance(data, dict) and isinstance(data.get("message"), str):  # FastChat: {"object": "error", ...}
+            return data["message"], data.get("type"), data.get("code")
         return "", None, None

@@ -2,27 +2,11 @@
 from __future__ import annotations
 
 from ..crypto import Box
+from .admission import NullLimiter
 from .catalog import Catalog
 from .logwriter import LogWriter
 from .resilience import Breakers, RetryPolicy
 from .upstream import Upstreams
-
-
-class Admission:
-    """What the limiter admitted for one call: response headers, then settle or release once."""
-
-    headers: dict = {}
-
-    def finish(self, call) -> None:
-        """Settle usage and cost (or release the reservation if nothing was used)."""
-
-
-class NullLimiter:
-    """Admits everything; replaced by the configured limiter."""
-
-    def admit(self, call, body: dict) -> Admission:
-        """Admit the call."""
-        return Admission()
 
 
 def make_limiter(app):
@@ -39,6 +23,7 @@ class Gateway:
 
     def __init__(self, app):
         cfg = app.config
+        self.app = app  # streams settle in a fresh app context after the request has returned
         self.box = Box(cfg["ENCRYPTION_KEY"], tuple(k for k in cfg.get("OLD_ENCRYPTION_KEYS", ()) if k))
         self.catalog = Catalog(self.box, ttl=cfg["CACHE_TTL"])
         self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"],

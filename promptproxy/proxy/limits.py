@@ -14,10 +14,10 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-from ..api.errors import ApiError
+from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
 from ..models import BudgetUsage, utcnow
-from .gateway import Admission
+from .admission import Admission
 from .usage import estimate_input
 
 log = logging.getLogger("promptproxy.limits")
@@ -230,7 +230,7 @@ class Limiter:
 
     # -- admit -------------------------------------------------------------------------------------
     def admit(self, call, body: dict) -> LimitAdmission:
-        """Check TPM, take an RPM hit and a concurrency slot, reserve budget; or raise a 429/503 ApiError."""
+        """Check TPM, take an RPM hit and a concurrency slot, reserve budget; or raise a 429/503 GatewayError."""
         adm = LimitAdmission(self)
         subjects = self._subjects(call.principal)
         if any(lim.get("rpm") or lim.get("tpm") or lim.get("max_concurrent") for _, _, lim in subjects):
@@ -239,8 +239,8 @@ class Limiter:
             except LimitsUnavailable:
                 self._release_slots(adm)
                 if not self.fail_open:
-                    raise ApiError(503, "Rate limits cannot be checked right now; please retry shortly.",
-                                   code="limits_unavailable", type="server_error",
+                    raise GatewayError(503, "Rate limits cannot be checked right now; please retry shortly.",
+                                   code=ErrorCode.LIMITS_UNAVAILABLE, type="server_error",
                                    headers={"Retry-After": retry_after(self.retry_seconds)}) from None
                 log.warning("limit store unreachable: admitting request %s without rate limits (fail open)",
                             call.request_id)
@@ -296,8 +296,8 @@ class Limiter:
             if cap:
                 key = f"{kind}:{ident}"
                 if not self._store(self.counters.acquire, key, cap, self.slot_ttl):
-                    raise ApiError(429, f"Too many concurrent requests for {WHO[kind]}: the limit is {cap}. "
-                                        "Retry when one of them has finished.", code="rate_limit_exceeded",
+                    raise GatewayError(429, f"Too many concurrent requests for {WHO[kind]}: the limit is {cap}. "
+                                        "Retry when one of them has finished.", code=ErrorCode.RATE_LIMITED,
                                    type="requests", headers={**adm.headers, "Retry-After": "1"})
                 adm.slots.append(key)
 
@@ -312,10 +312,10 @@ class Limiter:
         headers[f"x-ratelimit-reset-{what}"] = duration(max(stats.reset_time - time.time(), 0))
 
     @staticmethod
-    def _too_many(what: str, kind: str, amount: int, wait: float, headers: dict) -> ApiError:
+    def _too_many(what: str, kind: str, amount: int, wait: float, headers: dict) -> GatewayError:
         short = "RPM" if what == "requests" else "TPM"
-        return ApiError(429, f"Rate limit reached for {WHO[kind]} on {what} per min ({short}): Limit {amount}. "
-                             f"Please try again in {duration(max(wait, 0))}.", code="rate_limit_exceeded",
+        return GatewayError(429, f"Rate limit reached for {WHO[kind]} on {what} per min ({short}): Limit {amount}. "
+                             f"Please try again in {duration(max(wait, 0))}.", code=ErrorCode.RATE_LIMITED,
                         type=what, headers={**headers, "Retry-After": retry_after(wait)})
 
     def _reserve(self, adm: LimitAdmission, call, body: dict, subjects) -> None:
@@ -332,10 +332,10 @@ class Limiter:
             if not self.budgets.reserve(adm.engine, subject, start, amount, lim["budget_usd"]):
                 self._settle_budgets(adm, 0.0)
                 wait = (period_end(period, start) - now).total_seconds()
-                raise ApiError(429, f"The budget of ${lim['budget_usd']:.2f} per {period} for {WHO[kind]} is used "
+                raise GatewayError(429, f"The budget of ${lim['budget_usd']:.2f} per {period} for {WHO[kind]} is used "
                                     f"up or too small for this request; it resets at "
                                     f"{period_end(period, start).isoformat()}Z.",
-                               code="insufficient_quota", type="insufficient_quota",
+                               code=ErrorCode.INSUFFICIENT_QUOTA, type="insufficient_quota",
                                headers={**adm.headers, "Retry-After": retry_after(wait)})
             adm.reservations.append(Reservation(subject, start, amount))
 

@@ -52,18 +52,19 @@ def _scalar(value, name: str) -> str:
     raise PromptError(f"Prompt variable `{name}` must be a string, number or boolean", "prompt_variables")
 
 
-def _is_system(message) -> bool:
+def is_system(message) -> bool:
+    """A system or developer message."""
     return isinstance(message, dict) and message.get("role") in ("system", "developer")
 
 
 def inject_messages(messages: list, text: str, mode: str) -> list:
     """Put the stored prompt first; keep, drop or refuse the client's own system messages by mode."""
-    if mode == "reject" and any(_is_system(m) for m in messages):
+    if mode == "reject" and any(is_system(m) for m in messages):
         raise PromptError(
             "This stored prompt does not allow a system message in the request", "messages", "system_not_allowed"
         )
     if mode == "replace":
-        messages = [m for m in messages if not _is_system(m)]
+        messages = [m for m in messages if not is_system(m)]
     return [{"role": "system", "content": text}, *messages]
 
 

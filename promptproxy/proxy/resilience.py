@@ -11,13 +11,11 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from ..api.errors import ApiError
+from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 
 log = logging.getLogger("promptproxy.resilience")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
-# Faults raised by one attempt (set on ApiError.fault): "connect" (refused, reset, connect timeout),
-# "first_byte" (no answer in time), "status" (an HTTP error answer), "bad" (a 2xx the gateway cannot use).
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,26 +64,24 @@ def parse_retry_after(headers) -> float | None:
     return max(when.timestamp() - time.time(), 0.0) if when else None
 
 
-def retryable(err: ApiError) -> bool:
+def retryable(err: UpstreamError) -> bool:
     """May the same model be tried again? Connect failures and retryable statuses, never client errors."""
-    fault = getattr(err, "fault", None)
-    if fault == "connect":
+    if err.fault is Fault.CONNECT:
         return True
-    return fault == "status" and getattr(err, "upstream_status", None) in RETRYABLE_STATUSES
+    return err.fault is Fault.STATUS and err.upstream_status in RETRYABLE_STATUSES
 
 
-def fallback_worthy(err: ApiError) -> bool:
+def fallback_worthy(err: UpstreamError) -> bool:
     """May the next model in the fallback list be tried? Also after a first-byte timeout."""
-    return retryable(err) or getattr(err, "fault", None) == "first_byte"
+    return retryable(err) or err.fault is Fault.FIRST_BYTE
 
 
-def unhealthy(err: ApiError) -> bool:
+def unhealthy(err: UpstreamError) -> bool:
     """Does this failure count against the provider's breaker? (429 means up but busy: it does not.)"""
-    fault = getattr(err, "fault", None)
-    if fault in ("connect", "first_byte", "bad"):
+    if err.fault in (Fault.CONNECT, Fault.FIRST_BYTE, Fault.BAD):
         return True
-    status = getattr(err, "upstream_status", None) or 0
-    return fault == "status" and (status >= 500 or status == 408)
+    status = err.upstream_status or 0
+    return err.fault is Fault.STATUS and (status >= 500 or status == 408)
 
 
 # -- circuit breaker -------------------------------------------------------------------------------
@@ -196,12 +192,12 @@ def candidates(gw, model, kind: str, supports) -> list:
 def send_with_fallbacks(gw, models: list, deadline: float, attempt):
     """Try each model in turn, retrying retryable failures with backoff, all within the deadline.
 
-    `attempt(model, remaining)` returns a result or raises ApiError (with `fault` set for upstream faults).
+    `attempt(model, remaining)` returns a result or raises GatewayError (UpstreamError for upstream faults).
     Returns (model, result, failures) where failures lists (model slug, error kind) of the attempts that failed.
     """
     policy, breakers = gw.retry, gw.breakers
     failures: list[tuple[str, str]] = []
-    last: ApiError | None = None
+    last: UpstreamError | None = None
     shut: list = []
     for model in models:
         provider = model.provider
@@ -214,18 +210,18 @@ def send_with_fallbacks(gw, models: list, deadline: float, attempt):
                 break
             try:
                 result = attempt(model, remaining)
-            except ApiError as err:
+            except UpstreamError as err:
                 if unhealthy(err):
                     breakers.failure(provider, err.kind)
-                elif getattr(err, "fault", None):
+                else:
                     breakers.success(provider)
-                if not getattr(err, "fault", None) or not fallback_worthy(err):
+                if not fallback_worthy(err):
                     raise
                 last = err
                 failures.append((model.slug, err.kind))
                 if not retryable(err) or retry == policy.max_retries:
                     break
-                wait = policy.delay(retry + 1, getattr(err, "retry_after", None))
+                wait = policy.delay(retry + 1, err.retry_after)
                 if wait is None or time.perf_counter() + wait >= deadline:
                     break
                 time.sleep(wait)
@@ -235,11 +231,11 @@ def send_with_fallbacks(gw, models: list, deadline: float, attempt):
     if last is not None:
         raise last
     wait = min(breakers.retry_after(p) for p in shut) if shut else 1.0
-    raise ApiError(503, "The upstream for this model is failing; the gateway paused requests to it. Try again later.",
-                   code="upstream_unavailable", type="server_error",
+    raise GatewayError(503, "The upstream for this model is failing; the gateway paused requests to it. "
+                       "Try again later.", code=ErrorCode.UPSTREAM_UNAVAILABLE, type="server_error",
                    headers={"Retry-After": str(max(math.ceil(wait), 1))})
 
 
-def _deadline_error() -> ApiError:
-    return ApiError(504, "The upstream did not answer within the total time limit.", code="upstream_timeout",
-                    type="server_error")
+def _deadline_error() -> GatewayError:
+    return GatewayError(504, "The upstream did not answer within the total time limit.",
+                        code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")

@@ -12,7 +12,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from ..api.errors import ApiError
+from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..netguard import is_public
 from ..providers.base import UpstreamRequest
 from .catalog import ProviderInfo
@@ -48,25 +48,21 @@ class Upstreams:
 
     def send(self, provider: ProviderInfo, req: UpstreamRequest, first_byte_timeout: float,
              connect_timeout: float | None = None) -> requests.Response:
-        """POST and return once headers arrive; network failures become 502/504 ApiErrors with `fault` set."""
+        """POST and return once headers arrive; network failures become 502/504 UpstreamErrors."""
         try:
             return self.session(provider).post(
                 req.url, data=req.body, headers=req.headers, stream=True, allow_redirects=False,
                 timeout=(connect_timeout or provider.connect_timeout, first_byte_timeout),
             )
         except requests.exceptions.ConnectTimeout:
-            err = ApiError(504, "The upstream did not accept the connection in time.",
-                           code="upstream_timeout", type="server_error")
-            err.fault = "connect"
+            raise UpstreamError(504, "The upstream did not accept the connection in time.",
+                                code=ErrorCode.UPSTREAM_TIMEOUT, fault=Fault.CONNECT) from None
         except requests.exceptions.ReadTimeout:
-            err = ApiError(504, "The upstream did not answer in time.", code="upstream_timeout",
-                           type="server_error")
-            err.fault = "first_byte"
+            raise UpstreamError(504, "The upstream did not answer in time.", code=ErrorCode.UPSTREAM_TIMEOUT,
+                                fault=Fault.FIRST_BYTE) from None
         except requests.exceptions.RequestException:
-            err = ApiError(502, "The upstream could not be reached.", code="upstream_unavailable",
-                           type="server_error")
-            err.fault = "connect"
-        raise err
+            raise UpstreamError(502, "The upstream could not be reached.", code=ErrorCode.UPSTREAM_UNAVAILABLE,
+                                fault=Fault.CONNECT) from None
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -174,8 +170,8 @@ def read_body(resp: requests.Response, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             resp.close()
-            raise ApiError(502, "The upstream response was too large.", code="bad_upstream_response",
-                           type="server_error")
+            raise GatewayError(502, "The upstream response was too large.", code=ErrorCode.BAD_UPSTREAM_RESPONSE,
+                               type="server_error")
         chunks.append(chunk)
     return b"".join(chunks)
 

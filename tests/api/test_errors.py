@@ -195,12 +195,12 @@ def test_upstream_too_slow_is_504(app, client, seeded, upstream):
 
 
 def test_internal_error_is_json_without_traceback(app, client, seeded, monkeypatch):
-    from promptproxy.proxy import service
+    from promptproxy.proxy import send
 
     def boom(*a, **k):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(service, "complete", boom)
+    monkeypatch.setattr(send, "complete", boom)
     resp = post(client, seeded.key, CHAT)
     assert resp.status_code == 500
     text = resp.get_data(as_text=True)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from promptproxy import create_app
-from promptproxy.api.errors import ApiError
+from promptproxy.core.errors import GatewayError
 from promptproxy.extensions import db
 
 from ..conftest import base_config
@@ -114,7 +114,7 @@ def test_metrics_count_upstream_errors_and_limit_refusals(app, live, seeded, ups
 
     class Refuse:
         def admit(self, call, body):
-            raise ApiError(429, "Rate limit reached.", code="rate_limit_exceeded")
+            raise GatewayError(429, "Rate limit reached.", code="rate_limit_exceeded")
 
     gw.limiter = Refuse()
     with pytest.raises(openai.RateLimitError):

@@ -8,7 +8,7 @@ from promptproxy import manage
 from promptproxy.extensions import db
 
 from ..admin.conftest import Web, csrf_token, login
-from ..conftest import log_rows
+from ..conftest import log_rows, rows_when
 
 PASSWORD = "library-admin-pw-1"
 
@@ -171,3 +171,22 @@ def test_playground_needs_csrf_and_works_without_javascript(web, upstream):
     assert upstream.last["body"]["messages"] == [{"role": "user", "content": "hi"}]
     page = web.get("/admin/playground?prompt=translator&version=1")
     assert '<option value="translator" selected>' in page.get_data(as_text=True)
+
+
+def test_playground_budget_estimate_includes_the_stored_prompt(web, app, upstream):
+    """The playground runs the /v1 pipeline: the body is built (stored prompt in) before the budget is reserved."""
+    long_text = "Answer in the voice of a careful, patient reference librarian. " * 2000  # ~24k tokens
+    with app.app_context():
+        prompt = manage.get_prompt("translator")
+        manage.add_version("t", prompt, long_text, note="long")
+        # At $1/M in and $2/M out, a bare "hi" with the 4,096-token default cap is ~$0.008; with the stored
+        # prompt ~$0.03. A $0.015 budget admits the first and must refuse the second.
+        manage.update_user("t", manage.get_user("boss"), budget=0.015, period="month")
+        db.session.commit()
+    refused = run(web, model="gpt-4o-mini", prompt="translator", message="hi")
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "insufficient_quota"
+    assert upstream.requests == []
+    admitted = run(web, model="gpt-4o-mini", message="hi")
+    assert admitted.status_code == 200 and '"status":200' in admitted.get_data(as_text=True)
+    assert upstream.last["body"]["messages"] == [{"role": "user", "content": "hi"}]
+    assert [r.status for r in rows_when(app, 2)] == [429, 200]

@@ -4,11 +4,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from promptproxy.api.errors import ApiError
-from promptproxy.api.messages import AnthropicEncoder, PassthroughEncoder, apply_params, inject_system
+from promptproxy.core.errors import GatewayError
+from promptproxy.dialects.anthropic import AnthropicEncoder, PassthroughEncoder
 from promptproxy.providers import get_adapter
 from promptproxy.providers.anthropic import base_root
+from promptproxy.proxy import prompts as P
 from promptproxy.proxy.catalog import ProviderInfo
+from promptproxy.proxy.inject import ANTHROPIC_PARAMS, first_system_block, renamed
 from promptproxy.proxy.prompts import PromptError
 from promptproxy.proxy.sse import SSEParser
 from tests.anthropic_upstream import FIXTURES, fixture_json
@@ -73,7 +75,7 @@ def test_chat_stream_ends_at_message_stop_with_usage():
 
 def test_stream_error_event_becomes_an_api_error():
     stream = ADAPTER.stream("chat", "claude", strip_usage=True)
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(GatewayError) as info:
         for e in events("anthropic_stream_error.sse"):
             stream.feed(e)
     assert (info.value.status, info.value.type, info.value.code) == (503, "overloaded_error", "overloaded")
@@ -103,32 +105,32 @@ def test_error_mapping():
     ("mine", "replace", [{"type": "text", "text": "S"}]),
     ("", "reject", [{"type": "text", "text": "S"}]),
 ])
-def test_inject_system(system, mode, expected):
-    assert inject_system(system, "S", mode) == expected
+def test_first_system_block(system, mode, expected):
+    assert first_system_block(system, "S", mode) == expected
 
 
 def test_inject_system_reject_mode_refuses_a_client_system():
     with pytest.raises(PromptError) as info:
-        inject_system("mine", "S", "reject")
+        first_system_block("mine", "S", "reject")
     assert info.value.param == "system" and info.value.code == "system_not_allowed"
 
 
 def test_stored_params_use_anthropic_names():
     body = {"max_tokens": 10, "temperature": 0.9}
-    apply_params(body, {"max_completion_tokens": {"value": 99}, "temperature": {"value": 0.1, "locked": True},
-                        "stop": {"value": "END"}, "presence_penalty": {"value": 1}})
+    P.apply_params(body, renamed({"max_completion_tokens": {"value": 99}, "temperature": {"value": 0.1, "locked": True},
+                                  "stop": {"value": "END"}, "presence_penalty": {"value": 1}}, ANTHROPIC_PARAMS))
     assert body == {"max_tokens": 10, "temperature": 0.1, "stop_sequences": ["END"]}
 
 
 def test_anthropic_encoder_event_sequence_and_error():
     enc = AnthropicEncoder("m", "msg_1")
     chunk = {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
-    wire = enc.chunk(chunk) + enc.done()
+    wire = enc.chunk(chunk) + enc.done(None)
     names = [line[7:] for line in wire.decode().split("\n") if line.startswith("event: ")]
     assert names == ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop",
                      "message_delta", "message_stop"]
     failed = AnthropicEncoder("m", "msg_2")
     failed.chunk(chunk)
-    assert failed.error(ApiError(504, "slow")).startswith(b"event: error\ndata: ")
-    assert failed.done() == b""
+    assert failed.error(GatewayError(504, "slow")).startswith(b"event: error\ndata: ")
+    assert failed.done(None) == b""
     assert PassthroughEncoder().chunk({"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'

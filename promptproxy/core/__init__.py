@@ -1,0 +1,1 @@
+"""Shared types every layer may use: gateway errors and the per-request Call record."""

@@ -1,0 +1,154 @@
+"""The Anthropic Messages dialect: passed through to Anthropic providers, translated to chat for the others."""
+from __future__ import annotations
+
+import copy
+import re
+
+import orjson
+
+from ..core.errors import ErrorCode, GatewayError
+from ..providers import anthropic_wire as wire
+from ..providers import get_adapter
+from ..providers.anthropic import BETA_FIELD
+from ..proxy import inject
+from ..proxy.pipeline import Plan
+from ..proxy.resolve import positive_int, stream_flag, validate_messages
+from ..proxy.usage import count_tokens, estimate_input
+from .envelopes import anthropic_body
+
+COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", BETA_FIELD)
+BETA_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class AnthropicDialect:
+    """POST /v1/messages for any chat model."""
+
+    name = "anthropic"
+    kind = "chat"
+
+    def __init__(self, beta_header: str | None = None):
+        self.betas = client_betas(beta_header)
+
+    def validate(self, body: dict) -> None:
+        """`messages` present, `stream` a boolean, `max_tokens` positive."""
+        validate_messages(body)
+        stream_flag(body)
+        positive_int(body, "max_tokens")
+
+    def plan(self, gw, call, body: dict) -> Plan:
+        """Native for Anthropic providers (stored prompt as the first system block), else translated to chat."""
+        variables = body.pop("prompt_variables", None)
+        provider = call.model.provider
+        if getattr(get_adapter(provider.kind), "native_messages", False):
+            # Translating only to check it is well-formed would refuse what Claude accepts (documents, server tools).
+            native = inject.into_anthropic(call, body, variables)
+            if native.get("max_tokens") is None and provider.default_max_tokens:
+                native["max_tokens"] = provider.default_max_tokens
+            if self.betas:
+                native[BETA_FIELD] = self.betas
+            return Plan("messages", native, chat_view(native), native=True)
+        chat = inject.into_openai(call, to_chat(body), "chat", variables)
+        if not provider.stream_usage:
+            chat.pop("stream_options", None)  # this server refuses it; usage is then estimated
+        return Plan("chat", chat, chat)
+
+    def render(self, call, plan: Plan, out: dict) -> dict:
+        """Native answers as they are; chat answers translated back."""
+        return out if plan.native else wire.openai_chat_to_anthropic_message(out, model=call.public_model)
+
+    def encoder(self, call, plan: Plan):
+        """Native events re-framed, or chat chunks translated into Anthropic's event sequence."""
+        if plan.native:
+            return PassthroughEncoder()
+        return AnthropicEncoder(call.public_model, "msg_" + call.request_id.removeprefix("req_"))
+
+
+class AnthropicCountTokens(AnthropicDialect):
+    """POST /v1/messages/count_tokens: counted upstream by Anthropic providers, estimated for the others."""
+
+    def plan(self, gw, call, body: dict) -> Plan:
+        """Limits see a one-token answer: counting costs no output."""
+        body.pop("stream", None)
+        plan = super().plan(gw, call, body)
+        view = {**plan.view, "max_tokens": 1, "max_completion_tokens": None}
+        if plan.native:
+            counted = {key: plan.body[key] for key in COUNT_KEYS if key in plan.body}
+            return Plan("count_tokens", counted, view, native=True)
+        total = estimate_input(plan.body)
+        if plan.body.get("tools"):
+            total += count_tokens(orjson.dumps(plan.body["tools"]).decode())
+        return Plan("count_tokens", plan.body, view, local={"input_tokens": total})
+
+    def render(self, call, plan: Plan, out: dict) -> dict:
+        """The count as it is."""
+        return out
+
+
+def chat_view(native: dict) -> dict:
+    """A native body in chat shape for estimates: the system prompt as a first message."""
+    system = native.get("system")
+    if not system:
+        return native
+    return {**native, "messages": [{"role": "system", "content": system}, *native["messages"]]}
+
+
+def client_betas(header: str | None) -> str | None:
+    """The client's anthropic-beta flags (Claude Code needs them passed on), well-formed names only."""
+    names = [n.strip() for n in (header or "").split(",")[:20]]
+    names = [n for n in names if BETA_RE.fullmatch(n)]
+    return ",".join(names) or None
+
+
+def to_chat(body: dict) -> dict:
+    """The OpenAI chat request for an Anthropic one; what cannot be expressed is a 400 naming the field."""
+    try:
+        return wire.anthropic_to_openai_chat_request(copy.deepcopy(body), upstream_model=str(body.get("model")))
+    except wire.TranslationError as exc:
+        raise GatewayError(400, exc.message, param=exc.param, code=ErrorCode.INVALID_REQUEST) from None
+
+
+def frame(events) -> bytes:
+    """SSE frames with `event:` lines, as Anthropic sends them."""
+    return b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+
+
+class AnthropicEncoder:
+    """OpenAI chunks from any upstream -> Anthropic's event sequence (message_start ... message_stop)."""
+
+    def __init__(self, model: str, msg_id: str):
+        self.translator = wire.OpenAIStreamToAnthropic(model, msg_id)
+        self.pinged = False
+        self.failed = False
+
+    def chunk(self, chunk: dict) -> bytes:
+        """Events for one OpenAI chunk; a ping follows message_start, as Anthropic's own streams have one."""
+        events = self.translator.feed(chunk)
+        if not self.pinged and events and events[0][0] == "message_start":
+            self.pinged = True
+            events.insert(1, ("ping", {"type": "ping"}))
+        return frame(events)
+
+    def done(self, call) -> bytes:
+        """The closing events (nothing after an error event)."""
+        return b"" if self.failed else frame(self.translator.finish())
+
+    def error(self, err: GatewayError) -> bytes:
+        """An in-band error event; the stream ends after it."""
+        self.failed = True
+        return frame([("error", anthropic_body(err))])
+
+
+class PassthroughEncoder:
+    """Native Anthropic events (already dicts with `type`) re-framed unchanged."""
+
+    def chunk(self, event: dict) -> bytes:
+        """One event."""
+        return frame([(event.get("type") or "message", event)])
+
+    def done(self, call) -> bytes:
+        """message_stop was the last event relayed."""
+        return b""
+
+    def error(self, err: GatewayError) -> bytes:
+        """An in-band error event."""
+        return frame([("error", anthropic_body(err))])

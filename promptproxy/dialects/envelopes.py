@@ -1,0 +1,22 @@
+"""The error envelopes of the inbound dialects, for error responses and in-band stream errors."""
+from __future__ import annotations
+
+from ..core.errors import GatewayError
+
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large", 415: "invalid_request_error",
+    429: "rate_limit_error", 431: "request_too_large", 500: "api_error", 502: "api_error", 503: "overloaded_error",
+    504: "timeout_error", 529: "overloaded_error",
+}
+
+
+def openai_body(err: GatewayError) -> dict:
+    """The OpenAI error object."""
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
+def anthropic_body(err: GatewayError) -> dict:
+    """The Anthropic error object."""
+    kind = ANTHROPIC_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": err.message}}

@@ -1,0 +1,92 @@
+"""From the client's body to what the call is about: checks, routing-key guard, model and prompt resolution."""
+from __future__ import annotations
+
+from ..core.errors import ErrorCode, GatewayError, model_not_found, prompt_not_found
+from .catalog import PromptInfo
+from .grammar import parse_model
+
+# Body keys that could steer an upstream (another gateway, a proxy) to a host of the client's choosing.
+# Compared case-insensitively: `API_BASE` is the same key to many servers.
+ROUTING_KEYS = frozenset({"api_base", "base_url", "api_key", "user_config", "extra_headers", "extra_body",
+                          "custom_host", "api_version", "azure_endpoint", "organization"})
+SCHEMA_KEYS = frozenset({"tools", "functions", "response_format", "parameters", "input_schema", "schema",
+                         "format"})
+
+
+def resolve(gw, call, body: dict, kind: str) -> None:
+    """Fill call.model, call.prompt and call.version from the `model` field, enforcing access."""
+    raw = body.get("model")
+    if not isinstance(raw, str) or not raw:
+        raise GatewayError(400, "You must provide a model parameter.", param="model", code=ErrorCode.MISSING_MODEL)
+    call.model_name = raw[:256]
+    try:
+        ref = parse_model(raw)
+    except ValueError as exc:
+        raise GatewayError(400, f"Invalid `model` value: {exc}.", param="model",
+                           code=ErrorCode.INVALID_MODEL) from None
+    principal = call.principal
+    model = gw.catalog.model(ref.model)
+    if model is None or not principal.may_use_model(model.slug):
+        raise model_not_found(ref.model)
+    call.model = model
+    if model.kind != kind:
+        raise GatewayError(400, f"The model `{model.slug}` is a {model.kind} model and cannot serve this endpoint.",
+                           param="model", code=ErrorCode.WRONG_MODEL_KIND)
+    if ref.prompt is None:
+        return
+    prompt = gw.catalog.prompt(ref.prompt)
+    if prompt is None or not principal.may_use_prompt(prompt.slug):
+        raise prompt_not_found(ref.prompt)
+    call.prompt = prompt
+    number = prompt.live if ref.version is None else _version_number(prompt, ref.version)
+    version = gw.catalog.version(prompt, number) if number else None
+    if version is None:
+        raise prompt_not_found(f"{ref.prompt}@{ref.version}")
+    call.version = version
+
+
+def _version_number(prompt: PromptInfo, ref: str) -> int | None:
+    if ref.isdigit():
+        return int(ref)
+    return prompt.labels.get(ref)
+
+
+def check_routing_keys(value, path: str = "") -> None:
+    """Refuse fields that could choose the upstream host, at any depth (JSON schemas excepted)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and key.lower() in ROUTING_KEYS:
+                raise GatewayError(400, f"Unsupported parameter: `{path}{key}` cannot be set by clients.",
+                                   param=f"{path}{key}", code=ErrorCode.UNSUPPORTED_PARAMETER)
+            if key not in SCHEMA_KEYS and isinstance(item, dict | list):
+                check_routing_keys(item, f"{path}{key}.")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                check_routing_keys(item, path)
+
+
+def positive_int(body: dict, *names: str) -> None:
+    """Each named field, when present, must be a positive integer."""
+    for name in names:
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise GatewayError(400, f"`{name}` must be a positive integer.", param=name)
+
+
+def stream_flag(body: dict) -> bool:
+    """The `stream` field as a boolean, or a 400."""
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise GatewayError(400, "`stream` must be a boolean.", param="stream")
+    return bool(stream)
+
+
+def validate_messages(body: dict) -> None:
+    """`messages` must be a non-empty list of objects with a `role`."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise GatewayError(400, "`messages` must be a non-empty array.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise GatewayError(400, f"`messages[{i}]` must be an object with a `role`.", param=f"messages.{i}")

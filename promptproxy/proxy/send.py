@@ -1,0 +1,310 @@
+"""Sending one planned call upstream: retries and fallbacks, the whole answer, or the relayed stream."""
+from __future__ import annotations
+
+import time
+
+import orjson
+import requests
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+
+from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
+from ..providers import get_adapter
+from ..providers.anthropic_wire import TranslationError
+from ..providers.openai import UpstreamStreamError
+from . import resilience
+from .catalog import ModelInfo
+from .sse import SSEParser
+from .upstream import drain, iter_raw, read_body, set_idle_timeout
+from .usage import cost, count_tokens, estimate_input
+
+PASS_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+                "retry-after", "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining")
+OPENAI_STREAMING = ("chat", "completion")
+
+
+# -- upstream errors -------------------------------------------------------------------------------
+def upstream_error(adapter, provider, status: int, raw: bytes, retry_after: float | None) -> UpstreamError:
+    """An upstream 4xx/5xx in our terms with its status; auth failures become 502."""
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        data = None
+    message, typ, code = adapter.error(status, data)
+    # vLLM and llama.cpp send `"code": 400`; some servers send objects: our codes and types are short strings.
+    typ, code = _short(typ), _short(code)
+    fault = {"fault": Fault.STATUS, "upstream_status": status, "retry_after": retry_after}
+    if status in (401, 403):
+        return UpstreamError(502, "The upstream rejected the gateway's credentials for this provider.",
+                             code=ErrorCode.UPSTREAM_AUTH_FAILED, **fault)
+    message = scrub(message, provider) or f"The upstream answered HTTP {status}."
+    if status == 529:
+        return UpstreamError(503, message, code=ErrorCode.OVERLOADED, type="overloaded_error", **fault)
+    return UpstreamError(status if 400 <= status <= 599 else 502, message, type=typ,
+                         code=code or ErrorCode.UPSTREAM_ERROR, **fault)
+
+
+def _short(value) -> str | None:
+    """An upstream error code or type as a short string (None stays None)."""
+    if value is None or value == "":
+        return None
+    return (value if isinstance(value, str) else orjson.dumps(value).decode())[:64]
+
+
+def scrub(text: str, provider) -> str:
+    """Remove the provider's secrets (key, extra header values) and address from an upstream message."""
+    text = (text or "")[:1000]
+    # Extra headers are stored encrypted because they often carry credentials; very short values are skipped
+    # so that a header like `X-Flag: 1` does not blank every digit.
+    headers = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= 8]
+    for secret in (provider.api_key, provider.base_url, *headers):
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def upstream_headers(resp: requests.Response) -> dict:
+    """Upstream rate-limit headers to pass on (upstream-prefixed where our own limits use the name)."""
+    return {name: resp.headers[name] for name in PASS_HEADERS if name in resp.headers}
+
+
+# -- sending ---------------------------------------------------------------------------------------
+def upstream_body(model: ModelInfo, body: dict, endpoint: str) -> tuple[dict, bool]:
+    """The body for one model: its upstream name, and stream usage requested when the provider allows it."""
+    sent = dict(body)
+    sent["model"] = model.upstream_model
+    strip = False
+    provider = model.provider
+    if not sent.get("stream") or endpoint not in OPENAI_STREAMING:
+        return sent, strip
+    options = sent.get("stream_options")
+    wanted = isinstance(options, dict) and bool(options.get("include_usage"))
+    if provider.kind != "openai":  # translating adapters always know usage
+        return sent, not wanted
+    if provider.stream_usage and not wanted:
+        sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        strip = True
+    return sent, strip
+
+
+def _supports(endpoint: str):
+    def check(model: ModelInfo) -> bool:
+        try:
+            return endpoint in get_adapter(model.provider.kind).endpoints and not model.provider.broken
+        except KeyError:
+            return False
+    return check
+
+
+def open_upstream(gw, call, endpoint: str, body: dict):
+    """Send to the model, retrying and then falling back; returns (adapter, response) with a 2xx status.
+
+    On success call.model is the model that served (call.requested keeps the one asked for).
+    """
+    primary = call.requested or call.model
+    if call.deadline is None:
+        call.deadline = call.t0 + primary.provider.total_timeout
+    models = resilience.candidates(gw, primary, primary.kind, _supports(endpoint))
+    if not models:
+        if not primary.provider.broken and endpoint not in get_adapter(primary.provider.kind).endpoints:
+            raise GatewayError(400, f"The model `{primary.slug}` cannot serve this endpoint.", param="model",
+                               code=ErrorCode.UNSUPPORTED_FOR_PROVIDER)
+        raise GatewayError(502, "This provider's stored secret cannot be used; an administrator must re-enter it.",
+                           code=ErrorCode.PROVIDER_MISCONFIGURED, type="server_error")
+    model, (adapter, resp, headers, strip), failures = resilience.send_with_fallbacks(
+        gw, models, call.deadline, lambda model, remaining: _attempt(gw, model, endpoint, body, remaining))
+    for name, value in headers.items():
+        # Our own limit headers win; the upstream's same-named ones stay visible as x-upstream-*.
+        call.headers["x-upstream-" + name[2:] if name in call.headers and name.startswith("x-") else name] = value
+    call.strip_usage = strip
+    if model.id != primary.id:
+        call.requested, call.model = primary, model
+        tried = ", ".join(f"{slug} {kind}" for slug, kind in failures)
+        call.note = f"served by fallback `{model.slug}` after: {tried}"
+    return adapter, resp
+
+
+def _attempt(gw, model: ModelInfo, endpoint: str, body: dict, remaining: float):
+    """One upstream request: (adapter, response, headers to pass on, strip usage) or an UpstreamError."""
+    provider = model.provider
+    adapter = get_adapter(provider.kind)
+    sent, strip = upstream_body(model, body, endpoint)
+    try:
+        req = adapter.build(provider, endpoint, sent)
+    except TranslationError as exc:  # a request the provider's wire format cannot express
+        raise GatewayError(400, exc.message, param=exc.param, code=ErrorCode.UNSUPPORTED_FOR_PROVIDER) from None
+    resp = gw.upstreams.send(provider, req, min(provider.first_byte_timeout, remaining),
+                             min(provider.connect_timeout, remaining))
+    headers = upstream_headers(resp)
+    if resp.status_code >= 300:
+        try:
+            raw = read_body(resp, 1024 * 1024)
+        except (GatewayError, HTTPError, OSError, requests.RequestException):
+            raw = b""
+        finally:
+            resp.close()
+        if 300 <= resp.status_code < 400:
+            err = UpstreamError(502, "The upstream answered with a redirect, which the gateway does not follow.",
+                                code=ErrorCode.BAD_UPSTREAM_RESPONSE, fault=Fault.BAD)
+        else:
+            err = upstream_error(adapter, provider, resp.status_code, raw,
+                                 resilience.parse_retry_after(resp.headers))
+        err.headers = {**headers, **err.headers}
+        raise err
+    if sent.get("stream") and not _is_event_stream(resp):
+        resp.close()
+        raise UpstreamError(502, "The upstream answered a streaming request without an event stream.",
+                            code=ErrorCode.BAD_UPSTREAM_RESPONSE, fault=Fault.BAD)
+    return adapter, resp, headers, strip
+
+
+def _is_event_stream(resp: requests.Response) -> bool:
+    return resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
+
+
+def complete(gw, call, endpoint: str, body: dict) -> dict:
+    """A non-streamed call: the adapter's parsed response body (OpenAI-shaped, or native for native endpoints)."""
+    adapter, resp = open_upstream(gw, call, endpoint, body)
+    try:
+        raw = read_body(resp, gw.max_response_bytes)
+    except (ReadTimeoutError, TimeoutError, requests.exceptions.ReadTimeout):
+        raise GatewayError(504, "The upstream did not answer in time.", code=ErrorCode.UPSTREAM_TIMEOUT,
+                           type="server_error") from None
+    except (HTTPError, OSError, requests.RequestException):
+        raise GatewayError(502, "The upstream connection failed mid-response.", code=ErrorCode.UPSTREAM_DISCONNECT,
+                           type="server_error") from None
+    finally:
+        resp.close()
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        out, usage = adapter.parse(endpoint, data, call.public_model)
+    except (ValueError, KeyError, TypeError):
+        raise GatewayError(502, "The upstream sent a response the gateway could not understand.",
+                           code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error") from None
+    call.usage = usage
+    call.cost = cost(call.model, usage)
+    if gw.log_bodies:
+        call.response_body = raw.decode("utf-8", "replace")
+    return out
+
+
+def relay(gw, call, endpoint: str, body: dict, encoder):
+    """Generator of encoded bytes for a streamed call; raises GatewayError only before its first byte.
+
+    `encoder` frames the client's dialect: chunk(dict) -> bytes, done(call) -> bytes, error(err) -> bytes.
+    Usage and cost are settled on the call before `done` is encoded, so a closing event can carry them.
+    """
+    adapter, resp = open_upstream(gw, call, endpoint, body)
+    provider = call.model.provider
+    translator = adapter.stream(endpoint, call.public_model, call.strip_usage)
+    deadline = call.deadline or call.t0 + provider.total_timeout
+    # Later reads wait at most the idle gap (and never past the overall deadline).
+    set_idle_timeout(resp, max(min(provider.idle_timeout, deadline - time.perf_counter()), 0.001))
+    parser = SSEParser()
+    sent = False
+    received = 0
+    text_out: list[str] = []
+    try:
+        for raw in iter_raw(resp):
+            received += len(raw)
+            if received > gw.max_response_bytes:
+                raise GatewayError(502, "The upstream stream exceeded the gateway's response size limit.",
+                                   code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error")
+            for event in parser.feed(raw):
+                out = translator.feed(event)
+                for chunk in out.chunks:
+                    _collect_text(chunk, text_out)
+                    if call.ttft_ms is None:
+                        call.ttft_ms = round((time.perf_counter() - call.t0) * 1000, 3)
+                    sent = True
+                    yield encoder.chunk(chunk)
+                if out.done:
+                    _settle(call, translator, body, text_out)
+                    yield encoder.done(call)
+                    drain(resp)
+                    return
+                if event.comment is not None and sent:
+                    yield b": " + event.comment.encode() + b"\n\n"
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise GatewayError(504, "The upstream stream exceeded the total time limit.",
+                                   code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
+            if left < provider.idle_timeout:  # near the end, the next read may only wait until the deadline
+                set_idle_timeout(resp, left)
+        raise GatewayError(502, "The upstream ended the stream before it was complete.",
+                           code=ErrorCode.UPSTREAM_DISCONNECT, type="server_error")
+    except GeneratorExit:
+        call.status, call.error_type = 499, ErrorCode.CLIENT_DISCONNECTED.value
+        call.error_message = "Client closed the stream."
+        raise
+    except Exception as exc:
+        err = _stream_error(exc, provider, deadline)
+        call.fail(err)
+        gw.breakers.failure(provider, err.kind)
+        if not sent:
+            raise err from None
+        _settle(call, translator, body, text_out)
+        yield encoder.error(err)
+        yield encoder.done(call)
+    finally:
+        resp.close()
+        _settle(call, translator, body, text_out)
+
+
+def _settle(call, translator, body: dict, text_out: list[str]) -> None:
+    """Usage from the upstream, else estimated (and flagged); cost from usage."""
+    if call.usage is None and translator.usage is not None:
+        call.usage = translator.usage
+    if call.usage is None or call.usage.get("output_tokens") is None:
+        usage = dict(call.usage or {})
+        if usage.get("input_tokens") is None:
+            usage["input_tokens"] = estimate_input(body)
+        usage["output_tokens"] = count_tokens("".join(text_out))
+        call.usage, call.usage_estimated = usage, True
+    call.cost = cost(call.model, call.usage)
+
+
+def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    timed_out = isinstance(exc, ReadTimeoutError | TimeoutError | requests.exceptions.Timeout)
+    if timed_out and time.perf_counter() >= deadline - 0.01:  # the read wait was cut to the deadline
+        return GatewayError(504, "The upstream stream exceeded the total time limit.",
+                            code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
+    if isinstance(exc, UpstreamStreamError):
+        return GatewayError(502, scrub(str(exc), provider) or "The upstream reported an error mid-stream.",
+                            code=ErrorCode.UPSTREAM_ERROR, type="server_error")
+    if timed_out:
+        return GatewayError(504, "The upstream stopped sending in the middle of the stream.",
+                            code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
+    if isinstance(exc, HTTPError | requests.RequestException | OSError):
+        return GatewayError(502, "The upstream connection failed in the middle of the stream.",
+                            code=ErrorCode.UPSTREAM_DISCONNECT, type="server_error")
+    return GatewayError(502, "The upstream sent a stream the gateway could not understand.",
+                        code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error")
+
+
+def _collect_text(chunk: dict, out: list[str]) -> None:
+    """Text and tool arguments of one chunk, for estimating output tokens when the upstream sends no usage."""
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if isinstance(text, str):
+            out.append(text)
+        for tool in (delta.get("tool_calls") or ()) if isinstance(delta, dict) else ():
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                out.append(function["arguments"])
+    delta = chunk.get("delta")  # native Anthropic events: text_delta / input_json_delta
+    if isinstance(delta, dict):
+        for name in ("text", "partial_json", "thinking"):
+            if isinstance(delta.get(name), str):
+                out.append(delta[name])
+    if chunk.get("type") in ("response.output_text.delta", "response.function_call_arguments.delta") and \
+            isinstance(chunk.get("delta"), str):  # native Responses events
+        out.append(chunk["delta"])
