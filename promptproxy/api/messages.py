@@ -7,9 +7,10 @@ import re
 import orjson
 from flask import g, request
 
-from ..providers import anthropic_wire as wire
+from ..dialects import anthropic_wire as wire
 from ..providers import get_adapter
 from ..providers.anthropic import BETA_FIELD
+from ..providers.anthropic_wire import anthropic_tools
 from ..proxy import prompts as P
 from ..proxy import service
 from ..proxy.usage import count_tokens as tiktoken_count
@@ -119,7 +120,7 @@ def native_body(call, body: dict, variables, default_max_tokens: int | None) -> 
             text = P.render(version.text, variables, version.variables)
             body["system"] = inject_system(body.get("system"), text, call.prompt.mode)
             if version.tools:
-                P.merge_tools(body, wire._anthropic_tools(version.tools))
+                P.merge_tools(body, anthropic_tools(version.tools))
             apply_params(body, version.params)
     except (P.PromptError, wire.TranslationError) as exc:
         raise ApiError(400, str(exc), param=exc.param, code=getattr(exc, "code", "invalid_prompt_request")) from None

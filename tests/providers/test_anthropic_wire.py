@@ -8,20 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from promptproxy.providers.anthropic_wire import (
-    AnthropicStreamToOpenAI,
+from promptproxy.dialects.anthropic_wire import (
     OpenAIStreamToAnthropic,
-    TranslationError,
-    UpstreamStreamError,
-    anthropic_error_to_openai,
-    anthropic_error_type_for_status,
-    anthropic_to_openai_chat,
     anthropic_to_openai_chat_request,
-    anthropic_usage,
-    openai_chat_to_anthropic,
     openai_chat_to_anthropic_message,
     openai_error_to_anthropic,
     openai_usage,
+)
+from promptproxy.providers.anthropic_stream import AnthropicStreamToOpenAI
+from promptproxy.providers.anthropic_wire import (
+    anthropic_error_to_openai,
+    anthropic_to_openai_chat,
+    anthropic_usage,
+    openai_chat_to_anthropic,
+)
+from promptproxy.providers.wire_common import (
+    TranslationError,
+    UpstreamStreamError,
+    anthropic_error_type_for_status,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"

@@ -1,0 +1,1 @@
+"""Client-facing API dialects: other vendors' wire formats translated to and from OpenAI chat."""
