@@ -107,7 +107,9 @@ def client_betas(header: str | None) -> str | None:
 def to_chat(body: dict) -> dict:
     """The OpenAI chat request for an Anthropic one; what cannot be expressed is a 400 naming the field."""
     try:
-        return wire.anthropic_to_openai_chat_request(copy.deepcopy(body), upstream_model=str(body.get("model")))
+        effort = bool(getattr(g.call.model.provider, "reasoning_effort", False))  # a provider flag, once there is one
+        return wire.anthropic_to_openai_chat_request(copy.deepcopy(body), upstream_model=str(body.get("model")),
+                                                     reasoning_effort=effort)
     except wire.TranslationError as exc:
         raise ApiError(400, exc.message, param=exc.param, code="invalid_request") from None
 

@@ -612,10 +612,10 @@ def test_anthropic_tool_choice_mapping(tool_choice, expected):
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
         ({"tools": [{"name": "w"}], "tool_choice": {"type": "sometimes"}}, "tool_choice"),
         ({"system": [{"type": "image", "source": {}}]}, "system[0].type"),
-        ({"messages": [{"role": "system", "content": "Hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "Hi"}]}, "messages[0].role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
-            "messages[0].content[0].type",
+            "messages[0].content[0].source.type",
         ),
         (
             {
@@ -637,7 +637,7 @@ def test_anthropic_tool_choice_mapping(tool_choice, expected):
                             {
                                 "type": "tool_result",
                                 "tool_use_id": "t",
-                                "content": [{"type": "image", "source": {}}],
+                                "content": [{"type": "search_result", "content": []}],
                             }
                         ],
                     }
