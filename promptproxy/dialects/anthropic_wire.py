@@ -359,6 +359,10 @@ def openai_chat_to_anthropic_message(resp: JSON, *, model: str) -> JSON:
     choice = choices[0]
     message = choice.get("message") or {}
     content: list[JSON] = []
+    reasoning = _reasoning_text(message)
+    if reasoning:
+        # Unsigned: a signature is Anthropic's proof the thinking is its own, which this is not.
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = _plain_text(message.get("content")) or message.get("refusal")
     if text:
         content.append({"type": "text", "text": text})
@@ -421,7 +425,7 @@ class OpenAIStreamToAnthropic:
         self._finished = False
         self._next_index = 0
         self._open: int | None = None  # index of the open content block
-        self._open_text = False
+        self._open_kind: str | None = None  # "text" or "thinking" while such a block is open
         self._tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index -> content block index
         self._tool_ids: dict[int, str] = {}
         self._finish_reason: str | None = None
@@ -443,9 +447,12 @@ class OpenAIStreamToAnthropic:
             if choice.get("index", 0) != 0:
                 continue  # an Anthropic message has one choice
             delta = choice.get("delta") or {}
+            reasoning = _reasoning_text(delta)
+            if reasoning:
+                events += self._append("thinking", reasoning)
             for text in (delta.get("content"), delta.get("refusal")):
                 if text:
-                    events += self._text(text)
+                    events += self._append("text", text)
             for call in delta.get("tool_calls") or []:
                 events += self._tool_call(call)
             if choice.get("finish_reason"):
@@ -509,15 +516,19 @@ class OpenAIStreamToAnthropic:
     def _close(self) -> list[tuple[str, JSON]]:
         if self._open is None:
             return []
-        index, self._open, self._open_text = self._open, None, False
+        index, self._open, self._open_kind = self._open, None, None
         return [("content_block_stop", {"type": "content_block_stop", "index": index})]
 
-    def _text(self, text: str) -> list[tuple[str, JSON]]:
+    def _append(self, kind: str, text: str) -> list[tuple[str, JSON]]:
+        """Text or thinking, in the open block of that kind or a new one (thinking blocks carry no signature)."""
         events = []
-        if not self._open_text:
-            events = self._open_block({"type": "text", "text": ""})
-            self._open_text = True
-        delta = {"type": "text_delta", "text": text}
+        if self._open_kind != kind:
+            block = {"type": kind, kind: ""}
+            if kind == "thinking":
+                block["signature"] = ""
+            events = self._open_block(block)
+            self._open_kind = kind
+        delta = {"type": f"{kind}_delta", kind: text}
         return [
             *events,
             ("content_block_delta", {"type": "content_block_delta", "index": self._open, "delta": delta}),
@@ -551,6 +562,15 @@ def _plain_text(content: Any) -> str:
             p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text"
         )
     return content if isinstance(content, str) else ""
+
+
+def _reasoning_text(message: JSON) -> str:
+    """Reasoning text of a chat message or delta, in either field servers use for it."""
+    # reasoning_content: DeepSeek, llama.cpp, older vLLM; reasoning: Ollama, newer vLLM, OpenRouter.
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(message.get(key), str) and message[key]:
+            return message[key]
+    return ""
 
 
 def _lenient_arguments(arguments: Any) -> JSON:
