@@ -21,6 +21,10 @@ _TOOL_CHOICE_TO_OPENAI = {"auto": "auto", "none": "none", "any": "required"}
 _SYSTEM_SEPARATOR = "\n\n"  # Anthropic system blocks -> one OpenAI system string
 _TOOL_RESULT_SEPARATOR = "\n"  # text blocks of one Anthropic tool_result -> one OpenAI tool message
 _TOOL_ERROR_PREFIX = "Error: "
+# Claude Code opens `system` with a block addressed to Anthropic's billing, not to the model. Its value
+# changes from one conversation to the next, so keeping it would defeat the upstream's prefix cache.
+_BILLING_HEADER = "x-anthropic-billing-header:"
+_TOOL_REFERENCE_PREFIX = "Tool available: "
 _TOOL_IMAGES_NOTE = "[The images this tool returned follow in the next user message.]"
 _MAX_STOP = 4  # OpenAI refuses more than four stop sequences; the first four are kept
 _MAX_USER = 64  # OpenAI's limit for safety identifiers; Claude Code's user_id is longer
@@ -86,7 +90,9 @@ def _system_text(system: Any, path: str) -> str:
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise TranslationError("System blocks must be text.", f"{path}[{i}].type")
-        texts.append(block.get("text") or "")
+        text = block.get("text") or ""
+        if not text.startswith(_BILLING_HEADER):
+            texts.append(text)
     return _SYSTEM_SEPARATOR.join(text for text in texts if text)
 
 
@@ -271,9 +277,16 @@ def _openai_tool_message(block: JSON, path: str) -> tuple[JSON, list[JSON]]:
     elif isinstance(content, list):
         for k, item in enumerate(content):
             item_path = f"{path}.content[{k}]"
-            if _block(item).get("type") not in ("text", "image", "document"):
+            item_type = _block(item).get("type")
+            if item_type == "tool_reference":
+                # Claude Code's ToolSearch answers with references to deferred tools; chat has no deferred
+                # loading, so every tool was sent in full and a reference only needs naming.
+                texts.append(f"{_TOOL_REFERENCE_PREFIX}{item.get('tool_name')}")
+                continue
+            if item_type not in ("text", "image", "document"):
                 raise TranslationError(
-                    "Tool results may only hold text, images and plain-text documents.", f"{item_path}.type"
+                    "Tool results may only hold text, images, plain-text documents and tool references.",
+                    f"{item_path}.type",
                 )
             for part in _openai_parts(item, item_path):
                 if part["type"] == "text":
@@ -320,7 +333,7 @@ def _openai_tools(tools: Any) -> list[JSON]:
     Anthropic's API or need a model trained for them, so a tool with any `type` but `custom` is a 400
     naming it: dropping it would leave the model answering without the search or the sandbox it was asked
     to use. Claude Code itself sends only custom tools with an input_schema. Per-tool extras
-    (cache_control, strict, defer_loading, input_examples) are dropped.
+    (cache_control, strict, input_examples, defer_loading) are dropped: a deferred tool is sent in full.
     """
     if not isinstance(tools, list):
         raise TranslationError("`tools` must be an array.", "tools")
