@@ -90,7 +90,7 @@ def parse_arguments(arguments: Any, path: str) -> JSON:
 
 
 def dump_json(value: Any) -> str:
-    """Compact JSON text for tool arguments; None becomes {}."""
+    """JSON text for tool arguments (non-ASCII kept as is); None becomes {}."""
     return json.dumps(value if value is not None else {}, ensure_ascii=False)
 
 
