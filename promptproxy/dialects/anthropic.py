@@ -7,13 +7,13 @@ import re
 import orjson
 
 from ..core.errors import ErrorCode, GatewayError
-from ..providers import anthropic_wire as wire
 from ..providers import get_adapter
 from ..providers.anthropic import BETA_FIELD
 from ..proxy import inject
 from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag, validate_messages
 from ..proxy.usage import count_tokens, estimate_input
+from . import anthropic_wire as wire
 from .envelopes import anthropic_body
 
 COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", BETA_FIELD)
@@ -47,7 +47,7 @@ class AnthropicDialect:
             if self.betas:
                 native[BETA_FIELD] = self.betas
             return Plan("messages", native, chat_view(native), native=True)
-        chat = inject.into_openai(call, to_chat(body), "chat", variables)
+        chat = inject.into_openai(call, to_chat(body, provider.reasoning_effort), "chat", variables)
         if not provider.stream_usage:
             chat.pop("stream_options", None)  # this server refuses it; usage is then estimated
         return Plan("chat", chat, chat)
@@ -99,10 +99,11 @@ def client_betas(header: str | None) -> str | None:
     return ",".join(names) or None
 
 
-def to_chat(body: dict) -> dict:
+def to_chat(body: dict, reasoning_effort: bool) -> dict:
     """The OpenAI chat request for an Anthropic one; what cannot be expressed is a 400 naming the field."""
     try:
-        return wire.anthropic_to_openai_chat_request(copy.deepcopy(body), upstream_model=str(body.get("model")))
+        return wire.anthropic_to_openai_chat_request(copy.deepcopy(body), upstream_model=str(body.get("model")),
+                                                     reasoning_effort=reasoning_effort)
     except wire.TranslationError as exc:
         raise GatewayError(400, exc.message, param=exc.param, code=ErrorCode.INVALID_REQUEST) from None
 

@@ -7,7 +7,9 @@ from ..core.errors import GatewayError
 from ..proxy.catalog import ProviderInfo
 from ..proxy.sse import Event
 from . import anthropic_wire as wire
+from .anthropic_stream import AnthropicStreamToOpenAI
 from .base import StreamOutput, UpstreamRequest
+from .wire_common import UpstreamStreamError, upstream_stream_error
 
 DEFAULT_VERSION = "2023-06-01"
 BETA_FIELD = "_anthropic_beta"  # set by /v1/messages from the client's header; never sent as a body field
@@ -23,7 +25,7 @@ def base_root(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
 
-def stream_error(exc: wire.UpstreamStreamError) -> GatewayError:
+def stream_error(exc: UpstreamStreamError) -> GatewayError:
     """An error event inside an Anthropic stream as our GatewayError."""
     status = STREAM_ERROR_STATUS.get(exc.error_type, 502)
     _, body = wire.anthropic_error_to_openai(status, {"error": {"type": exc.error_type, "message": exc.message}})
@@ -46,7 +48,7 @@ class AnthropicChatStream:
     """Anthropic events -> OpenAI chat.completion.chunk dicts; the stream ends at message_stop."""
 
     def __init__(self, public_model: str, include_usage: bool):
-        self.inner = wire.AnthropicStreamToOpenAI(public_model, include_usage=include_usage)
+        self.inner = AnthropicStreamToOpenAI(public_model, include_usage=include_usage)
         self.usage: dict | None = None
 
     def feed(self, event: Event) -> StreamOutput:
@@ -57,7 +59,7 @@ class AnthropicChatStream:
         name, data = named
         try:
             chunks = self.inner.feed(name, data)
-        except wire.UpstreamStreamError as exc:
+        except UpstreamStreamError as exc:
             raise stream_error(exc) from None
         finally:
             self.usage = self.inner.usage if self.inner.usage["input_tokens"] is not None else None
@@ -80,7 +82,7 @@ class AnthropicNativeStream:
         name, data = named
         data.setdefault("type", name)
         if name == "error":
-            raise stream_error(wire._stream_error(data.get("error")))
+            raise stream_error(upstream_stream_error(data.get("error")))
         if name == "message_start" and isinstance(data.get("message"), dict):
             message = data["message"]
             message["model"] = self.public_model

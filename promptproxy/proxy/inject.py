@@ -4,7 +4,8 @@ by the prompt's mode; stored tools come first; stored parameters fill gaps or wi
 from __future__ import annotations
 
 from ..core.errors import ErrorCode, GatewayError
-from ..providers.anthropic_wire import TranslationError, _anthropic_tools
+from ..providers.anthropic_wire import anthropic_tools
+from ..providers.wire_common import TranslationError
 from . import prompts as P
 
 # Stored-prompt parameters under their Anthropic names; OpenAI-only ones (penalties, seed...) are not sent.
@@ -67,7 +68,7 @@ def into_anthropic(call, body: dict, variables=None) -> dict:
         body["system"] = first_system_block(body.get("system"), text, call.prompt.mode)
         body["messages"] = _system_entries(body.get("messages"), call.prompt.mode)
         if call.version.tools:
-            P.merge_tools(body, _anthropic_tools(call.version.tools))
+            P.merge_tools(body, anthropic_tools(call.version.tools))
         P.apply_params(body, renamed(call.version.params, ANTHROPIC_PARAMS))
     body["model"] = call.model.upstream_model
     return body

@@ -9,8 +9,8 @@ from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..providers import get_adapter
-from ..providers.anthropic_wire import TranslationError
 from ..providers.openai import UpstreamStreamError
+from ..providers.wire_common import TranslationError
 from . import resilience
 from .catalog import ModelInfo
 from .sse import SSEParser

@@ -253,8 +253,8 @@ def test_unknown_model_and_prompt_are_not_found_error(sdk, upstream):
     ({"model": "gpt-4o-mini", "max_tokens": 5, "messages": []}, "`messages` must be a non-empty array."),
     ({"model": "gpt-4o-mini", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]},
      "`max_tokens` must be a positive integer."),
-    ({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "system", "content": "hi"}]},
-     "Message role must be user or assistant."),
+    ({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "tool", "content": "hi"}]},
+     "Message role must be user, assistant or system."),
     ({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
       "metadata": {"api_base": "http://evil"}}, "Unsupported parameter: `metadata.api_base` cannot be set by clients."),
 ])
@@ -354,7 +354,8 @@ def test_claude_only_features_are_refused_for_openai_models(live, seeded, upstre
         "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
     assert resp.status_code == 400
     assert resp.json()["error"] == {"type": "invalid_request_error",
-                                    "message": "Anthropic server tools are not available on this model."}
+                                    "message": "Tool type 'web_search_20250305' is an Anthropic server tool, "
+                                               "not available on this model."}
     assert upstream.requests == []
 
 

@@ -8,20 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from promptproxy.providers.anthropic_wire import (
-    AnthropicStreamToOpenAI,
+from promptproxy.dialects.anthropic_wire import (
     OpenAIStreamToAnthropic,
-    TranslationError,
-    UpstreamStreamError,
-    anthropic_error_to_openai,
-    anthropic_error_type_for_status,
-    anthropic_to_openai_chat,
     anthropic_to_openai_chat_request,
-    anthropic_usage,
-    openai_chat_to_anthropic,
     openai_chat_to_anthropic_message,
     openai_error_to_anthropic,
     openai_usage,
+)
+from promptproxy.providers.anthropic_stream import AnthropicStreamToOpenAI
+from promptproxy.providers.anthropic_wire import (
+    anthropic_error_to_openai,
+    anthropic_to_openai_chat,
+    anthropic_usage,
+    openai_chat_to_anthropic,
+)
+from promptproxy.providers.wire_common import (
+    TranslationError,
+    UpstreamStreamError,
+    anthropic_error_type_for_status,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
@@ -608,10 +612,10 @@ def test_anthropic_tool_choice_mapping(tool_choice, expected):
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
         ({"tools": [{"name": "w"}], "tool_choice": {"type": "sometimes"}}, "tool_choice"),
         ({"system": [{"type": "image", "source": {}}]}, "system[0].type"),
-        ({"messages": [{"role": "system", "content": "Hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "Hi"}]}, "messages[0].role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
-            "messages[0].content[0].type",
+            "messages[0].content[0].source.type",
         ),
         (
             {
@@ -633,7 +637,7 @@ def test_anthropic_tool_choice_mapping(tool_choice, expected):
                             {
                                 "type": "tool_result",
                                 "tool_use_id": "t",
-                                "content": [{"type": "image", "source": {}}],
+                                "content": [{"type": "search_result", "content": []}],
                             }
                         ],
                     }
