@@ -1,0 +1,1 @@
+"""Inbound API dialects: pure wire translation for each client-facing API shape."""
