@@ -46,12 +46,26 @@ def input_items(body: JSON) -> list[JSON]:
     return items
 
 
-def custom_tool_names(request: JSON) -> frozenset[str]:
-    """Names of the request's custom (free-form) tools, whose calls come back as custom_tool_call items."""
-    tools = request.get("tools")
-    if not isinstance(tools, list):
-        return frozenset()
-    return frozenset(t.get("name") for t in tools if isinstance(t, dict) and t.get("type") == "custom")
+def declared_tools(request: JSON) -> dict[str, JSON]:
+    """The request's function and custom tools by name, namespace tools' members included."""
+    found: dict[str, JSON] = {}
+    for tool in _flat_tools(request.get("tools")):
+        if isinstance(tool, dict) and tool.get("name") and tool.get("type") in ("function", "custom"):
+            found.setdefault(tool["name"], tool)
+    return found
+
+
+def _flat_tools(tools: Any, namespace: str | None = None) -> list[JSON]:
+    """Tools with a namespace's members in its place, each marked with `_namespace`."""
+    out: list[JSON] = []
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and tool.get("type") == "namespace" and namespace is None:
+            out.extend(_flat_tools(tool.get("tools"), tool.get("name")))
+        elif namespace and isinstance(tool, dict):
+            out.append({**tool, "_namespace": namespace})
+        else:
+            out.append(tool)
+    return out
 
 
 def request_to_chat(
@@ -61,11 +75,13 @@ def request_to_chat(
     upstream_model: str | None = None,
     reasoning_effort: bool = False,
     max_tokens_field: str = "max_tokens",
+    drop_tools: Iterable[str] = (),
 ) -> JSON:
     """A chat completions request for a Responses request; `history` is the previous response's items.
 
     `reasoning_effort` says the upstream takes chat's `reasoning_effort`; `max_tokens_field` names the
-    output limit it takes (OpenAI's own reasoning models want "max_completion_tokens").
+    output limit it takes (OpenAI's own reasoning models want "max_completion_tokens"); `drop_tools`
+    names hosted tool types to leave out instead of refusing (Codex sends `web_search` on every turn).
     """
     messages: list[JSON] = []
     instructions = body.get("instructions")
@@ -76,9 +92,9 @@ def request_to_chat(
     _append_items(messages, list(history), "previous_response_id")
     _append_items(messages, input_items(body), "input")
     out: JSON = {"model": upstream_model or body.get("model"), "messages": messages}
-    tools = body.get("tools")
+    tools = _chat_tools(body.get("tools"), frozenset(drop_tools)) if body.get("tools") is not None else []
     if tools:
-        out["tools"] = _chat_tools(tools)
+        out["tools"] = tools
         if body.get("tool_choice") is not None:
             out["tool_choice"] = _chat_tool_choice(body["tool_choice"])
         if body.get("parallel_tool_calls") is not None:
@@ -113,7 +129,7 @@ def _append_items(messages: list[JSON], items: list[JSON], path: str) -> None:
         item_path = f"{path}[{i}]"
         kind = item.get("type")
         if kind == "message":
-            messages.append(_chat_message(item, item_path))
+            _append_message(messages, _chat_message(item, item_path))
         elif kind in _CALL_ITEMS:
             _append_tool_call(messages, _chat_tool_call(item, item_path))
         elif kind in _OUTPUT_ITEMS:
@@ -124,6 +140,15 @@ def _append_items(messages: list[JSON], items: list[JSON], path: str) -> None:
             raise TranslationError("Item references are not supported; send the item itself.", f"{item_path}.type")
         else:
             raise TranslationError(f"Input item type {kind!r} is not supported for this model.", f"{item_path}.type")
+
+
+def _append_message(messages: list[JSON], message: JSON) -> None:
+    """Add a message; consecutive system messages become one, as many chat templates allow only one."""
+    last = messages[-1] if messages else None
+    if message["role"] == "system" and last is not None and last["role"] == "system" and message["content"]:
+        last["content"] = _SYSTEM_SEPARATOR.join(text for text in (last["content"], message["content"]) if text)
+        return
+    messages.append(message)
 
 
 def _chat_message(item: JSON, path: str) -> JSON:
@@ -204,37 +229,48 @@ def _chat_tool_message(item: JSON, path: str) -> JSON:
     return {"role": "tool", "tool_call_id": item["call_id"], "content": output or ""}
 
 
-def _chat_tools(tools: Any) -> list[JSON]:
-    """Chat function tools for Responses function and custom tools; hosted tools are refused."""
+def _chat_tools(tools: Any, drop: frozenset[str]) -> list[JSON]:
+    """Chat function tools for Responses function and custom tools; hosted tools are refused or dropped."""
     if not isinstance(tools, list):
         raise TranslationError("`tools` must be an array.", "tools")
     out = []
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind not in ("function", "custom"):
-            raise TranslationError(
-                f"Tool type {kind!r} is not supported for this model; only function and custom tools are.",
-                f"tools[{i}].type",
-            )
-        if not tool.get("name"):
-            raise TranslationError("A tool needs a name.", f"tools[{i}].name")
-        function: JSON = {"name": tool["name"]}
-        if kind == "function":
-            if tool.get("description"):
-                function["description"] = tool["description"]
-            function["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
-            if tool.get("strict") is not None:
-                function["strict"] = tool["strict"]
+        if kind == "namespace":
+            # A namespace groups function tools; the model sees its members, calls come back with its name.
+            out.extend(_chat_tool(member, f"tools[{i}].tools[{j}]") for j, member in enumerate(tool.get("tools") or []))
+        elif kind in drop:
+            continue
         else:
-            function["description"] = _custom_description(tool)
-            function["parameters"] = {
-                "type": "object",
-                "properties": {_CUSTOM_INPUT: {"type": "string"}},
-                "required": [_CUSTOM_INPUT],
-                "additionalProperties": False,
-            }
-        out.append({"type": "function", "function": function})
+            out.append(_chat_tool(tool, f"tools[{i}]"))
     return out
+
+
+def _chat_tool(tool: Any, path: str) -> JSON:
+    """A chat function tool for one Responses function or custom tool."""
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if kind not in ("function", "custom"):
+        raise TranslationError(
+            f"Tool type {kind!r} is not supported for this model; only function and custom tools are.", f"{path}.type"
+        )
+    if not tool.get("name"):
+        raise TranslationError("A tool needs a name.", f"{path}.name")
+    function: JSON = {"name": tool["name"]}
+    if kind == "function":
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        function["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
+        if tool.get("strict") is not None:
+            function["strict"] = tool["strict"]
+    else:
+        function["description"] = _custom_description(tool)
+        function["parameters"] = {
+            "type": "object",
+            "properties": {_CUSTOM_INPUT: {"type": "string"}},
+            "required": [_CUSTOM_INPUT],
+            "additionalProperties": False,
+        }
+    return {"type": "function", "function": function}
 
 
 def _custom_description(tool: JSON) -> str:
@@ -324,9 +360,9 @@ def chat_to_response(chat_resp: JSON, *, response_id: str, model: str, request: 
     if parts or not (calls or output):
         message_status = "incomplete" if status == "incomplete" else "completed"
         output.append(_message_item(ids.message(), parts or [_output_text("")], message_status))
-    custom = custom_tool_names(request)
+    declared = declared_tools(request)
     for call in calls:
-        output.append(_call_item(call, custom, ids))
+        output.append(_call_item(call, declared, ids))
     return response_object(
         response_id=response_id,
         model=model,
@@ -425,16 +461,24 @@ def _message_item(item_id: str, content: list[JSON], status: str) -> JSON:
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
-def _call_item(call: JSON, custom: frozenset[str], ids: _ItemIds) -> JSON:
+def _call_item(call: JSON, declared: dict[str, JSON], ids: _ItemIds) -> JSON:
     """A function_call or custom_tool_call item for a chat tool call."""
     if call.get("type") == "custom":  # OpenAI's own chat custom tools
         body = call.get("custom") or {}
         return _custom_item(ids.custom(), call.get("id"), body.get("name"), body.get("input") or "", "completed")
     function = call.get("function") or {}
     name, arguments = function.get("name"), function.get("arguments") or ""
-    if name in custom:
-        return _custom_item(ids.custom(), call.get("id"), name, _custom_input(arguments), "completed")
-    return _function_item(ids.function(), call.get("id"), name, arguments, "completed")
+    tool = declared.get(name) or {}
+    if tool.get("type") == "custom":
+        item = _custom_item(ids.custom(), call.get("id"), name, _custom_input(arguments), "completed")
+    else:
+        item = _function_item(ids.function(), call.get("id"), name, arguments, "completed")
+    return _with_namespace(item, tool)
+
+
+def _with_namespace(item: JSON, tool: JSON) -> JSON:
+    """The call item with its tool's namespace, as the Responses API reports calls to namespaced tools."""
+    return {**item, "namespace": tool["_namespace"]} if tool.get("_namespace") else item
 
 
 def _function_item(item_id: str, call_id: Any, name: Any, arguments: str, status: str) -> JSON:
@@ -500,7 +544,7 @@ class ChatStreamToResponses:
         self.request = request
         self.created_at = created_at
         self._ids = _ItemIds(response_id)
-        self._custom = custom_tool_names(request)
+        self._declared = declared_tools(request)
         self._seq = 0
         self._started = False
         self._final: JSON | None = None
@@ -670,11 +714,12 @@ class ChatStreamToResponses:
             events += self._close_reasoning() + self._close_message("completed")
             self._call_ids[position] = call_id = call_id or f"call_{self._ids.base}_{len(self._calls)}"
             name = function.get("name") or ""
-            if name in self._custom:
+            tool = self._declared.get(name) or {}
+            if tool.get("type") == "custom":
                 item = _custom_item(self._ids.custom(), call_id, name, "", "in_progress")
             else:
                 item = _function_item(self._ids.function(), call_id, name, "", "in_progress")
-            self._calls[position] = self._add_item(item)
+            self._calls[position] = self._add_item(_with_namespace(item, tool))
             self._arguments[self._calls[position]] = ""
             events.append(self._item_event("response.output_item.added", self._calls[position]))
         index = self._calls[position]
