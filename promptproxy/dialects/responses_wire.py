@@ -106,10 +106,11 @@ def request_to_chat(
     for key in ("temperature", "top_p"):
         if body.get(key) is not None:
             out[key] = body[key]
-    effort = (body.get("reasoning") or {}).get("effort") if isinstance(body.get("reasoning"), dict) else None
-    if reasoning_effort and effort:
-        out["reasoning_effort"] = effort
-    response_format = _response_format((body.get("text") or {}).get("format"))
+    reasoning = body.get("reasoning")
+    if reasoning_effort and isinstance(reasoning, dict) and reasoning.get("effort"):
+        out["reasoning_effort"] = reasoning["effort"]
+    text = body.get("text")
+    response_format = _response_format(text.get("format") if isinstance(text, dict) else None)
     if response_format:
         out["response_format"] = response_format
     if body.get("stream"):

@@ -405,6 +405,9 @@ def test_chat_chunks_translate_to_the_golden_events(name):
     golden(name, "events", [list(event) for event in events])
     assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
     assert all(kind == data["type"] for kind, data in events)
+    for _, data in events:
+        if "response" in data:  # created, in_progress and the last event carry the whole Response
+            assert_valid_response(data["response"])
     assert_valid_response(stream.response)
 
 
