@@ -1,4 +1,4 @@
-"""Domain models: users, keys, providers, models, prompts, request log, audit."""
+"""Domain models: users, keys, providers, models, prompts, request log, audit, stored responses."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -291,3 +291,19 @@ class UsageRollup(db.Model):
     lat_11: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     lat_12: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     lat_13: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+
+
+class StoredResponse(db.Model):
+    """A Responses API answer kept for `previous_response_id` and GET /v1/responses/{id}, owned by one user."""
+
+    __tablename__ = "stored_responses"
+    id: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)  # resp_...
+    # No foreign keys: a deactivated user's or revoked key's answers stay readable until retention drops them.
+    user_id: so.Mapped[int] = so.mapped_column(index=True)
+    key_id: so.Mapped[int | None]
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, index=True)
+    model: so.Mapped[str] = so.mapped_column(sa.String(256))  # the public model name the client asked for
+    previous_response_id: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    context: so.Mapped[list] = so.mapped_column(sa.JSON)  # history items before this turn
+    input_items: so.Mapped[list] = so.mapped_column(sa.JSON)  # this turn's input items
+    response: so.Mapped[dict] = so.mapped_column(sa.JSON)  # the Response object

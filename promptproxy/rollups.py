@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from .dialects import responses_store
 from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, utcnow
 
 log = logging.getLogger("promptproxy.rollups")
@@ -144,7 +145,7 @@ def rebuild(conn, batch: int = 50_000) -> int:
 
 
 def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) -> int:
-    """Delete request-log rows older than `days` in small transactions; roll-ups stay. Returns rows deleted."""
+    """Delete request-log rows and stored responses older than `days`; roll-ups stay. Returns log rows deleted."""
     if days <= 0:
         return 0
     cutoff = (now or utcnow()) - timedelta(days=days)
@@ -158,7 +159,12 @@ def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) 
         if count < batch:
             if deleted:
                 log.info("pruned %d request-log rows older than %s (roll-ups kept)", deleted, cutoff)
-            return deleted
+            break
+    # Stored Responses API answers hold conversation text too, so they follow the same retention.
+    stored = responses_store.prune(session, cutoff, batch)
+    if stored:
+        log.info("pruned %d stored responses older than %s", stored, cutoff)
+    return deleted
 
 
 def _after_flush(session, flush_context) -> None:
