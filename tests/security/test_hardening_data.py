@@ -1,0 +1,183 @@
+"""Issue 14, data items: the request log never stops, SSE events are bounded, deleted things stay deleted."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import sqlalchemy as sa
+
+from promptproxy.extensions import db
+from promptproxy.models import RequestLog, utcnow
+from promptproxy.proxy import logwriter
+from promptproxy.proxy.logwriter import LogWriter
+
+from ..conftest import log_rows
+from ..ops.procs import Server, server_env
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+N = 5
+
+
+def auth(key: str) -> dict:
+    """Bearer header for a client key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def error_object_upstream(req):
+    """An upstream 400 whose `type` and `code` are JSON objects (seen from real OpenAI-compatible servers)."""
+    body = {"error": {"message": "bad request", "type": {"kind": "weird", "x": list(range(40))},
+                      "code": {"nested": {"deeper": "x" * 200}}}}
+    return 400, {"Content-Type": "application/json"}, json.dumps(body)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    """Poll a condition until it holds or the wait runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def count_rows(app) -> int:
+    """Rows in request_logs."""
+    with app.app_context():
+        try:
+            return db.session.scalar(sa.select(sa.func.count()).select_from(RequestLog))
+        finally:
+            db.session.remove()
+
+
+def row(i: int, **fields) -> dict:
+    """A minimal log row as the request path builds it."""
+    base = {"request_id": f"req_hd_{i}", "created_at": utcnow(), "endpoint": "/v1/chat/completions",
+            "status": 200, "model": "m", "latency_ms": 12.0, "input_tokens": 3, "output_tokens": 4}
+    base.update(fields)
+    return base
+
+
+# -- item 1: one bad row never stops the request log -----------------------------------------------
+def test_two_unstorable_requests_then_n_more_give_n_plus_2_rows(app, client, seeded, upstream):
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # answer a crash as production does (item 2 is another fix)
+    ids = []
+    r = client.post("/v1/chat/completions", json={"model": "m" * 300, **CHAT}, headers=auth(seeded.key))
+    assert r.status_code == 404
+    ids.append(r.headers["x-request-id"])
+    upstream.handler = error_object_upstream
+    r = client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", **CHAT}, headers=auth(seeded.key))
+    assert r.status_code >= 400
+    ids.append(r.headers["x-request-id"])
+    upstream.handler = upstream.default
+    for _ in range(N):
+        r = client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", **CHAT}, headers=auth(seeded.key))
+        assert r.status_code == 200
+        ids.append(r.headers["x-request-id"])
+    rows = log_rows(app)
+    assert len(rows) == N + 2
+    assert [r.request_id for r in rows] == ids
+    assert rows[0].model == "m" * 256 and rows[0].status == 404
+    assert isinstance(rows[1].error_type, str) and 0 < len(rows[1].error_type) <= 64
+    assert "nested" in rows[1].error_type
+    assert all(r.status == 200 for r in rows[2:])
+
+
+def test_writer_fits_every_field_to_its_column(app):
+    writer = LogWriter(app, interval=60)
+    long = {c.name: "é" * (c.type.length + 40) for c in RequestLog.__table__.c
+            if isinstance(c.type, sa.String) and c.type.length
+            and c.name not in ("request_id", "error_type", "error_message")}
+    writer.submit(row(1, **long, error_type={"code": {"deep": [1, 2, 3]}}, error_message=429,
+                      input_tokens=2 ** 70, output_tokens="many", latency_ms=float("nan"), cost="free",
+                      request_body="a\x00b\ud800c", stream=1))
+    writer.close()
+    (stored,) = log_rows(app)
+    for name, value in long.items():
+        assert getattr(stored, name) == value[:RequestLog.__table__.c[name].type.length], name
+    assert stored.error_type == '{"code":{"deep":[1,2,3]}}'
+    assert stored.error_message == "429"
+    assert stored.input_tokens is None and stored.output_tokens is None
+    assert stored.latency_ms is None and stored.cost is None
+    assert stored.request_body == "a\ufffdb\ufffdc"
+    assert stored.stream is True
+    assert writer.written == 1 and writer.unstorable == 0
+
+
+def test_a_row_the_database_refuses_is_written_reduced_and_counted(app, client, monkeypatch, caplog):
+    writer = app.extensions["promptproxy"].logs
+    fit = logwriter.fit_row
+    # as if the coercion had missed a case: the error type goes to the database as it came
+    monkeypatch.setattr(logwriter, "fit_row", lambda r: {**fit(r), "error_type": r.get("error_type")})
+    writer.submit(row(1))
+    writer.submit(row(2, status=502, user_id=7, key_id=9, error_type={"not": "a string"}))
+    writer.submit(row(3))
+    with caplog.at_level(logging.ERROR, "promptproxy.logwriter"):
+        writer.flush()
+    rows = {r.request_id: r for r in log_rows(app)}
+    assert sorted(rows) == ["req_hd_1", "req_hd_2", "req_hd_3"]
+    reduced = rows["req_hd_2"]
+    assert (reduced.status, reduced.user_id, reduced.key_id) == (502, 7, 9)
+    assert reduced.error_message == "row not storable" and reduced.error_type == "row_not_storable"
+    assert rows["req_hd_1"].error_message is None
+    assert writer.unstorable == 1
+    assert "req_hd_2" in caplog.text and "not storable" in caplog.text
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "promptproxy_log_rows_unstorable_total 1.0" in metrics
+
+
+def test_a_row_that_cannot_be_stored_at_all_is_dropped_and_the_thread_goes_on(app, caplog):
+    writer = LogWriter(app, interval=0.01, batch_size=10)
+    writer.submit(row(1))
+    assert wait_for(lambda: count_rows(app) == 1)
+    with caplog.at_level(logging.ERROR, "promptproxy.logwriter"):
+        writer.submit(row(1, status=500))  # same request id: even the reduced form is refused
+        for i in range(2, 2 + N):
+            writer.submit(row(i))
+        assert wait_for(lambda: count_rows(app) == N + 1 and writer.queued == 0)
+    assert writer.dropped == 1 and writer._thread.is_alive()
+    assert "req_hd_1" in caplog.text
+    writer.close()
+    assert count_rows(app) == N + 1
+
+
+def test_a_database_outage_is_retried_not_reduced(app, monkeypatch):
+    writer = LogWriter(app, interval=60)
+    real = writer._insert
+    calls = []
+
+    def down_once(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        real(rows)
+
+    monkeypatch.setattr(writer, "_insert", down_once)
+    for i in range(3):
+        writer.submit(row(i))
+    writer.close()
+    rows = log_rows(app)
+    assert len(rows) == 3 and all(r.error_message is None for r in rows)
+    assert writer.unstorable == 0 and writer.dropped == 0
+
+
+def test_sigterm_writes_every_queued_row_even_after_an_unstorable_one(app, seeded, upstream, db_url, tmp_path):
+    env = server_env(db_url, tmp_path / "instance", PROMPTPROXY_LOG_FLUSH_INTERVAL="3600")
+    server = Server(env, tmp_path / "server.log")
+    try:
+        import requests
+
+        url = server.url + "/v1/chat/completions"
+        r = requests.post(url, json={"model": "m" * 300, **CHAT}, headers=auth(seeded.key), timeout=30)
+        assert r.status_code == 404
+        upstream.handler = error_object_upstream
+        r = requests.post(url, json={"model": "gpt-4o-mini", **CHAT}, headers=auth(seeded.key), timeout=30)
+        assert r.status_code >= 400
+        upstream.handler = upstream.default
+        for _ in range(N):
+            r = requests.post(url, json={"model": "gpt-4o-mini", **CHAT}, headers=auth(seeded.key), timeout=30)
+            assert r.status_code == 200
+        assert log_rows(app) == []  # all still queued in the server process
+    finally:
+        assert server.stop() == 0
+    assert len(log_rows(app)) == N + 2
