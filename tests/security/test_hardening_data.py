@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from promptproxy.extensions import db
 from promptproxy.models import RequestLog, utcnow
 from promptproxy.proxy import logwriter
 from promptproxy.proxy.logwriter import LogWriter
+from promptproxy.proxy.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 from ..conftest import log_rows
 from ..ops.procs import Server, server_env
@@ -181,3 +184,84 @@ def test_sigterm_writes_every_queued_row_even_after_an_unstorable_one(app, seede
     finally:
         assert server.stop() == 0
     assert len(log_rows(app)) == N + 2
+
+
+# -- item 5: one SSE event is bounded, and parsing is linear --------------------------------------
+CHUNK = 64 * 1024
+BIG_LINE = 17_000_000
+
+
+def scanned_by_bytes_methods(work) -> tuple[int, int]:
+    """Run `work`; return the bytes examined by bytes methods (split, find, replace, ...) and the join calls.
+
+    A profile hook sees each C method call with the object it is bound to, so this counts what any parser
+    implementation scans, without timing anything.
+    """
+    scanned = joins = 0
+
+    def hook(frame, event, arg):
+        nonlocal scanned, joins
+        if event == "c_call" and isinstance(getattr(arg, "__self__", None), bytes):
+            if arg.__name__ == "join":
+                joins += 1
+            elif arg.__name__ not in ("startswith", "endswith"):  # these look at a few bytes only
+                scanned += len(arg.__self__)
+
+    sys.setprofile(hook)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return scanned, joins
+
+
+def test_a_giant_event_line_is_parsed_in_linear_work():
+    parser = SSEParser(max_event_bytes=32 * 1024 * 1024)
+    line = b"data: " + b"x" * BIG_LINE
+    events = []
+
+    def feed_all():
+        for i in range(0, len(line), CHUNK):
+            events.extend(parser.feed(line[i:i + CHUNK]))
+        events.extend(parser.feed(b"\r\n\r\n"))
+
+    scanned, joins = scanned_by_bytes_methods(feed_all)
+    assert len(events) == 1 and len(events[0].data) == BIG_LINE
+    assert scanned <= 4 * len(line)  # a fixed number of passes over each byte, not one per chunk received
+    assert joins <= 2
+
+
+def test_an_event_over_the_limit_is_refused_as_soon_as_it_crosses_it():
+    assert MAX_EVENT_BYTES == 8 * 1024 * 1024
+    parser = SSEParser()
+    fed = 0
+    with pytest.raises(EventTooLarge) as caught:
+        for _ in range(BIG_LINE // CHUNK + 1):
+            parser.feed(b"x" * CHUNK)
+            fed += CHUNK
+    assert MAX_EVENT_BYTES < fed + CHUNK <= MAX_EVENT_BYTES + CHUNK  # the chunk that crossed it, not the end
+    err = caught.value
+    assert err.status == 502 and err.code == "bad_upstream_response"
+    assert "larger than the gateway's limit of 8 MiB" in err.message
+    assert parser.pending == b""  # what it held is let go
+
+
+def test_the_limit_is_configurable_and_counts_whole_events():
+    parser = SSEParser(max_event_bytes=1000)
+    assert [e.data for e in parser.feed(b"data: " + b"a" * 900 + b"\n\n")] == ["a" * 900]
+    with pytest.raises(EventTooLarge, match="1000 bytes"):
+        parser.feed(b"data: ok\n\ndata: " + b"b" * 1200 + b"\n\n")  # arrives whole, in one read
+
+
+def test_a_giant_upstream_event_answers_a_clear_502(client, seeded, upstream):
+    def giant(req):
+        line = b"data: " + b"x" * (MAX_EVENT_BYTES + CHUNK)
+        return 200, {"Content-Type": "text/event-stream"}, (line[i:i + CHUNK] for i in range(0, len(line), CHUNK))
+
+    upstream.handler = giant
+    r = client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "stream": True, **CHAT},
+                    headers=auth(seeded.key))
+    assert r.status_code == 502
+    err = r.get_json()["error"]
+    assert err["code"] == "bad_upstream_response"
+    assert "server-sent event larger than the gateway's limit of 8 MiB" in err["message"]
