@@ -9,12 +9,25 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from promptproxy import manage
 from promptproxy.extensions import db
-from promptproxy.models import RequestLog, utcnow
+from promptproxy.models import (
+    ApiKey,
+    BudgetUsage,
+    Model,
+    Prompt,
+    PromptVersion,
+    Provider,
+    RequestLog,
+    UsageRollup,
+    User,
+    utcnow,
+)
 from promptproxy.proxy import logwriter
 from promptproxy.proxy.logwriter import LogWriter
 from promptproxy.proxy.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
+from ..admin.conftest import cheap_hash, login
 from ..conftest import log_rows
 from ..ops.procs import Server, server_env
 
@@ -265,3 +278,172 @@ def test_a_giant_upstream_event_answers_a_clear_502(client, seeded, upstream):
     err = r.get_json()["error"]
     assert err["code"] == "bad_upstream_response"
     assert "server-sent event larger than the gateway's limit of 8 MiB" in err["message"]
+
+
+# -- item 9: a new prompt never serves a deleted prompt's text --------------------------------------
+def system_text(upstream) -> str:
+    """The system message of the last upstream request."""
+    return upstream.requests[-1]["body"]["messages"][0]["content"]
+
+
+def chat(client, key: str, model: str):
+    """One chat completion through the gateway."""
+    return client.post("/v1/chat/completions", json={"model": model, **CHAT}, headers=auth(key))
+
+
+def test_a_new_prompt_on_a_deleted_prompts_id_sends_its_own_text(app, client, seeded, upstream):
+    with app.app_context():
+        manage.create_prompt("t", "temp", "TEMP: the old, deleted text.")
+        db.session.commit()
+    assert chat(client, seeded.key, "gpt-4o-mini:temp").status_code == 200
+    assert system_text(upstream) == "TEMP: the old, deleted text."
+    with app.app_context():
+        manage.delete_prompt("t", manage.get_prompt("temp"))
+        db.session.commit()
+        manage.create_prompt("t", "fresh", "FRESH: the new prompt's own text.")
+        db.session.commit()
+    assert chat(client, seeded.key, "gpt-4o-mini:fresh").status_code == 200
+    assert system_text(upstream) == "FRESH: the new prompt's own text."
+    assert chat(client, seeded.key, "gpt-4o-mini:temp").status_code == 404
+
+
+def test_a_prompt_deleted_and_recreated_with_the_same_slug_sends_the_new_text(app, client, seeded, upstream):
+    with app.app_context():
+        manage.create_prompt("t", "temp", "OLD text of temp.")
+        db.session.commit()
+    assert chat(client, seeded.key, "gpt-4o-mini:temp@1").status_code == 200
+    assert system_text(upstream) == "OLD text of temp."
+    with app.app_context():
+        manage.delete_prompt("t", manage.get_prompt("temp"))
+        db.session.commit()
+        manage.create_prompt("t", "temp", "NEW text of temp.")
+        db.session.commit()
+    for model in ("gpt-4o-mini:temp", "gpt-4o-mini:temp@1"):
+        assert chat(client, seeded.key, model).status_code == 200
+        assert system_text(upstream) == "NEW text of temp.", model
+
+
+def test_the_version_cache_survives_a_database_that_hands_out_an_old_id_again(app, client, seeded, upstream):
+    """Ids can come back (a restored backup, a reset sequence): the cache must not trust them alone."""
+    with app.app_context():
+        old_id = manage.create_prompt("t", "temp", "TEMP text.").id
+        db.session.commit()
+    assert chat(client, seeded.key, "gpt-4o-mini:temp").status_code == 200
+    with app.app_context():
+        manage.delete_prompt("t", manage.get_prompt("temp"))
+        db.session.commit()
+        db.session.add(Prompt(id=old_id, slug="temp", mode="prepend", description="", latest_version=1))
+        db.session.add(PromptVersion(prompt_id=old_id, version=1, text="REUSED id, new text."))
+        db.session.commit()
+    assert chat(client, seeded.key, "gpt-4o-mini:temp").status_code == 200
+    assert system_text(upstream) == "REUSED id, new text."
+
+
+# -- item 10: ids are never reused; deleting a user with history keeps attribution ----------------------
+def new_user(app, name: str, **limits) -> tuple[int, str]:
+    """A member with a dashboard password and a key; returns (id, raw key)."""
+    with app.app_context():
+        user = manage.create_user("t", name, email=f"{name}@example.com", all_models=True, **limits)
+        user.password_hash = cheap_hash(f"{name}-password-1")
+        key, raw = manage.create_key("t", user)
+        db.session.commit()
+        return user.id, raw
+
+
+def test_a_deleted_user_with_history_is_kept_for_attribution_and_a_new_user_starts_clean(app, client, seeded):
+    with app.app_context():
+        manage.update_user("t", manage.get_user("bob"), budget=0.00003)
+        db.session.commit()
+    bob_id = seeded.user_id + 1
+    statuses = [chat(client, seeded.other_key, "gpt-4o-mini").status_code for _ in range(3)]
+    assert statuses[0] == 200 and 429 in statuses  # bob spent his budget
+    bob_rows = [r for r in log_rows(app) if r.user_id == bob_id]
+    assert len(bob_rows) == 3
+    with app.app_context():
+        result = manage.delete_user("t", manage.get_user("bob"))
+        db.session.commit()
+    assert result == "deactivated"
+    assert chat(client, seeded.other_key, "gpt-4o-mini").status_code == 401  # his keys no longer work
+    with app.app_context():
+        bob = db.session.scalar(sa.select(User).where(User.name == "bob"))
+        assert bob.id == bob_id and not bob.active and bob.password_hash is None and bob.email is None
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(
+            ApiKey.user_id == bob_id, ApiKey.revoked_at.is_(None))) == 0
+
+    carol_id, carol_key = new_user(app, "carol", budget=0.00003)
+    assert carol_id != bob_id
+    assert chat(client, carol_key, "gpt-4o-mini").status_code == 200  # a fresh budget, not bob's spent one
+    web = app.test_client()
+    assert login(web, "carol@example.com", "carol-password-1").status_code == 303
+    page = web.get("/admin/requests").get_data(as_text=True)
+    assert not any(r.request_id in page for r in bob_rows)
+    assert login(app.test_client(), "bob@example.com", "x" * 12).status_code != 303
+
+    root_id, _ = new_user(app, "root")
+    with app.app_context():
+        manage.update_user("t", db.session.get(User, root_id), role="admin")
+        db.session.commit()
+    admin = app.test_client()
+    assert login(admin, "root@example.com", "root-password-1").status_code == 303
+    detail = admin.get(f"/admin/requests/{bob_rows[0].id}").get_data(as_text=True)
+    assert "bob" in detail and "carol" not in detail
+
+
+def test_a_user_without_history_is_deleted_outright(app, seeded):
+    dan_id, _ = new_user(app, "dan")
+    with app.app_context():
+        assert manage.delete_user("t", db.session.get(User, dan_id)) == "deleted"
+        db.session.commit()
+        assert db.session.get(User, dan_id) is None
+        assert db.session.scalar(sa.select(ApiKey).where(ApiKey.user_id == dan_id)) is None
+
+
+def test_a_hard_delete_removes_or_anonymises_everything_keyed_by_the_id(app, client, seeded):
+    eve_id, eve_key = new_user(app, "eve", budget=5.0)
+    for _ in range(2):
+        assert chat(client, eve_key, "gpt-4o-mini").status_code == 200
+    eve_rows = [r.request_id for r in log_rows(app) if r.user_id == eve_id]
+    assert len(eve_rows) == 2
+    with app.app_context():
+        key_id = db.session.scalar(sa.select(ApiKey.id).where(ApiKey.user_id == eve_id))
+        assert manage.delete_user("t", db.session.get(User, eve_id), hard=True) == "deleted"
+        db.session.commit()
+        assert db.session.get(User, eve_id) is None
+        rows = db.session.scalars(sa.select(RequestLog).where(RequestLog.request_id.in_(eve_rows))).all()
+        assert len(rows) == 2  # totals stay right, the person is gone from them
+        assert all(r.user_id is None and r.key_id is None and r.client_ip is None for r in rows)
+        assert db.session.scalar(sa.select(BudgetUsage).where(
+            BudgetUsage.subject.in_([f"user:{eve_id}", f"key:{key_id}"]))) is None
+        assert db.session.scalar(sa.select(UsageRollup).where(UsageRollup.user_id == eve_id)) is None
+        assert db.session.scalar(sa.select(UsageRollup).where(UsageRollup.dim == "key",
+                                                              UsageRollup.value == str(key_id))) is None
+    fred_id, _ = new_user(app, "fred")
+    assert fred_id > eve_id
+
+
+def test_ids_are_never_reused_after_a_delete(app, seeded, upstream):
+    with app.app_context():
+        provider = manage.create_provider("t", "spare", "openai", upstream.url + "/v1")
+        model = manage.create_model("t", "spare-model", provider, "x")
+        prompt = manage.create_prompt("t", "spare-prompt", "Text.")
+        user = manage.create_user("t", "spare-user")
+        key, _ = manage.create_key("t", user)
+        db.session.commit()
+        old = {"provider": provider.id, "model": model.id, "prompt": prompt.id, "user": user.id, "key": key.id,
+               "version": db.session.scalar(sa.select(sa.func.max(PromptVersion.id)))}
+        manage.delete_model("t", model)
+        manage.delete_prompt("t", prompt)
+        manage.delete_user("t", user)
+        db.session.commit()
+        manage.delete_provider("t", provider)
+        db.session.commit()
+        provider = manage.create_provider("t", "spare", "openai", upstream.url + "/v1")
+        model = manage.create_model("t", "spare-model", provider, "x")
+        prompt = manage.create_prompt("t", "spare-prompt", "Text.")
+        user = manage.create_user("t", "spare-user")
+        key, _ = manage.create_key("t", user)
+        db.session.commit()
+        new = {"provider": provider.id, "model": model.id, "prompt": prompt.id, "user": user.id, "key": key.id,
+               "version": db.session.scalar(sa.select(sa.func.max(PromptVersion.id)))}
+    for name in old:
+        assert new[name] > old[name], name
