@@ -14,10 +14,8 @@ from promptproxy.extensions import db
 from promptproxy.models import (
     ApiKey,
     BudgetUsage,
-    Model,
     Prompt,
     PromptVersion,
-    Provider,
     RequestLog,
     UsageRollup,
     User,
@@ -287,8 +285,8 @@ def system_text(upstream) -> str:
 
 
 def chat(client, key: str, model: str):
-    """One chat completion through the gateway."""
-    return client.post("/v1/chat/completions", json={"model": model, **CHAT}, headers=auth(key))
+    """One small chat completion through the gateway (a small max_tokens keeps budget estimates small)."""
+    return client.post("/v1/chat/completions", json={"model": model, "max_tokens": 5, **CHAT}, headers=auth(key))
 
 
 def test_a_new_prompt_on_a_deleted_prompts_id_sends_its_own_text(app, client, seeded, upstream):
@@ -447,3 +445,56 @@ def test_ids_are_never_reused_after_a_delete(app, seeded, upstream):
                "version": db.session.scalar(sa.select(sa.func.max(PromptVersion.id)))}
     for name in old:
         assert new[name] > old[name], name
+
+
+def test_the_migration_keeps_every_row_and_counts_past_ids_only_the_log_remembers(tmp_path):
+    from flask_migrate import downgrade, upgrade
+
+    from promptproxy import create_app
+
+    from ..conftest import base_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    app = create_app(base_config(url, tmp_path))
+    with app.app_context():
+        upgrade(revision="0002_ops")
+        with db.engine.begin() as conn:
+            for sql in (
+                "INSERT INTO users (id, name, role, active, all_models, all_prompts, session_version, created_at)"
+                " VALUES (1, 'ann', 'member', 1, 1, 1, 0, '2025-01-01')",
+                "INSERT INTO api_keys (id, user_id, name, key_hash, prefix, last4, created_at)"
+                " VALUES (1, 1, 'k', 'h1', 'pp-abcd', 'wxyz', '2025-01-01')",
+                "INSERT INTO providers (id, name, kind, base_url, stream_usage, enabled, created_at)"
+                " VALUES (1, 'p', 'openai', 'http://x/v1', 1, 1, '2025-01-01')",
+                "INSERT INTO models (id, slug, provider_id, upstream_model, kind, input_price, output_price, enabled,"
+                " created_at) VALUES (1, 'm', 1, 'u', 'chat', 0, 0, 1, '2025-01-01')",
+                "INSERT INTO prompts (id, slug, description, mode, latest_version, created_at, updated_at)"
+                " VALUES (1, 'pr', '', 'prepend', 1, '2025-01-01', '2025-01-01')",
+                "INSERT INTO prompt_versions (id, prompt_id, version, text, note, created_at)"
+                " VALUES (1, 1, 1, 'T', '', '2025-01-01')",
+                "INSERT INTO prompt_labels (id, prompt_id, label, version) VALUES (1, 1, 'production', 1)",
+                # a user (9) and a key (7) deleted before the upgrade: only the log still has their ids
+                "INSERT INTO request_logs (request_id, created_at, user_id, key_id, endpoint, inbound_format,"
+                " stream, status, usage_estimated) VALUES ('r1', '2025-01-01', 9, 7, '/v1/x', 'openai', 0, 200, 0)",
+            ):
+                conn.execute(sa.text(sql))
+        upgrade()
+        with db.engine.connect() as conn:
+            for table in ("users", "api_keys", "providers", "models", "prompts", "prompt_versions", "prompt_labels"):
+                assert conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) == 1, table
+                ddl = conn.scalar(sa.text("SELECT sql FROM sqlite_master WHERE name = :t"), {"t": table})
+                assert ("AUTOINCREMENT" in ddl) == (table != "prompt_labels"), table
+            assert conn.scalar(sa.text("PRAGMA foreign_keys")) == 1  # pooled connections still enforce them
+        user = manage.create_user("t", "bo")
+        key, _ = manage.create_key("t", user)
+        db.session.commit()
+        assert (user.id, key.id) == (10, 8)
+        with db.engine.begin() as conn:  # foreign keys still cascade after the rebuild
+            conn.execute(sa.text("DELETE FROM prompts WHERE id = 1"))
+            assert conn.scalar(sa.text("SELECT count(*) FROM prompt_versions")) == 0
+        db.session.remove()
+        downgrade(revision="0002_ops")
+        with db.engine.connect() as conn:
+            assert "AUTOINCREMENT" not in conn.scalar(sa.text("SELECT sql FROM sqlite_master WHERE name = 'users'"))
+            assert conn.scalar(sa.text("SELECT count(*) FROM users")) == 2
+        db.engine.dispose()
