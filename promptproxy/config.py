@@ -26,6 +26,7 @@ DEFAULTS = {
     "BREAKER_THRESHOLD": 3,  # consecutive failures that open a provider's circuit breaker (0 = off)
     "BREAKER_COOLDOWN": 30.0,  # seconds open before one half-open probe
     "MAX_RESPONSE_BYTES": 64 * 1024 * 1024,
+    "MAX_EVENT_BYTES": 8 * 1024 * 1024,  # one upstream server-sent event (502 bad_upstream_response above it)
     "CONNECTION_LIMIT": 0,  # waitress connection_limit; 0 = 2 x THREADS (at least 100)
     "CHANNEL_TIMEOUT": 120,  # waitress: idle client connections closed after this many seconds
     "OUTBUF_HIGH_WATERMARK": 1024 * 1024,  # waitress: a slow reader blocks its stream beyond this many bytes

@@ -10,7 +10,20 @@ from flask import current_app
 
 from .crypto import hash_key, hint
 from .extensions import db
-from .models import ApiKey, AuditEvent, Model, Prompt, PromptLabel, PromptVersion, Provider, User, utcnow
+from .models import (
+    ApiKey,
+    AuditEvent,
+    BudgetUsage,
+    Model,
+    Prompt,
+    PromptLabel,
+    PromptVersion,
+    Provider,
+    RequestLog,
+    UsageRollup,
+    User,
+    utcnow,
+)
 from .netguard import UnsafeURL, validate_base_url
 from .proxy.grammar import valid_label, valid_slug
 from .proxy.prompts import variables_in
@@ -185,11 +198,57 @@ def update_user(actor: str, user: User, email=None, role=None, active=None, pass
     return changed
 
 
-def delete_user(actor: str, user: User) -> None:
-    """Delete a user and their keys (their log rows stay)."""
+def delete_user(actor: str, user: User, hard: bool = False) -> str:
+    """Delete a user: "deactivated" if they have history (kept, so the log still names them), else "deleted".
+
+    A deactivated user keeps their name and id (request rows, budgets and roll-ups stay attributed to them) but
+    cannot log in or call the API: keys revoked, password, email and sessions cleared. `hard` deletes them even
+    with history, and anonymises or removes everything keyed by their id and their keys' ids.
+    """
+    key_ids = db.session.scalars(sa.select(ApiKey.id).where(ApiKey.user_id == user.id)).all()
+    if not hard and _has_history(user.id, key_ids):
+        now = utcnow()
+        db.session.execute(sa.update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+                           .values(revoked_at=now))
+        user.active = False
+        user.password_hash = user.email = None
+        user.session_version = (user.session_version or 0) + 1
+        audit(actor, "deactivate", "user", user.name, {"reason": "has history", "keys_revoked": len(key_ids)})
+        return "deactivated"
+    if hard:
+        _forget(user.id, key_ids)
     db.session.execute(sa.delete(ApiKey).where(ApiKey.user_id == user.id))
     db.session.delete(user)
-    audit(actor, "delete", "user", user.name)
+    audit(actor, "delete", "user", user.name, {"hard": True} if hard else None)
+    return "deleted"
+
+
+def _subjects(user_id: int, key_ids) -> list[str]:
+    """Budget subjects of a user and their keys."""
+    return [f"user:{user_id}", *(f"key:{k}" for k in key_ids)]
+
+
+def _has_history(user_id: int, key_ids) -> bool:
+    """True if any request row, budget or roll-up is keyed by the user or one of their keys."""
+    by_user = RequestLog.user_id == user_id
+    checks = (
+        sa.select(RequestLog.id).where(sa.or_(by_user, RequestLog.key_id.in_(key_ids)) if key_ids else by_user),
+        sa.select(BudgetUsage.id).where(BudgetUsage.subject.in_(_subjects(user_id, key_ids))),
+        sa.select(UsageRollup.id).where(UsageRollup.user_id == user_id),
+    )
+    return any(db.session.scalar(query.limit(1)) is not None for query in checks)
+
+
+def _forget(user_id: int, key_ids) -> None:
+    """Anonymise the user's request rows (counts and costs stay in the totals), drop their budgets and roll-ups."""
+    mine = RequestLog.user_id == user_id
+    db.session.execute(sa.update(RequestLog).where(sa.or_(mine, RequestLog.key_id.in_(key_ids)) if key_ids else mine)
+                       .values(user_id=None, key_id=None, client_ip=None, request_body=None, response_body=None))
+    db.session.execute(sa.delete(BudgetUsage).where(BudgetUsage.subject.in_(_subjects(user_id, key_ids))))
+    db.session.execute(sa.delete(UsageRollup).where(UsageRollup.user_id == user_id))
+    if key_ids:  # the per-key split under "everyone"; the everyone totals themselves are kept
+        db.session.execute(sa.delete(UsageRollup).where(UsageRollup.dim == "key",
+                                                        UsageRollup.value.in_([str(k) for k in key_ids])))
 
 
 # -- keys --------------------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ import sqlalchemy.orm as so
 
 from .extensions import db
 
+# Request rows, budgets, roll-ups and limiter counters are keyed by these ids, so an id must never name a second
+# thing: SQLite reuses the highest rowid after a delete unless the table is AUTOINCREMENT (PostgreSQL sequences
+# never go back). Migration 0004_no_id_reuse rebuilds existing SQLite tables this way.
+NO_ID_REUSE = {"sqlite_autoincrement": True}
+
 
 def utcnow() -> datetime:
     """Naive UTC now; every timestamp in the database is naive UTC."""
@@ -31,6 +36,7 @@ class User(LimitsMixin, db.Model):
     """A person or service that calls the API and may log in to the dashboard."""
 
     __tablename__ = "users"
+    __table_args__ = NO_ID_REUSE
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
     email: so.Mapped[str | None] = so.mapped_column(sa.String(254), unique=True)
@@ -73,6 +79,7 @@ class ApiKey(LimitsMixin, db.Model):
     """A user's secret, stored only as a SHA-256 hash."""
 
     __tablename__ = "api_keys"
+    __table_args__ = NO_ID_REUSE
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
@@ -95,6 +102,7 @@ class Provider(db.Model):
     """An upstream AI API; its secret is stored encrypted."""
 
     __tablename__ = "providers"
+    __table_args__ = NO_ID_REUSE
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
     kind: so.Mapped[str] = so.mapped_column(sa.String(16), default="openai")
@@ -117,6 +125,7 @@ class Model(db.Model):
     """What clients ask for: a public slug mapped to a provider's model."""
 
     __tablename__ = "models"
+    __table_args__ = NO_ID_REUSE
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     slug: so.Mapped[str] = so.mapped_column(sa.String(128), unique=True)
     provider_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("providers.id"), index=True)
@@ -136,6 +145,7 @@ class Prompt(db.Model):
     """A stored system prompt; its text lives in immutable versions."""
 
     __tablename__ = "prompts"
+    __table_args__ = NO_ID_REUSE
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     slug: so.Mapped[str] = so.mapped_column(sa.String(128), unique=True)
     description: so.Mapped[str] = so.mapped_column(sa.Text, default="")
@@ -150,7 +160,7 @@ class PromptVersion(db.Model):
     """One immutable version of a prompt's text, variables, tools and parameters."""
 
     __tablename__ = "prompt_versions"
-    __table_args__ = (sa.UniqueConstraint("prompt_id", "version"),)
+    __table_args__ = (sa.UniqueConstraint("prompt_id", "version"), NO_ID_REUSE)
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     prompt_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
     version: so.Mapped[int]

@@ -21,7 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .extensions import MIGRATIONS_DIR, db
@@ -114,6 +114,10 @@ class _GatewayCollector:
                                 value=logs.queued)
         yield GaugeMetricFamily("promptproxy_log_rows_written", "Request-log rows written by this process.",
                                 value=logs.written)
+        yield CounterMetricFamily("promptproxy_log_rows_unstorable", "Request-log rows refused by the database "
+                                  "and written in reduced form.", value=logs.unstorable)
+        yield CounterMetricFamily("promptproxy_log_rows_dropped", "Request-log rows not storable even in reduced "
+                                  "form.", value=logs.dropped)
 
 
 # -- readiness -------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ class Catalog:
         self.models_by_id: dict[str, ModelInfo] = {}
         self.prompts: dict[str, PromptInfo] = {}
         self.prompts_by_id: dict[str, PromptInfo] = {}
-        self._versions: dict[tuple[int, int], PromptVersionInfo] = {}
+        self._versions: dict[tuple[int, str, int], PromptVersionInfo] = {}
+        self._generation = 0  # bumped by every reload; a version read before a reload is not cached after it
         self._keys: dict[str, Principal | None] = {}
 
     # -- freshness -------------------------------------------------------------------------------
@@ -220,6 +221,10 @@ class Catalog:
         self.models, self.models_by_id = models, by_id
         self.prompts, self.prompts_by_id = prompts, p_by_id
         self._keys = {}
+        # Versions are immutable, but a prompt is not forever: after a delete its id (a restored backup, a reset
+        # sequence) or its slug can name a new prompt, whose version 1 is another text. Start over on each change.
+        self._versions = {}
+        self._generation += 1
 
     # -- lookups ---------------------------------------------------------------------------------
     def model(self, ref: str) -> ModelInfo | None:
@@ -231,16 +236,18 @@ class Catalog:
         return self.prompts.get(ref) or self.prompts_by_id.get(ref)
 
     def version(self, prompt: PromptInfo, number: int) -> PromptVersionInfo | None:
-        """A prompt version; immutable, so cached forever once loaded."""
-        key = (prompt.id, number)
+        """A version of this very prompt (id and slug), cached until the catalog changes."""
+        key = (prompt.id, prompt.slug, number)
         found = self._versions.get(key)
         if found is None:
-            row = db.session.scalar(sa.select(PromptVersion).where(
-                PromptVersion.prompt_id == prompt.id, PromptVersion.version == number))
+            generation = self._generation
+            row = db.session.scalar(sa.select(PromptVersion).join(Prompt, Prompt.id == PromptVersion.prompt_id).where(
+                PromptVersion.prompt_id == prompt.id, Prompt.slug == prompt.slug, PromptVersion.version == number))
             if row is None:
                 return None
             found = PromptVersionInfo(row.version, row.text, row.variables or {}, row.tools, row.params)
-            self._versions[key] = found
+            if generation == self._generation:  # no reload since the read: the row is still this prompt's
+                self._versions[key] = found
         return found
 
     def principal(self, raw_key: str) -> Principal | None:

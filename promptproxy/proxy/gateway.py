@@ -6,6 +6,7 @@ from .admission import NullLimiter
 from .catalog import Catalog
 from .logwriter import LogWriter
 from .resilience import Breakers, RetryPolicy
+from .sse import MAX_EVENT_BYTES
 from .upstream import Upstreams
 
 
@@ -33,6 +34,7 @@ class Gateway:
         self.limiter = make_limiter(app)
         self.log_bodies = cfg["LOG_BODIES"]
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+        self.max_event_bytes = cfg.get("MAX_EVENT_BYTES", MAX_EVENT_BYTES)  # for SSEParser(gw.max_event_bytes)
         self.retry = RetryPolicy.from_config(cfg)
         self.breakers = Breakers(int(cfg.get("BREAKER_THRESHOLD", 3)), float(cfg.get("BREAKER_COOLDOWN", 30.0)))
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)

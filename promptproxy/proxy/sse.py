@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..api.errors import ApiError
+
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # one upstream event; real ones are kilobytes, a stuck line could grow forever
+
 
 @dataclass(slots=True)
 class Event:
@@ -13,36 +17,78 @@ class Event:
     comment: str | None = None
 
 
-class SSEParser:
-    """Feed bytes as they arrive, get whole events back."""
+class EventTooLarge(ApiError):
+    """An upstream event over the size limit: the call fails with a 502 that says so."""
 
-    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024):
-        self._buf = b""
+    def __init__(self, limit: int):
+        size = f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
+        super().__init__(502, f"The upstream sent a server-sent event larger than the gateway's limit of {size}.",
+                         code="bad_upstream_response", type="server_error")
+
+
+class SSEParser:
+    """Feed bytes as they arrive, get whole events back; each byte is scanned a fixed number of times.
+
+    Only the new chunk is searched for the end of an event; an incomplete event waits as a list of chunks and is
+    joined once, when it ends. So a giant line costs linear time, and it is refused (EventTooLarge) as soon as
+    it passes `max_event_bytes`, not when it ends.
+    """
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES):
         self.max_event_bytes = max_event_bytes
+        self._parts: list[bytes] = []  # the incomplete event, line endings already normalised to LF
+        self._size = 0
+        self._cr = False  # the last chunk ended in CR: maybe the first half of a CRLF split across reads
 
     def feed(self, chunk: bytes) -> list[Event]:
-        """Return the events completed by this chunk (one pass over the buffer, however many events)."""
-        buf = self._buf + chunk
-        hold = b""
-        if b"\r" in buf:
-            if buf.endswith(b"\r"):  # may be the first half of a CRLF split across reads
-                buf, hold = buf[:-1], b"\r"
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        blocks = buf.split(b"\n\n")
-        self._buf = blocks.pop() + hold
-        if len(self._buf) > self.max_event_bytes:
-            raise ValueError("server-sent event too large")
+        """Return the events completed by this chunk."""
+        if self._cr:
+            chunk = b"\r" + chunk
+        self._cr = chunk.endswith(b"\r")
+        if self._cr:
+            chunk = chunk[:-1]
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not chunk:
+            return []
+        end = chunk.rfind(b"\n\n")
+        if end >= 0:
+            done, rest = self._take(chunk[:end]), chunk[end + 2:]
+        elif chunk[0] == 10 and self._parts and self._parts[-1].endswith(b"\n"):  # "\n" + "\n" across reads
+            done, rest = self._take(b""), chunk[1:]
+        else:
+            self._parts.append(chunk)
+            self._size += len(chunk)
+            self._check(self._size)
+            return []
+        if rest:
+            self._parts, self._size = [rest], len(rest)
+            self._check(self._size)
         events = []
-        for raw in blocks:
+        for raw in done.split(b"\n\n"):
+            self._check(len(raw))
             event = _parse_block(raw.decode("utf-8", "replace"))
             if event is not None:
                 events.append(event)
         return events
 
+    def _take(self, tail: bytes) -> bytes:
+        """The pending bytes plus `tail`, joined once; the pending list is emptied."""
+        parts, self._parts, self._size = self._parts, [], 0
+        if not parts:
+            return tail
+        parts.append(tail)
+        return b"".join(parts)
+
+    def _check(self, size: int) -> None:
+        if size > self.max_event_bytes:
+            self._parts, self._size = [], 0  # let go of what was held: the stream ends here
+            raise EventTooLarge(self.max_event_bytes)
+
     @property
     def pending(self) -> bytes:
         """Bytes received but not yet part of a complete event."""
-        return self._buf
+        return b"".join(self._parts) + (b"\r" if self._cr else b"")
 
 
 def _parse_block(block: str) -> Event | None:
