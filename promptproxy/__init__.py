@@ -51,7 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def register_blueprints(app: Flask) -> None:
     """API at /v1 (CSRF-exempt, bearer auth); the dashboard at /admin."""
-    from .api import hooks, messages  # noqa: F401  (messages adds /v1/messages to the api blueprint)
+    from .api import hooks, messages, responses  # noqa: F401  (they add /v1/messages and /v1/responses)
     from .api.openapi import bp as openapi_bp
     from .api.routes import bp as api_bp
 

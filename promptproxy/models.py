@@ -117,6 +117,8 @@ class Provider(db.Model):
     stream_usage: so.Mapped[bool] = so.mapped_column(default=True)
     anthropic_version: so.Mapped[str | None] = so.mapped_column(sa.String(32))
     default_max_tokens: so.Mapped[int | None]
+    responses_api: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
+    reasoning_effort: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
     enabled: so.Mapped[bool] = so.mapped_column(default=True)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 

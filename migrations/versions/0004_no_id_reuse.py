@@ -4,13 +4,13 @@ Request-log rows, budgets, roll-ups and limiter counters are keyed by user, key,
 AUTOINCREMENT SQLite hands a deleted row's id (the highest) to the next row, which then inherits that history.
 
 Revision ID: 0004_no_id_reuse
-Revises: 0002_ops
+Revises: 0003_stored_responses
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = "0004_no_id_reuse"
-down_revision = "0002_ops"
+down_revision = "0003_stored_responses"
 branch_labels = None
 depends_on = None
 

@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from promptproxy.providers.anthropic_wire import TranslationError, UpstreamStreamError, openai_usage
+from ..providers.wire_common import TranslationError, UpstreamStreamError
+from .anthropic_reply import openai_usage
 
 JSON = dict[str, Any]
 Event = tuple[str, JSON]

@@ -40,6 +40,8 @@ class ProviderInfo:
     anthropic_version: str | None
     default_max_tokens: int | None
     broken: str | None = None  # why its secret cannot be used
+    responses_api: bool = False  # speaks OpenAI's Responses API: /v1/responses bodies pass through
+    reasoning_effort: bool = False  # takes chat's `reasoning_effort` (thinking and reasoning.effort map to it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,7 @@ class Catalog:
             total_timeout=p.total_timeout or defaults["TOTAL_TIMEOUT"],
             stream_usage=p.stream_usage, anthropic_version=p.anthropic_version,
             default_max_tokens=p.default_max_tokens or defaults.get("DEFAULT_MAX_TOKENS"), broken=broken,
+            responses_api=p.responses_api, reasoning_effort=p.reasoning_effort,
         )
 
     def _load(self) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api.errors import ApiError
+from ..core.errors import ErrorCode, GatewayError
 
 MAX_EVENT_BYTES = 8 * 1024 * 1024  # one upstream event; real ones are kilobytes, a stuck line could grow forever
 
@@ -17,13 +17,13 @@ class Event:
     comment: str | None = None
 
 
-class EventTooLarge(ApiError):
+class EventTooLarge(GatewayError):
     """An upstream event over the size limit: the call fails with a 502 that says so."""
 
     def __init__(self, limit: int):
         size = f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
         super().__init__(502, f"The upstream sent a server-sent event larger than the gateway's limit of {size}.",
-                         code="bad_upstream_response", type="server_error")
+                         code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error")
 
 
 class SSEParser:

@@ -24,12 +24,8 @@ from promptproxy.dialects.responses_wire import (
     response_items_for_history,
     usage_to_responses,
 )
-from promptproxy.providers.anthropic_wire import (
-    TranslationError,
-    UpstreamStreamError,
-    anthropic_to_openai_chat,
-    openai_chat_to_anthropic,
-)
+from promptproxy.providers.anthropic_wire import anthropic_to_openai_chat, openai_chat_to_anthropic
+from promptproxy.providers.wire_common import TranslationError, UpstreamStreamError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "responses"
