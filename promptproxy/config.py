@@ -47,7 +47,9 @@ DEFAULTS = {
     "SESSION_COOKIE_SECURE": False,
     "SESSION_IDLE_MINUTES": 30,  # dashboard: idle timeout
     "SESSION_MAX_HOURS": 12,  # dashboard: absolute session lifetime
-    "LOGIN_MAX_FAILURES": 10,  # dashboard: failed logins per (email, IP) per 15 minutes
+    "LOGIN_MAX_FAILURES": 10,  # dashboard: login attempts per (email, IP) per 15 minutes (a success resets)
+    "LOGIN_HASH_CONCURRENCY": 2,  # dashboard: password checks at once (scrypt takes ~128 MiB each)
+    "LOGIN_HASH_WAIT": 10.0,  # dashboard: seconds a login waits for a check slot before a 429
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -211,7 +211,7 @@ def test_throttle_counts_before_hashing_so_a_blocked_key_costs_no_hash(app, peop
 
 def test_concurrent_logins_never_run_more_hashes_than_the_cap(app, people, monkeypatch):  # noqa: F811
     app.config["LOGIN_HASH_WAIT"] = 0  # beyond the cap: 429 at once rather than waiting
-    cap = auth.hash_slots().cap
+    cap = app.extensions["admin_hash_slots"].cap
     inside, release, lock = [], threading.Event(), threading.Lock()
     active = {"now": 0, "max": 0}
     arrived = threading.Condition(lock)
