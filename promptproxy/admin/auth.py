@@ -161,13 +161,15 @@ def admin_required(view):
 
 
 def safe_next(target: str | None) -> str:
-    """Only a relative path inside the dashboard; anything else goes to the overview."""
+    """Only a relative path inside the dashboard, in printable ASCII; anything else goes to the overview."""
     default = url_for("admin.overview")
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
+    if not target or not all(" " < c < "\x7f" for c in target) or "\\" in target:
+        return default  # control characters would break the Location header (a 500), or split it
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith("/admin"):
+    if parts.scheme or parts.netloc or not (parts.path == "/admin" or parts.path.startswith("/admin/")):
         return default
+    if ".." in parts.path.split("/"):
+        return default  # /admin/../x leaves the dashboard once the browser resolves it
     return target
 
 

@@ -336,7 +336,7 @@ def test_serve_host_option_is_what_metrics_judge(app, monkeypatch):
 # -- item 18: a bad `next` after login ----------------------------------------------------------------
 @pytest.mark.parametrize("target", ["/admin%0d%0aX:%201", "/admin/%0aSet-Cookie:%20x=1", "/admin%09", "//evil.com",
                                     "https://evil.com/admin", "/administrator", "/admin\\..", "/admin/%00",
-                                    "/admin/\u2028"])
+                                    "/admin/\u2028", "/admin/../v1/models"])
 def test_bad_next_goes_to_the_overview(app, people, target):  # noqa: F811
     resp = login(app.test_client(), "root@example.com", ADMIN_PW, next_url=target)
     assert resp.status_code == 303 and resp.headers["Location"] == "/admin/"
