@@ -13,7 +13,7 @@ from promptproxy import config, manage
 from promptproxy.admin import auth
 from promptproxy.cli import cli
 from promptproxy.extensions import db
-from promptproxy.models import Prompt, Provider, RequestLog, User, utcnow
+from promptproxy.models import Provider, RequestLog, User, utcnow
 
 from ..admin.conftest import (  # noqa: F401 - fixtures used by name
     ADMIN_PW,
