@@ -119,9 +119,12 @@ def json_option(fn):
 @with_appcontext
 def serve_cmd(host, port, threads):
     """Serve the gateway and dashboard with waitress."""
-    from .server import serve
+    from . import server
 
-    serve(current_app._get_current_object(), host, port, threads)
+    app = current_app._get_current_object()
+    if host:
+        app.config["HOST"] = host  # what /metrics judges (open without a token on loopback only)
+    server.serve(app, host, port, threads)
 
 
 @cli.command("create-admin")
