@@ -87,14 +87,16 @@ def from_env(environ=os.environ) -> dict:
 
 
 def _instance_secret(instance: Path, name: str) -> str:
-    """Read or create a development secret kept in the instance folder."""
+    """Read or create a development secret kept in the instance folder (created 0600, never readable by others)."""
     path = instance / name
-    if path.exists():
-        return path.read_text().strip()
     instance.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
-    path.write_text(value)
-    path.chmod(0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made earlier, or by another process starting at the same moment
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
     return value
 
 
