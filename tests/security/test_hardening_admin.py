@@ -426,7 +426,7 @@ def test_unsafe_url_refused_by_manage_create_and_update(strict, url):
 
 
 @pytest.mark.parametrize("url", UNSAFE_URLS)
-def test_unsafe_url_refused_by_the_dashboard_edit_form(strict, people, url):  # noqa: F811
+def test_unsafe_url_refused_by_the_dashboard_edit_and_create_forms(strict, people, url):  # noqa: F811
     client = strict.test_client()
     assert login(client, "root@example.com", ADMIN_PW).status_code == 303
     web = Web(client, csrf_token(client, "/admin/"))
@@ -436,6 +436,10 @@ def test_unsafe_url_refused_by_the_dashboard_edit_form(strict, people, url):  # 
                                                      "enabled": "y"})
     assert resp.status_code == 422
     assert stored_url(strict) == SAFE_URL
+    created = web.post("/admin/providers", {"name": "fresh", "kind": "openai", "base_url": url, "enabled": "y"})
+    assert created.status_code == 422
+    with strict.app_context():
+        assert db.session.scalar(sa.select(Provider).where(Provider.name == "fresh")) is None
 
 
 @pytest.mark.parametrize("url", UNSAFE_URLS)
