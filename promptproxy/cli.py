@@ -1,6 +1,7 @@
 """The `promptproxy` command: serve, and manage everything without the dashboard."""
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime
 
@@ -61,9 +62,38 @@ def committed(fn):
             return result
         except ManageError as exc:
             db.session.rollback()
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
 
     return wrapper
+
+
+# C0 and C1 controls, line and paragraph separators, zero-width and bidirectional overrides: stored text (a model
+# name a client sent, a description) could otherwise forge output lines or rewrite the terminal.
+UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return NAMED_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def printable(value) -> str:
+    """Text with every control character shown as an escape (\\n, \\x1b, \\u2028): one value, one line."""
+    return UNSAFE_CHARS.sub(_escape, str(value))
+
+
+def say(*fields, err: bool = False) -> None:
+    """Print plain-text fields, tab-separated, each with its control characters escaped."""
+    click.echo("\t".join(printable(f) for f in fields), err=err)
+
+
+def row(obj: dict, as_json: bool, *fields) -> None:
+    """One listed item: a JSON object, or tab-separated plain-text fields."""
+    if as_json:
+        click.echo(orjson.dumps(obj, default=str).decode())
+    else:
+        say(*fields)
 
 
 def emit(obj, as_json: bool) -> None:
@@ -72,7 +102,7 @@ def emit(obj, as_json: bool) -> None:
         click.echo(orjson.dumps(obj, default=str).decode())
     else:
         for key, value in obj.items():
-            click.echo(f"{key}: {value}")
+            say(f"{key}: {value}")
 
 
 def json_option(fn):
@@ -89,9 +119,12 @@ def json_option(fn):
 @with_appcontext
 def serve_cmd(host, port, threads):
     """Serve the gateway and dashboard with waitress."""
-    from .server import serve
+    from . import server
 
-    serve(current_app._get_current_object(), host, port, threads)
+    app = current_app._get_current_object()
+    if host:
+        app.config["HOST"] = host  # what /metrics judges (open without a token on loopback only)
+    server.serve(app, host, port, threads)
 
 
 @cli.command("create-admin")
@@ -104,7 +137,7 @@ def create_admin(email, password, name):
     """Create a dashboard administrator (with access to every model and prompt)."""
     user = manage.create_user(ACTOR, name or email.split("@")[0], email=email, role="admin", password=password,
                               all_models=True, all_prompts=True)
-    click.echo(f"created admin {user.name} <{user.email}>")
+    say(f"created admin {user.name} <{user.email}>")
 
 
 # -- users --------------------------------------------------------------------------------------------
@@ -159,9 +192,9 @@ def user():
 def user_create(name, email, role, password, **access):
     """Create a user. New users may use no model or prompt until granted."""
     u = manage.create_user(ACTOR, name, email=email, role=role, password=password, **access)
-    click.echo(f"created user {u.name} (id {u.id})")
+    say(f"created user {u.name} (id {u.id})")
     if not (u.all_models or u.allowed_models):
-        click.echo("note: this user may use no model yet; grant with --all-models or --allow-model", err=True)
+        say("note: this user may use no model yet; grant with --all-models or --allow-model", err=True)
 
 
 @user.command("list")
@@ -170,9 +203,7 @@ def user_create(name, email, role, password, **access):
 def user_list(as_json):
     """List users."""
     for u in db.session.scalars(sa.select(User).order_by(User.name)):
-        d = user_dict(u)
-        click.echo(orjson.dumps(d).decode() if as_json else f"{u.id}\t{u.name}\t{u.email or '-'}\t{u.role}\t"
-                   f"{'active' if u.active else 'disabled'}")
+        row(user_dict(u), as_json, u.id, u.name, u.email or "-", u.role, "active" if u.active else "disabled")
 
 
 @user.command("show")
@@ -199,7 +230,7 @@ def user_update(name, email, role, password, active, **limits):
     """Change a user's details, limits and access (--allow-* add to the lists)."""
     u = manage.get_user(name)
     changed = manage.update_user(ACTOR, u, email=email, role=role, active=active, password=password, **limits)
-    click.echo(f"updated user {u.name}: {', '.join(changed) or 'nothing changed'}")
+    say(f"updated user {u.name}: {', '.join(changed) or 'nothing changed'}")
 
 
 @user.command("delete")
@@ -210,7 +241,7 @@ def user_delete(name):
     """Delete a user and their keys."""
     u = manage.get_user(name)
     manage.delete_user(ACTOR, u)
-    click.echo(f"deleted user {name}")
+    say(f"deleted user {name}")
 
 
 # -- keys ---------------------------------------------------------------------------------------------
@@ -247,7 +278,7 @@ def key_create(user_name, name, expires):
     """Create a key; the secret is printed once, alone on the last line."""
     u = manage.get_user(user_name)
     k, raw = manage.create_key(ACTOR, u, name=name, expires_at=expires)
-    click.echo(f"created key {k.id} ({k.display}) for {u.name}; it is shown only now:")
+    say(f"created key {k.id} ({k.display}) for {u.name}; it is shown only now:")
     click.echo(raw)
 
 
@@ -263,8 +294,7 @@ def key_list(user_name, as_json):
         query = query.where(ApiKey.user_id == manage.get_user(user_name).id)
     for k, owner in db.session.execute(query):
         d = key_dict(k, owner)
-        click.echo(orjson.dumps(d, default=str).decode() if as_json else
-                   f"{k.id}\t{k.display}\t{owner}\t{k.name or '-'}\t{'revoked' if d['revoked'] else 'active'}")
+        row(d, as_json, k.id, k.display, owner, k.name or "-", "revoked" if d["revoked"] else "active")
 
 
 @key.command("show")
@@ -286,7 +316,7 @@ def key_revoke(key_id):
     """Revoke a key at once."""
     k = manage.get_key(key_id)
     manage.revoke_key(ACTOR, k)
-    click.echo(f"revoked key {k.id} ({k.display})")
+    say(f"revoked key {k.id} ({k.display})")
 
 
 @key.command("update")
@@ -300,7 +330,7 @@ def key_update(key_id, name, **limits):
     """Narrow a key's limits and lists (they can never widen its user's)."""
     k = manage.get_key(key_id)
     changed = manage.update_key(ACTOR, k, name=name, **limits)
-    click.echo(f"updated key {k.id}: {', '.join(changed) or 'nothing changed'}")
+    say(f"updated key {k.id}: {', '.join(changed) or 'nothing changed'}")
 
 
 # -- providers ----------------------------------------------------------------------------------------
@@ -358,7 +388,7 @@ def provider_create(name, kind, base_url, api_key, headers, **options):
     """Register an upstream."""
     p = manage.create_provider(ACTOR, name, kind, base_url, api_key=api_key, headers=parse_headers(headers),
                                **options)
-    click.echo(f"created provider {p.name} (id {p.id})")
+    say(f"created provider {p.name} (id {p.id})")
 
 
 @provider.command("list")
@@ -367,7 +397,7 @@ def provider_create(name, kind, base_url, api_key, headers, **options):
 def provider_list(as_json):
     """List providers."""
     for p in db.session.scalars(sa.select(Provider).order_by(Provider.name)):
-        click.echo(orjson.dumps(provider_dict(p)).decode() if as_json else f"{p.id}\t{p.name}\t{p.kind}\t{p.base_url}")
+        row(provider_dict(p), as_json, p.id, p.name, p.kind, p.base_url)
 
 
 @provider.command("show")
@@ -393,7 +423,7 @@ def provider_update(name, base_url, api_key, headers, **options):
     p = manage.get_provider(name)
     changed = manage.update_provider(ACTOR, p, base_url=base_url, api_key=api_key, headers=parse_headers(headers),
                                      **options)
-    click.echo(f"updated provider {p.name}: {', '.join(changed) or 'nothing changed'}")
+    say(f"updated provider {p.name}: {', '.join(changed) or 'nothing changed'}")
 
 
 @provider.command("delete")
@@ -403,7 +433,7 @@ def provider_update(name, base_url, api_key, headers, **options):
 def provider_delete(name):
     """Delete a provider no model uses."""
     manage.delete_provider(ACTOR, manage.get_provider(name))
-    click.echo(f"deleted provider {name}")
+    say(f"deleted provider {name}")
 
 
 # -- models -------------------------------------------------------------------------------------------
@@ -440,7 +470,7 @@ def model_create(slug, provider_name, upstream_model, kind, fallbacks, **prices)
     """Expose a provider's model under a public slug."""
     m = manage.create_model(ACTOR, slug, manage.get_provider(provider_name), upstream_model, kind,
                             fallbacks=list(fallbacks) or None, **prices)
-    click.echo(f"created model {m.slug} (id {m.id})")
+    say(f"created model {m.slug} (id {m.id})")
 
 
 @model.command("list")
@@ -449,8 +479,7 @@ def model_create(slug, provider_name, upstream_model, kind, fallbacks, **prices)
 def model_list(as_json):
     """List models."""
     for m in db.session.scalars(sa.select(Model).order_by(Model.slug)):
-        click.echo(orjson.dumps(model_dict(m)).decode() if as_json else
-                   f"{m.id}\t{m.slug}\t{m.kind}\t{m.provider.name}\t{m.upstream_model}")
+        row(model_dict(m), as_json, m.id, m.slug, m.kind, m.provider.name, m.upstream_model)
 
 
 @model.command("show")
@@ -480,7 +509,7 @@ def model_update(slug, provider_name, fallbacks, no_fallbacks, **fields):
     provider_obj = manage.get_provider(provider_name) if provider_name else None
     fb = [] if no_fallbacks else (list(fallbacks) if fallbacks else None)
     changed = manage.update_model(ACTOR, m, provider=provider_obj, fallbacks=fb, **fields)
-    click.echo(f"updated model {m.slug}: {', '.join(changed) or 'nothing changed'}")
+    say(f"updated model {m.slug}: {', '.join(changed) or 'nothing changed'}")
 
 
 @model.command("delete")
@@ -490,7 +519,7 @@ def model_update(slug, provider_name, fallbacks, no_fallbacks, **fields):
 def model_delete(slug):
     """Delete a model."""
     manage.delete_model(ACTOR, manage.get_model(slug))
-    click.echo(f"deleted model {slug}")
+    say(f"deleted model {slug}")
 
 
 # -- prompts ------------------------------------------------------------------------------------------
@@ -538,7 +567,7 @@ def prompt():
 def prompt_create(slug, text, mode, description, **fields):
     """Store a system prompt (version 1)."""
     p = manage.create_prompt(ACTOR, slug, text, mode=mode, description=description, **fields)
-    click.echo(f"created prompt {p.slug} (id {p.id}, version 1)")
+    say(f"created prompt {p.slug} (id {p.id}, version 1)")
 
 
 @prompt.command("update")
@@ -559,9 +588,9 @@ def prompt_update(slug, text, mode, description, variables, tools, params, note)
                                variables=variables if variables is not None else current.variables,
                                tools=tools if tools is not None else current.tools,
                                params=params if params is not None else current.params, note=note)
-        click.echo(f"prompt {p.slug}: saved version {v.version}")
+        say(f"prompt {p.slug}: saved version {v.version}")
     else:
-        click.echo(f"updated prompt {p.slug}")
+        say(f"updated prompt {p.slug}")
 
 
 @prompt.command("list")
@@ -572,8 +601,7 @@ def prompt_list(as_json):
     """List prompts."""
     for p in db.session.scalars(sa.select(Prompt).order_by(Prompt.slug)):
         d = prompt_dict(p)
-        click.echo(orjson.dumps(d).decode() if as_json else
-                   f"{p.id}\t{p.slug}\tv{d['live_version']}\t{p.mode}\t{(d['text'] or '')[:60]!r}")
+        row(d, as_json, p.id, p.slug, f"v{d['live_version']}", p.mode, repr((d["text"] or "")[:60]))
 
 
 @prompt.command("show")
@@ -604,9 +632,8 @@ def prompt_versions(slug, as_json):
     for v in db.session.scalars(query):
         d = {"version": v.version, "live": v.version == live, "labels": sorted(labels.get(v.version, [])),
              "created_at": v.created_at, "created_by": v.created_by, "note": v.note, "text": v.text}
-        click.echo(orjson.dumps(d, default=str).decode() if as_json else
-                   f"{'*' if d['live'] else ' '} {v.version}\t{v.created_at:%Y-%m-%d %H:%M}\t"
-                   f"{','.join(d['labels']) or '-'}\t{v.text[:60]!r}")
+        row(d, as_json, f"{'*' if d['live'] else ' '} {v.version}", f"{v.created_at:%Y-%m-%d %H:%M}",
+            ",".join(d["labels"]) or "-", repr(v.text[:60]))
 
 
 @prompt.command("label")
@@ -618,7 +645,7 @@ def prompt_versions(slug, as_json):
 def prompt_label(slug, label, version):
     """Point LABEL (e.g. production) at VERSION; use it as model:prompt@LABEL."""
     manage.set_label(ACTOR, manage.get_prompt(slug), label, version)
-    click.echo(f"prompt {slug}: {label} -> version {version}")
+    say(f"prompt {slug}: {label} -> version {version}")
 
 
 @prompt.command("rollback")
@@ -629,7 +656,7 @@ def prompt_label(slug, label, version):
 def prompt_rollback(slug, version):
     """Make VERSION live (roll back or forward); `prompt rollback SLUG 0` follows the newest again."""
     manage.set_live(ACTOR, manage.get_prompt(slug), version or None)
-    click.echo(f"prompt {slug}: live version is now {version or 'the newest'}")
+    say(f"prompt {slug}: live version is now {version or 'the newest'}")
 
 
 @prompt.command("delete")
@@ -639,7 +666,7 @@ def prompt_rollback(slug, version):
 def prompt_delete(slug):
     """Delete a prompt and its versions."""
     manage.delete_prompt(ACTOR, manage.get_prompt(slug))
-    click.echo(f"deleted prompt {slug}")
+    say(f"deleted prompt {slug}")
 
 
 # -- request log --------------------------------------------------------------------------------------
@@ -660,11 +687,10 @@ def log_cmd(user_name, limit, as_json):
     if user_name:
         query = query.where(RequestLog.user_id == manage.get_user(user_name).id)
     query = query.order_by(RequestLog.created_at.desc(), RequestLog.id.desc()).limit(limit)
-    for row, owner in db.session.execute(query):
-        d = {f: (owner if f == "user" else getattr(row, f)) for f in LOG_FIELDS}
-        click.echo(orjson.dumps(d, default=str).decode() if as_json else
-                   f"{row.created_at:%Y-%m-%d %H:%M:%S}\t{row.status}\t{owner or '-'}\t{row.model or '-'}\t"
-                   f"{row.prompt or '-'}\t{row.input_tokens}/{row.output_tokens}\t{row.latency_ms:.0f}ms")
+    for entry, owner in db.session.execute(query):
+        d = {f: (owner if f == "user" else getattr(entry, f)) for f in LOG_FIELDS}
+        row(d, as_json, f"{entry.created_at:%Y-%m-%d %H:%M:%S}", entry.status, owner or "-", entry.model or "-",
+            entry.prompt or "-", f"{entry.input_tokens}/{entry.output_tokens}", f"{entry.latency_ms:.0f}ms")
 
 
 # -- retention and roll-ups ---------------------------------------------------------------------------
@@ -678,9 +704,9 @@ def prune_cmd(days):
 
     days = current_app.config["RETENTION_DAYS"] if days is None else days
     if days <= 0:
-        click.echo("retention is off (0 days): nothing pruned; pass --days N or set PROMPTPROXY_RETENTION_DAYS")
+        say("retention is off (0 days): nothing pruned; pass --days N or set PROMPTPROXY_RETENTION_DAYS")
         return
-    click.echo(f"pruned {prune(db.session, days)} request-log rows older than {days} days (roll-ups kept)")
+    say(f"pruned {prune(db.session, days)} request-log rows older than {days} days (roll-ups kept)")
 
 
 @cli.group()
@@ -696,7 +722,7 @@ def rollups_rebuild():
 
     with db.engine.begin() as conn:
         count = rebuild(conn)
-    click.echo(f"rebuilt roll-ups from {count} request-log rows")
+    say(f"rebuilt roll-ups from {count} request-log rows")
 
 
 @cli.command("rotate-encryption-key")
@@ -714,9 +740,9 @@ def rotate_encryption_key():
     except RotationError as exc:
         db.session.rollback()
         raise click.ClickException(str(exc)) from None
-    click.echo(f"re-encrypted {counts['rotated']} secret(s); {counts['current']} already under the current key")
+    say(f"re-encrypted {counts['rotated']} secret(s); {counts['current']} already under the current key")
     if counts["rotated"] or counts["current"]:
-        click.echo("you may now remove the old keys from PROMPTPROXY_OLD_ENCRYPTION_KEYS")
+        say("you may now remove the old keys from PROMPTPROXY_OLD_ENCRYPTION_KEYS")
 
 
 # -- declarative configuration ------------------------------------------------------------------------
@@ -734,16 +760,16 @@ def apply_cmd(path, dry_run):
         db.session.rollback()
         raise click.ClickException(str(exc)) from None
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        say(f"warning: {warning}", err=True)
     for change in result.changes:
-        click.echo(str(change))
+        say(str(change))
     count = len(result.changes)
     if dry_run:
         db.session.rollback()  # applied inside the transaction to validate it; nothing is committed
-        click.echo(f"dry run: {count} change(s) would be made; nothing was written")
+        say(f"dry run: {count} change(s) would be made; nothing was written")
     else:
         db.session.commit()
-        click.echo(f"applied {count} change(s)" if count else "no changes")
+        say(f"applied {count} change(s)" if count else "no changes")
 
 
 @cli.command("export")
@@ -757,7 +783,7 @@ def export_cmd(output):
     if output:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(text)
-        click.echo(f"wrote {output}", err=True)
+        say(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
 
@@ -767,22 +793,23 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+        say("Aborted.", err=True)
         sys.exit(1)
     except click.ClickException as exc:
+        exc.message = printable(exc.message)  # a bad option value is echoed back in the message
         exc.show()
         sys.exit(exc.exit_code)
     except ConfigError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        say(f"Error: {exc}", err=True)
         sys.exit(2)
     except sa.exc.OperationalError as exc:
-        click.echo(f"Error: database problem: {str(exc.orig).splitlines()[0]} "
-                   "(did you run `promptproxy db upgrade`?)", err=True)
+        say(f"Error: database problem: {str(exc.orig).splitlines()[0]} "
+            "(did you run `promptproxy db upgrade`?)", err=True)
         sys.exit(1)
     except SystemExit:
         raise
     except Exception as exc:  # a bug: say so in one line
-        click.echo(f"Error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", err=True)
+        say(f"Error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", err=True)
         sys.exit(1)
 
 

@@ -48,7 +48,9 @@ DEFAULTS = {
     "SESSION_COOKIE_SECURE": False,
     "SESSION_IDLE_MINUTES": 30,  # dashboard: idle timeout
     "SESSION_MAX_HOURS": 12,  # dashboard: absolute session lifetime
-    "LOGIN_MAX_FAILURES": 10,  # dashboard: failed logins per (email, IP) per 15 minutes
+    "LOGIN_MAX_FAILURES": 10,  # dashboard: login attempts per (email, IP) per 15 minutes (a success resets)
+    "LOGIN_HASH_CONCURRENCY": 2,  # dashboard: password checks at once (scrypt takes ~128 MiB each)
+    "LOGIN_HASH_WAIT": 10.0,  # dashboard: seconds a login waits for a check slot before a 429
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -86,14 +88,16 @@ def from_env(environ=os.environ) -> dict:
 
 
 def _instance_secret(instance: Path, name: str) -> str:
-    """Read or create a development secret kept in the instance folder."""
+    """Read or create a development secret kept in the instance folder (created 0600, never readable by others)."""
     path = instance / name
-    if path.exists():
-        return path.read_text().strip()
     instance.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
-    path.write_text(value)
-    path.chmod(0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made earlier, or by another process starting at the same moment
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
     return value
 
 

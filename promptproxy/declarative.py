@@ -19,6 +19,11 @@ from .manage import ManageError
 from .models import Model, Prompt, PromptLabel, Provider, User
 
 ACTOR = "apply"
+# `api_key_env` and `headers_env` may name only variables with this prefix: a file (reviewed less carefully than
+# the environment) cannot make the gateway read PROMPTPROXY_ENCRYPTION_KEY, cloud credentials or any other secret
+# of the process and send it to a base URL of its choosing.
+ENV_PREFIX = "UPSTREAM_"
+ENV_NAME = re.compile(r"UPSTREAM_[A-Z0-9_]+")
 NUM = (int, float)
 PROVIDER_KEYS = ("name", "kind", "base_url", "api_key", "api_key_env", "headers", "headers_env",
                  *manage.PROVIDER_FIELDS)
@@ -154,6 +159,9 @@ def _env(entry: Mapping, key: str, environ: Mapping, result: Result) -> str | No
     var = entry.get(f"{key}_env")
     if var is None:
         return None
+    if not ENV_NAME.fullmatch(var):
+        raise ConfigFileError(f"provider {entry['name']}: {key}_env `{var}` must start with {ENV_PREFIX} and use "
+                              f"A-Z, 0-9 and _ (only such variables are read)")
     if not environ.get(var):
         result.warnings.append(f"provider {entry['name']}: environment variable {var} is not set; "
                                f"its {key.replace('_', ' ')} was left unchanged")
@@ -367,8 +375,8 @@ def _user(entry: Mapping, result: Result) -> None:
 
 # -- exporting ---------------------------------------------------------------------------------------
 def env_name(provider_name: str, what: str = "API_KEY") -> str:
-    """The environment variable an export names for a provider's secret, e.g. OPENAI_API_KEY."""
-    return re.sub(r"[^A-Z0-9]+", "_", provider_name.upper()).strip("_") + "_" + what
+    """The environment variable an export names for a provider's secret, e.g. UPSTREAM_OPENAI_API_KEY."""
+    return ENV_PREFIX + re.sub(r"[^A-Z0-9]+", "_", provider_name.upper()).strip("_") + "_" + what
 
 
 def export_data() -> tuple[dict, list[str]]:

@@ -31,6 +31,8 @@ def is_public(ip: ipaddress._BaseAddress) -> bool:
                 return False
         if ip in ipaddress.ip_network("64:ff9b::/96"):
             return is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.is_site_local:
+            return False  # fec0::/10: deprecated site-local, still routed inside some networks; Python calls it global
     return ip.is_global and not ip.is_multicast and not ip.is_reserved and not ip.is_unspecified
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import collections
 import hmac
+import ipaddress
 import logging
 import sys
 import threading
@@ -268,14 +269,10 @@ def install(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics_view():
-        """Prometheus text format; needs `Authorization: Bearer $PROMPTPROXY_METRICS_TOKEN` when that is set."""
-        token = current_app.config.get("METRICS_TOKEN") or ""
-        if token:
-            given = request.headers.get("Authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-                return Response(orjson.dumps({"error": "metrics need a valid bearer token"}), status=401,
-                                mimetype="application/json", headers={"WWW-Authenticate": "Bearer"})
+        """Prometheus text format; see metrics_refusal for who may read it."""
+        refused = metrics_refusal(current_app.config, request)
+        if refused is not None:
+            return refused
         data = generate_latest(current_app.extensions["promptproxy.metrics"].registry)
         return Response(data, mimetype=CONTENT_TYPE_LATEST)
 
@@ -285,6 +282,41 @@ def install(app: Flask) -> None:
     if trusted and not isinstance(app.wsgi_app, ProxyFix):
         # behind nginx or a load balancer: the client address and scheme come from the last `trusted` hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted, x_proto=trusted, x_host=0)
+
+
+METRICS_REFUSED = ("set PROMPTPROXY_METRICS_TOKEN to serve /metrics on a non-loopback address, then send it as "
+                      "a bearer token")
+
+
+def is_loopback(address: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`; False for 0.0.0.0, ::, any other address or nothing."""
+    address = (address or "").strip().strip("[]").lower()
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def metrics_refusal(config, req) -> Response | None:
+    """None when the caller may read /metrics, else the JSON refusal.
+
+    With PROMPTPROXY_METRICS_TOKEN set: `Authorization: Bearer <token>`, wherever the server listens. Without it:
+    only when the server listens on loopback and the client is loopback too (a proxy that rewrites the client
+    address with TRUSTED_PROXIES makes the server reachable from the network), so model names, providers, counts
+    and cost are never open to the network by default.
+    """
+    token = config.get("METRICS_TOKEN") or ""
+    if token:
+        scheme, _, value = req.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            return Response(orjson.dumps({"error": "metrics need a valid bearer token"}), status=401,
+                            mimetype="application/json", headers={"WWW-Authenticate": "Bearer"})
+        return None
+    if is_loopback(config.get("HOST")) and is_loopback(req.remote_addr):
+        return None
+    return Response(orjson.dumps({"error": METRICS_REFUSED}), status=403, mimetype="application/json")
 
 
 def _access_from_call(call) -> None:

@@ -24,6 +24,10 @@ from .forms import LoginForm, SetupForm
 
 GENERIC_FAILURE = "Wrong email or password, or too many attempts. Try again later."
 SETUP_KEY = "setup_token"
+# Checked for unknown emails and unusable accounts: same scrypt cost as a real password (manage.set_password), so
+# the answer takes as long whether the email exists or not. Its password is unknown; it never matches anything.
+DUMMY_HASH = ("scrypt:131072:8:1$zQODQlTnrceP9IPd$9a049f5efb124dc3081c6671b67ac95755052a4dca61dc672fde27dc39908e4"
+              "41f246c4befbfe69b2cace4c2e639315be2fe20b2e31fd8b7bc4c22d6182f78cc")
 
 
 @bp.record_once
@@ -32,6 +36,7 @@ def _configure(state) -> None:
     app = state.app
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=app.config.get("SESSION_IDLE_MINUTES", 30))
     app.extensions["admin_login_throttle"] = Throttle(app.config.get("LOGIN_MAX_FAILURES", 10), 15 * 60)
+    app.extensions["admin_hash_slots"] = HashSlots(app.config.get("LOGIN_HASH_CONCURRENCY", 2))
 
 
 class Throttle:
@@ -53,6 +58,19 @@ class Throttle:
         with self._lock:
             return len(self._recent(key, time.monotonic())) >= self.limit
 
+    def attempt(self, key: tuple) -> bool:
+        """Count an attempt before it is checked; False when the key has used up its attempts (nothing counted)."""
+        with self._lock:
+            now = time.monotonic()
+            hits = self._recent(key, now)
+            if len(hits) >= self.limit:
+                return False
+            if len(self._hits) >= self.max_keys:
+                self._hits.clear()  # bounded memory beats perfect memory under a spray attack
+            hits.append(now)
+            self._hits[key] = hits
+            return True
+
     def fail(self, key: tuple) -> None:
         """Count one failure."""
         with self._lock:
@@ -72,6 +90,28 @@ class Throttle:
 def throttle() -> Throttle:
     """This app's login throttle."""
     return current_app.extensions["admin_login_throttle"]
+
+
+class HashSlots:
+    """At most `cap` password checks at once: each scrypt check takes ~128 MiB, so a burst of logins is queued."""
+
+    def __init__(self, cap: int):
+        self.cap = max(int(cap), 1)
+        self._slots = threading.BoundedSemaphore(self.cap)
+
+    def check(self, stored: str, password: str, wait: float) -> bool | None:
+        """The password check; None when no slot freed within `wait` seconds (the caller answers 429)."""
+        if not self._slots.acquire(timeout=wait):
+            return None
+        try:
+            return check_password_hash(stored, password)
+        finally:
+            self._slots.release()
+
+
+def hash_slots() -> HashSlots:
+    """This app's password-check slots."""
+    return current_app.extensions["admin_hash_slots"]
 
 
 @login.user_loader
@@ -121,13 +161,15 @@ def admin_required(view):
 
 
 def safe_next(target: str | None) -> str:
-    """Only a relative path inside the dashboard; anything else goes to the overview."""
+    """Only a relative path inside the dashboard, in printable ASCII; anything else goes to the overview."""
     default = url_for("admin.overview")
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
+    if not target or not all(" " < c < "\x7f" for c in target) or "\\" in target:
+        return default  # control characters would break the Location header (a 500), or split it
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith("/admin"):
+    if parts.scheme or parts.netloc or not (parts.path == "/admin" or parts.path.startswith("/admin/")):
         return default
+    if ".." in parts.path.split("/"):
+        return default  # /admin/../x leaves the dashboard once the browser resolves it
     return target
 
 
@@ -146,25 +188,31 @@ def start_session(user: User) -> None:
 
 @bp.route("/login", methods=["GET", "POST"], endpoint="login")
 def login_page():
-    """Email and password; one message for every failure."""
+    """Email and password; one message for every failure, and one password check per attempt, known email or not."""
     form = LoginForm()
     if request.method == "POST" and form.validate_on_submit():
         key = ((form.email.data or "").strip().lower(), request.remote_addr)
-        user = None if throttle().blocked(key) else db.session.scalar(
-            sa.select(User).where(User.email == key[0]))
-        ok = (user is not None and user.active and user.password_hash
-              and check_password_hash(user.password_hash, form.password.data or ""))
-        if ok:
+        if not throttle().attempt(key):  # counted before the expensive check, so a blocked key costs no hash
+            return login_failed(form, 429)
+        user = db.session.scalar(sa.select(User).where(User.email == key[0]))
+        usable = user is not None and user.active and bool(user.password_hash)
+        ok = hash_slots().check(user.password_hash if usable else DUMMY_HASH, form.password.data or "",
+                                float(current_app.config.get("LOGIN_HASH_WAIT", 10.0)))
+        if ok is None:
+            return login_failed(form, 429)
+        if ok and usable:
             throttle().reset(key)
             start_session(user)
             return redirect(safe_next(request.args.get("next")), 303)
-        throttle().fail(key)
-        form.form_errors.append(GENERIC_FAILURE)
-        return render_template("admin/login.html", form=form, setup=not has_admin()), (
-            429 if throttle().blocked(key) else 401)
+        return login_failed(form, 429 if throttle().blocked(key) else 401)
     status = 400 if request.method == "POST" else 200
     return render_template("admin/login.html", form=form, setup=not has_admin()), status
 
+
+def login_failed(form, status: int):
+    """The login page with the one generic message."""
+    form.form_errors.append(GENERIC_FAILURE)
+    return render_template("admin/login.html", form=form, setup=not has_admin()), status
 
 
 @bp.post("/logout")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import render_template
-from flask_login import current_user
 
 from .. import manage
 from ..extensions import db
@@ -45,9 +44,17 @@ def models():
     query = sa.select(Model).order_by(Model.slug)
     scope = member_scope("models")
     if scope is not None:
+        # members search slugs only: a search by upstream name would reveal it through which rows match
         query = query.where(Model.slug.in_(sorted(scope)))
-    form = model_form(formdata=None) if current_user.is_admin else None
-    return list_page(FOLDER, query, (Model.slug, Model.upstream_model), create_form=form)
+        return list_page(FOLDER, query, (Model.slug,), create_form=None)
+    return list_page(FOLDER, query, (Model.slug, Model.upstream_model), create_form=model_form(formdata=None))
+
+
+@bp.app_template_global("visible_fallbacks")
+def visible_fallbacks(model: Model) -> list[str]:
+    """A model's fallbacks as the viewer may see them: all for admins, only models they may use for members."""
+    scope = member_scope("models")
+    return [slug for slug in model.fallbacks or () if scope is None or slug in scope]
 
 
 @bp.post("/models")

@@ -24,11 +24,11 @@ SECRET = "sk-example-secret-0123456789"
 
 @pytest.fixture
 def run(app):
-    """Invoke the CLI in-process with OPENAI_API_KEY set."""
+    """Invoke the CLI in-process with UPSTREAM_OPENAI_API_KEY set."""
     runner = app.test_cli_runner()
 
     def invoke(*args, env=None, input=None):
-        return runner.invoke(cli, list(args), env={"OPENAI_API_KEY": SECRET, **(env or {})}, input=input,
+        return runner.invoke(cli, list(args), env={"UPSTREAM_OPENAI_API_KEY": SECRET, **(env or {})}, input=input,
                              catch_exceptions=False)
 
     return invoke
@@ -113,13 +113,13 @@ def test_dry_run_prints_differences_and_writes_nothing(run, app):
 
 def test_applied_configuration_serves_requests(run, app, make_sdk, upstream, tmp_path):
     config = {
-        "providers": [{"name": "local", "base_url": upstream.url + "/v1", "api_key_env": "LOCAL_KEY"}],
+        "providers": [{"name": "local", "base_url": upstream.url + "/v1", "api_key_env": "UPSTREAM_LOCAL_KEY"}],
         "models": [{"slug": "chat", "provider": "local", "upstream_model": "up-model"}],
         "prompts": [{"slug": "pirate", "text": "Talk like a pirate to {{who}}.", "variables": {"who": "matey"},
                      "params": {"temperature": {"value": 0, "locked": True}}}],
         "users": [{"name": "svc", "allowed_models": ["chat"], "allowed_prompts": ["pirate"]}],
     }
-    assert run("apply", write(tmp_path, config), env={"LOCAL_KEY": "sk-local-9999"}).exit_code == 0
+    assert run("apply", write(tmp_path, config), env={"UPSTREAM_LOCAL_KEY": "sk-local-9999"}).exit_code == 0
     raw = run("key", "create", "--user", "svc").output.splitlines()[-1]
     sdk = make_sdk(raw)
     sdk.chat.completions.create(model="chat:pirate", messages=[{"role": "user", "content": "hi"}], temperature=1)
@@ -143,9 +143,9 @@ def test_secrets_changes_are_noted_never_printed(run, app, tmp_path):
         p = db.session.scalar(sa.select(Provider).where(Provider.name == "p"))
         assert app.extensions["promptproxy"].box.decrypt(p.api_key_encrypted) == "sk-literal-2222"
     del config["providers"][0]["api_key"]
-    config["providers"][0]["api_key_env"] = "UNSET_VARIABLE_FOR_TEST"
+    config["providers"][0]["api_key_env"] = "UPSTREAM_UNSET_VARIABLE_FOR_TEST"
     result = run("apply", write(tmp_path, config))
-    assert "warning: provider p: environment variable UNSET_VARIABLE_FOR_TEST is not set" in result.output
+    assert "warning: provider p: environment variable UPSTREAM_UNSET_VARIABLE_FOR_TEST is not set" in result.output
     assert result.output.endswith("no changes\n")
 
 
@@ -161,17 +161,17 @@ def test_export_never_writes_secrets_and_applies_back_without_changes(run, app, 
     assert result.exit_code == 0
     text = out_file.read_text()
     assert SECRET not in text and "hdr-secret-5555" not in text and "sk-" not in text
-    assert "# - provider openai: an API key is set; export it as OPENAI_API_KEY before applying" in text
+    assert "# - provider openai: an API key is set; export it as UPSTREAM_OPENAI_API_KEY before applying" in text
     data = yaml.safe_load(text)
     assert data["providers"][0] == {"name": "ollama", "kind": "openai", "base_url": "http://127.0.0.1:11434/v1",
-                                    "headers_env": "OLLAMA_HEADERS", "stream_usage": False, "enabled": True}
-    assert data["providers"][1]["api_key_env"] == "OPENAI_API_KEY"
+                                    "headers_env": "UPSTREAM_OLLAMA_HEADERS", "stream_usage": False, "enabled": True}
+    assert data["providers"][1]["api_key_env"] == "UPSTREAM_OPENAI_API_KEY"
     translator = next(p for p in data["prompts"] if p["slug"] == "translator")
     assert translator["labels"] == {"production": 1}
     assert "text: |-\n" in text, "multi-line prompts are written as readable blocks"
     assert run("export").output == text
     before = counts(app)
-    again = run("apply", str(out_file), env={"OLLAMA_HEADERS": '{"X-Secret": "hdr-secret-5555"}'})
+    again = run("apply", str(out_file), env={"UPSTREAM_OLLAMA_HEADERS": '{"X-Secret": "hdr-secret-5555"}'})
     assert again.output == "no changes\n"
     assert counts(app) == before
 
@@ -227,7 +227,7 @@ def test_scripts_set_up_a_gateway_from_an_empty_database(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": f"sqlite:///{tmp_path / 'pp.db'}",
            "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY, "PROMPTPROXY_SECRET_KEY": "s" * 40,
            "PROMPTPROXY_INSTANCE_PATH": str(tmp_path), "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1",
-           "OPENAI_API_KEY": SECRET}
+           "UPSTREAM_OPENAI_API_KEY": SECRET}
     env.pop("PROMPTPROXY_TEST_DATABASE_URL", None)
 
     def pp(*args):
