@@ -154,6 +154,85 @@ def chat_completion(model: str, text: str = REPLY) -> dict:
                       "total_tokens": USAGE_IN + USAGE_OUT}}
 
 
+def chat_tool_completion(model: str, name: str, arguments: dict) -> dict:
+    """An OpenAI chat.completion answer that is one tool call."""
+    call = {"id": "call_cap_1", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+    body = chat_completion(model)
+    body["choices"] = [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                        "finish_reason": "tool_calls"}]
+    return body
+
+
+def chat_events(model: str, text: str | None = REPLY, call: tuple[str, dict] | None = None) -> list[tuple[None, dict]]:
+    """chat.completion.chunk frames for a text or one tool call, then a usage chunk (sent whether asked or not)."""
+    def chunk(delta: dict, finish: str | None = None) -> tuple[None, dict]:
+        return None, {"id": "chatcmpl-cap", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    frames = [chunk({"role": "assistant", "content": ""})]
+    if call:
+        name, arguments = call
+        frames.append(chunk({"tool_calls": [{"index": 0, "id": "call_cap_1", "type": "function",
+                                             "function": {"name": name, "arguments": json.dumps(arguments)}}]}))
+        frames.append(chunk({}, "tool_calls"))
+    else:
+        frames += [chunk({"content": text[: len(text) // 2]}), chunk({"content": text[len(text) // 2:]})]
+        frames.append(chunk({}, "stop"))
+    frames.append((None, {"id": "chatcmpl-cap", "object": "chat.completion.chunk", "created": 1700000000,
+                          "model": model, "choices": [],
+                          "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT,
+                                    "total_tokens": USAGE_IN + USAGE_OUT}}))
+    return frames
+
+
+def anthropic_tool_message(model: str, name: str, arguments: dict) -> dict:
+    """A Messages API answer that is one tool_use block."""
+    return dict(anthropic_message(model), stop_reason="tool_use",
+                content=[{"type": "tool_use", "id": "toolu_cap_1", "name": name, "input": arguments}])
+
+
+def responses_tool_object(model: str, name: str, arguments: dict) -> dict:
+    """A whole Responses API answer that is one function call."""
+    return dict(response_object(model, "completed", None), output=[
+        {"id": "fc_cap_1", "type": "function_call", "status": "completed", "call_id": "call_cap_1", "name": name,
+         "arguments": json.dumps(arguments)}])
+
+
+def json_answer(data: dict) -> tuple[int, str, bytes]:
+    """A 200 JSON answer."""
+    return 200, "application/json", json.dumps(data).encode()
+
+
+def sse_answer(events: list) -> tuple[int, str, bytes]:
+    """A 200 event-stream answer; chat completions streams end in [DONE]."""
+    payload = sse(events)
+    if events and events[0][0] is None:
+        payload += b"data: [DONE]\n\n"
+    return 200, "text/event-stream", payload
+
+
+def reply(route: str, body: dict, text: str = REPLY, call: tuple[str, dict] | None = None):
+    """The answer to a model call in the dialect of its path (chat, Responses or Messages), or None for others.
+
+    `call` (tool name, arguments) answers with one tool call instead of text.
+    """
+    model = body.get("model", "capture-model")
+    stream = bool(body.get("stream"))
+    if route.endswith("/messages"):
+        if stream:
+            return sse_answer(anthropic_tool_events(model, *call) if call else anthropic_events(model, text))
+        return json_answer(anthropic_tool_message(model, *call) if call else anthropic_message(model, text))
+    if route.endswith("/responses"):
+        if stream:
+            return sse_answer(responses_tool_events(model, *call) if call else responses_events(model, text))
+        return json_answer(responses_tool_object(model, *call) if call else
+                           response_object(model, "completed", text))
+    if route.endswith("/chat/completions"):
+        if stream:
+            return sse_answer(chat_events(model, text, call))
+        return json_answer(chat_tool_completion(model, *call) if call else chat_completion(model, text))
+    return None
+
+
 TOOL_CALLS = {"/responses": ("exec_command", {"cmd": "echo captured-tool-ran"}),
               "/messages": ("Bash", {"command": "echo captured-tool-ran", "description": "Print a marker"})}
 
@@ -161,32 +240,19 @@ TOOL_CALLS = {"/responses": ("exec_command", {"cmd": "echo captured-tool-ran"}),
 def answer(method: str, path: str, body, tool_first: bool = False) -> tuple[int, str, bytes]:
     """(status, content type, payload) for a request, by path; with tool_first, a tool call before any result."""
     body = body if isinstance(body, dict) else {}
-    model = body.get("model", "capture-model")
     route = path.split("?", 1)[0].rstrip("/")
     if method == "HEAD" or (method == "GET" and route in ("", "/", "/v1")):
         return 200, "text/plain", b""
     if route.endswith("/models") and method == "GET":
-        return 200, "application/json", json.dumps({"object": "list", "data": [
-            {"id": "capture-model", "object": "model", "created": 1700000000, "owned_by": "capture"}]}).encode()
+        return json_answer({"object": "list", "data": [
+            {"id": "capture-model", "object": "model", "created": 1700000000, "owned_by": "capture"}]})
     if route.endswith("/messages/count_tokens"):
-        return 200, "application/json", json.dumps({"input_tokens": USAGE_IN}).encode()
-    call = tool_first and body.get("tools") and not has_tool_result(body)
-    if route.endswith("/messages"):
-        if call and body.get("stream"):
-            return 200, "text/event-stream", sse(anthropic_tool_events(model, *TOOL_CALLS["/messages"]))
-        if body.get("stream"):
-            return 200, "text/event-stream", sse(anthropic_events(model))
-        return 200, "application/json", json.dumps(anthropic_message(model)).encode()
-    if route.endswith("/responses"):
-        if call and body.get("stream"):
-            return 200, "text/event-stream", sse(responses_tool_events(model, *TOOL_CALLS["/responses"]))
-        if body.get("stream"):
-            return 200, "text/event-stream", sse(responses_events(model))
-        return 200, "application/json", json.dumps(response_object(model, "completed", REPLY)).encode()
-    if route.endswith("/chat/completions"):
-        return 200, "application/json", json.dumps(chat_completion(model)).encode()
-    return 404, "application/json", json.dumps({"error": {"message": f"no route {route}", "type": "not_found"}}
-                                               ).encode()
+        return json_answer({"input_tokens": USAGE_IN})
+    call = None
+    if tool_first and body.get("tools") and not has_tool_result(body):
+        call = TOOL_CALLS["/messages" if route.endswith("/messages") else "/responses"]
+    return reply(route, body, call=call) or (404, "application/json", json.dumps(
+        {"error": {"message": f"no route {route}", "type": "not_found"}}).encode())
 
 
 class CaptureServer:

@@ -78,6 +78,7 @@ def claude_env(base_url: str, key: str, home: Path, api_key_header: bool = False
         "ANTHROPIC_BASE_URL": base_url.rstrip("/"),
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no HEAD /api/hello preflight, no metrics, no updates
         "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",  # it retries even a 401, with backoff, for minutes
     }
     env["ANTHROPIC_API_KEY" if api_key_header else "ANTHROPIC_AUTH_TOKEN"] = key
     return env
