@@ -1,6 +1,8 @@
 """Fixtures for the agent-client tests: an Anthropic upstream beside the OpenAI one, and scripted answers."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from promptproxy import manage
@@ -77,6 +79,9 @@ def script(upstream_for):
 
 
 def need(binary, name: str):
-    """Skip unless the pinned CLI is installed under tests/e2e/agents."""
+    """Skip unless the pinned CLI is installed under tests/e2e/agents (fail instead where CI requires them)."""
     if not binary.exists():
-        pytest.skip(f"{name} is not installed: run `{clients.INSTALL}` (or `make agents`) first")
+        reason = f"{name} is not installed: run `{clients.INSTALL}` (or `make agents`) first"
+        if os.environ.get("PROMPTPROXY_REQUIRE_AGENTS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
