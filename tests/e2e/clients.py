@@ -45,6 +45,9 @@ enabled = false
 [feedback]
 enabled = false
 
+[features]
+plugins = false
+
 [model_providers.pp]
 name = "PromptProxy"
 base_url = {json.dumps(base_url.rstrip("/") + "/v1")}
