@@ -237,8 +237,12 @@ TOOL_CALLS = {"/responses": ("exec_command", {"cmd": "echo captured-tool-ran"}),
               "/messages": ("Bash", {"command": "echo captured-tool-ran", "description": "Print a marker"})}
 
 
-def answer(method: str, path: str, body, tool_first: bool = False) -> tuple[int, str, bytes]:
-    """(status, content type, payload) for a request, by path; with tool_first, a tool call before any result."""
+def answer(method: str, path: str, body, tool_first: bool | tuple[str, dict] = False) -> tuple[int, str, bytes]:
+    """(status, content type, payload) for a request, by path.
+
+    With tool_first, a tool call answers a request that offers tools and carries no tool result yet: the given
+    (name, arguments), or the client's shell tool when tool_first is True.
+    """
     body = body if isinstance(body, dict) else {}
     route = path.split("?", 1)[0].rstrip("/")
     if method == "HEAD" or (method == "GET" and route in ("", "/", "/v1")):
@@ -250,7 +254,8 @@ def answer(method: str, path: str, body, tool_first: bool = False) -> tuple[int,
         return json_answer({"input_tokens": USAGE_IN})
     call = None
     if tool_first and body.get("tools") and not has_tool_result(body):
-        call = TOOL_CALLS["/messages" if route.endswith("/messages") else "/responses"]
+        call = tool_first if isinstance(tool_first, tuple) else \
+            TOOL_CALLS["/messages" if route.endswith("/messages") else "/responses"]
     return reply(route, body, call=call) or (404, "application/json", json.dumps(
         {"error": {"message": f"no route {route}", "type": "not_found"}}).encode())
 
@@ -258,7 +263,7 @@ def answer(method: str, path: str, body, tool_first: bool = False) -> tuple[int,
 class CaptureServer:
     """Records requests in `self.requests` (and to `out` when given); answers by `answer`."""
 
-    def __init__(self, out: Path | None = None, port: int = 0, tool_first: bool = False):
+    def __init__(self, out: Path | None = None, port: int = 0, tool_first: bool | tuple[str, dict] = False):
         self.requests: list[dict] = []
         self.tool_first = tool_first
         self.out = out
