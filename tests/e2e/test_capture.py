@@ -62,7 +62,7 @@ def test_anthropic_sdk_reads_whole_and_streamed_messages(capture):
     assert whole.content[0].text == text == REPLY
     assert (final.usage.input_tokens, final.usage.output_tokens) == (USAGE_IN, USAGE_OUT)
     sent = lower(capture.requests[0]["headers"])  # this SDK sends its key as a Bearer token
-    assert sent.get("x-api-key", sent.get("authorization")).endswith("<redacted 13 chars>")
+    assert "<redacted" in sent.get("x-api-key", sent.get("authorization"))
     assert "sk-ant-secret" not in json.dumps(capture.requests)
 
 
