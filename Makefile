@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
 
-.PHONY: install install-test lock run test lint audit bench bench-quick bench-floor clean
+.PHONY: install install-test lock run test lint audit agents bench bench-quick bench-floor clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,13 @@ lint: install-test
 test: install-test lint
 	$(BIN)/python -m pytest
 
+# The pinned agent CLIs (Codex, Claude Code) that tests/e2e drives through the gateway; `make test` skips those
+# tests without them. The native binaries come from the npm registry as optional platform packages.
+agents:
+	npm ci --prefix tests/e2e/agents --no-audit --no-fund --loglevel=error
+	tests/e2e/agents/node_modules/.bin/codex --version
+	tests/e2e/agents/node_modules/.bin/claude --version
+
 # Known vulnerabilities in the locked dependencies (PyPI's advisory data); CI runs it, `make test` does not.
 # pip-audit lives in its own venv so the project's stays exactly the lock file.
 audit:
@@ -55,4 +62,4 @@ bench-floor: install-test
 	$(BIN)/python bench/floor.py
 
 clean:
-	rm -rf $(VENV) .venv-audit .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-audit .pytest_cache .ruff_cache tests/e2e/agents/node_modules
