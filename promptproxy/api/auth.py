@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import request
 
-from ..core.errors import GatewayError
+from ..core.errors import ErrorCode, GatewayError
 from ..proxy.catalog import Principal, now
 
 MAX_KEY_LENGTH = 256
@@ -25,12 +25,13 @@ def authenticate(catalog) -> Principal:
     key = raw_key()
     if key is None:
         raise GatewayError(401, "You didn't provide an API key. Provide it in the Authorization header "
-                            "(Authorization: Bearer YOUR_KEY) or the x-api-key header.", code="invalid_api_key")
+                            "(Authorization: Bearer YOUR_KEY) or the x-api-key header.", code=ErrorCode.INVALID_API_KEY)
     principal = None
     if key and len(key) <= MAX_KEY_LENGTH and key.isprintable():
         principal = catalog.principal(key)
     if principal is None or principal.revoked or (principal.expires_at and principal.expires_at <= now()):
-        raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise GatewayError(401, "Incorrect API key provided.", code=ErrorCode.INVALID_API_KEY)
     if not principal.user_active:
-        raise GatewayError(403, "The user of this API key is disabled.", code="user_disabled", type="permission_error")
+        raise GatewayError(403, "The user of this API key is disabled.", code=ErrorCode.USER_DISABLED,
+                           type="permission_error")
     return principal

@@ -1,10 +1,9 @@
 """Fuzzing: /v1 against openapi.yaml with schemathesis; the SSE parser with hypothesis. No 500, no traceback."""
 from __future__ import annotations
 
-import re
-
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
