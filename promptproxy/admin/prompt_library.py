@@ -13,8 +13,10 @@ from .. import manage
 from ..api.routes import stream_response
 from ..core.call import Call
 from ..core.errors import GatewayError
+from ..dialects.anthropic import AnthropicDialect
 from ..dialects.envelopes import openai_body
 from ..dialects.openai import OpenAIDialect
+from ..dialects.responses import ResponsesDialect
 from ..extensions import db
 from ..models import ApiKey, Model, Prompt, PromptLabel, PromptVersion, User
 from ..proxy import pipeline
@@ -25,6 +27,7 @@ from .auth import actor, admin_required
 from .views import hx_target, save
 
 PLAYGROUND_ENDPOINT = "/admin/playground"
+PLAYGROUND_MAX_TOKENS = 1024  # Anthropic's API requires max_tokens; the playground's answers are short
 
 
 def _versions(prompt: Prompt) -> list[PromptVersion]:
@@ -158,15 +161,25 @@ def _choices() -> dict:
                                           .order_by(Prompt.slug)).all()}
 
 
-def _playground_body(data) -> dict:
-    """The chat body a client would send for the playground's fields."""
+PLAYGROUND_DIALECTS = {"chat": lambda: OpenAIDialect("chat"), "responses": ResponsesDialect,
+                       "messages": AnthropicDialect}
+
+
+def _playground_body(data, api: str) -> dict:
+    """The body a client of the chosen API would send for the playground's fields."""
     def text(name: str) -> str:
         return str(data.get(name) or "").strip()
 
     model = text("model")
     if text("prompt"):
         model += ":" + text("prompt") + (f"@{text('version')}" if text("version") else "")
-    body = {"model": model, "messages": [{"role": "user", "content": data.get("message") or ""}], "stream": True}
+    message = data.get("message") or ""
+    if api == "responses":
+        body = {"model": model, "input": message, "stream": True, "store": False}
+    else:
+        body = {"model": model, "messages": [{"role": "user", "content": message}], "stream": True}
+        if api == "messages":
+            body["max_tokens"] = PLAYGROUND_MAX_TOKENS
     variables = data.get("variables")
     if isinstance(variables, str) and variables.strip():
         try:
@@ -185,11 +198,15 @@ def _principal():
 
 
 def _start(gw, call, data):
-    """The /v1 pipeline as the logged-in admin, streamed, with a closing stats event for the page."""
-    body = _playground_body(data)
+    """The /v1 pipeline as the logged-in admin in the chosen API's dialect, with a closing stats event."""
+    api = str(data.get("api") or "chat")
+    if api not in PLAYGROUND_DIALECTS:
+        raise GatewayError(400, f"Unknown API `{api[:20]}`: choose chat, responses or messages.", param="api")
+    call.inbound = "openai" if api == "chat" else PLAYGROUND_DIALECTS[api]().name
+    body = _playground_body(data, api)
     gw.catalog.refresh()
     call.principal = _principal()
-    events = pipeline.run(gw, call, OpenAIDialect("chat"), body)
+    events = pipeline.run(gw, call, PLAYGROUND_DIALECTS[api](), body)
 
     def rest():
         yield from events
@@ -237,12 +254,42 @@ def _answer_page(stream, data):
     text, stats, error = [], {}, None
     for frame in stream:
         for event in frame.split(b"\n\n"):
-            if event.startswith(b"event: stats\ndata: "):
-                stats = orjson.loads(event.split(b"data: ", 1)[1])
-            elif event.startswith(b"data: {"):
-                chunk = orjson.loads(event[6:])
-                error = (chunk.get("error") or {}).get("message") or error
-                for choice in chunk.get("choices") or ():
-                    text.append(((choice.get("delta") or {}).get("content")) or "")
+            name, payload = _event(event)
+            if name == "stats":
+                stats = payload
+            elif payload is not None:
+                piece, failed = answer_text(payload)
+                text.append(piece)
+                error = failed or error
     return render_template("admin/prompt_library/playground.html", answer="".join(text), stats=stats, error=error,
                            chosen=data, **_choices())
+
+
+def _event(raw: bytes) -> tuple[str, dict | None]:
+    """(event name, JSON data) of one SSE frame; data None when it is not a JSON object."""
+    name, data = "message", b""
+    for line in raw.split(b"\n"):
+        if line.startswith(b"event: "):
+            name = line[7:].decode()
+        elif line.startswith(b"data: "):
+            data += line[6:]
+    try:
+        payload = orjson.loads(data) if data.startswith(b"{") else None
+    except orjson.JSONDecodeError:
+        payload = None
+    return name, payload if isinstance(payload, dict) else None
+
+
+def answer_text(event: dict) -> tuple[str, str | None]:
+    """(text, error message) carried by one streamed event of any dialect (static/js/app.js does the same)."""
+    if isinstance(event.get("error"), dict):
+        return "", event["error"].get("message")
+    kind = event.get("type")
+    if kind == "response.output_text.delta":
+        return str(event.get("delta") or ""), None
+    if kind == "response.failed":
+        return "", ((event.get("response") or {}).get("error") or {}).get("message")
+    if kind == "content_block_delta" and (event.get("delta") or {}).get("type") == "text_delta":
+        return str(event["delta"].get("text") or ""), None
+    return "".join(str((c.get("delta") or {}).get("content") or "") for c in event.get("choices") or ()
+                   if isinstance(c, dict)), None

@@ -38,9 +38,9 @@ def parse_model(value: str) -> ModelRef:
 
 def valid_slug(value: str) -> bool:
     """Slugs are short, start with a letter or digit, and never contain ':' or '@'."""
-    return bool(SLUG_RE.match(value or ""))
+    return bool(SLUG_RE.fullmatch(value or ""))
 
 
 def valid_label(value: str) -> bool:
     """Labels are slug-like and not purely numeric (numbers are versions)."""
-    return bool(LABEL_RE.match(value or "")) and not value.isdigit()
+    return bool(LABEL_RE.fullmatch(value or "")) and not value.isdigit()

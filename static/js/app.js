@@ -126,6 +126,12 @@
       try { obj = JSON.parse(data); } catch (e) { return; }
       if (name === "stats") { showStats(obj); return; }
       if (obj.error) { fail(obj.error.message); return; }
+      // The same rules as answer_text() in prompt_library.py: Responses, Anthropic and chat events.
+      if (obj.type === "response.output_text.delta") { out.textContent += obj.delta; return; }
+      if (obj.type === "response.failed") { fail(((obj.response || {}).error || {}).message || "failed"); return; }
+      if (obj.type === "content_block_delta" && obj.delta && obj.delta.type === "text_delta") {
+        out.textContent += obj.delta.text; return;
+      }
       (obj.choices || []).forEach(function (choice) {
         if (choice.delta && typeof choice.delta.content === "string") { out.textContent += choice.delta.content; }
       });

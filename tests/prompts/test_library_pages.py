@@ -190,3 +190,23 @@ def test_playground_budget_estimate_includes_the_stored_prompt(web, app, upstrea
     assert admitted.status_code == 200 and '"status":200' in admitted.get_data(as_text=True)
     assert upstream.last["body"]["messages"] == [{"role": "user", "content": "hi"}]
     assert [r.status for r in rows_when(app, 2)] == [429, 200]
+
+
+@pytest.mark.parametrize("api, upstream_path", [("responses", "/v1/chat/completions"),
+                                                ("messages", "/v1/chat/completions")])
+def test_playground_speaks_each_dialect(web, app, upstream, api, upstream_path):
+    resp = run(web, api=api, model="gpt-4o-mini", prompt="translator", version="1", message="Hello")
+    body = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and ("response.output_text.delta" if api == "responses" else
+                                        "content_block_delta") in body
+    assert upstream.last["path"] == upstream_path
+    assert upstream.last["body"]["messages"][0]["content"] == "Translate the user's words into French."
+    page = web.post("/admin/playground/run", {"api": api, "model": "gpt-4o-mini", "message": "hi", "prompt": ""})
+    assert '<pre id="pg-answer" class="answer" aria-live="polite">Bonjour!</pre>' in page.get_data(as_text=True)
+    rows = rows_when(app, 2)
+    assert {(r.inbound_format, r.status) for r in rows} == {("anthropic" if api == "messages" else api, 200)}
+
+
+def test_playground_refuses_an_unknown_api(web, upstream):
+    resp = run(web, api="soap", model="gpt-4o-mini", message="x")
+    assert resp.status_code == 400 and resp.json["error"]["param"] == "api" and upstream.requests == []
