@@ -235,13 +235,18 @@ def user_update(name, email, role, password, active, **limits):
 
 @user.command("delete")
 @click.argument("name")
+@click.option("--hard", is_flag=True,
+              help="Also anonymise their request-log rows and remove their budgets and roll-ups.")
 @with_appcontext
 @committed
-def user_delete(name):
-    """Delete a user and their keys."""
+def user_delete(name, hard):
+    """Delete a user and their keys (a user with request history is deactivated, so the log keeps their name)."""
     u = manage.get_user(name)
-    manage.delete_user(ACTOR, u)
-    say(f"deleted user {name}")
+    if manage.delete_user(ACTOR, u, hard=hard) == "deactivated":
+        say(f"deactivated user {name}: they have request history, so they are kept (keys revoked, login disabled) "
+            "and the log still shows their name; --hard deletes and anonymises")
+    else:
+        say(f"deleted user {name}")
 
 
 # -- keys ---------------------------------------------------------------------------------------------

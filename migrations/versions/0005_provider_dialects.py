@@ -13,12 +13,12 @@ depends_on = None
 
 
 def upgrade():
-    with op.batch_alter_table("providers", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("responses_api", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.add_column(sa.Column("reasoning_effort", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Plain ADD COLUMN (SQLite has it): a batch rebuild would drop the table's AUTOINCREMENT (ids never reused).
+    op.add_column("providers", sa.Column("responses_api", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("providers", sa.Column("reasoning_effort", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade():
-    with op.batch_alter_table("providers", schema=None) as batch_op:
-        batch_op.drop_column("reasoning_effort")
-        batch_op.drop_column("responses_api")
+    # Plain DROP COLUMN (SQLite 3.35+) for the same reason: no table rebuild.
+    op.execute("ALTER TABLE providers DROP COLUMN reasoning_effort")
+    op.execute("ALTER TABLE providers DROP COLUMN responses_api")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import render_template
+from flask import flash, redirect, render_template, url_for
 from flask_login import current_user
 
 from .. import manage
@@ -11,7 +11,7 @@ from ..models import Model, Prompt, User
 from . import bp
 from .auth import actor, admin_required
 from .forms import UserEditForm, UserForm, options
-from .views import created, deleted, edit_view, form_error, int_or_zero, list_page, number, save, updated
+from .views import created, deleted, edit_view, form_error, inline, int_or_zero, list_page, number, save, updated
 
 FOLDER = "users"
 COLS = 6
@@ -106,5 +106,10 @@ def user_delete(user_id: int):
         return deleted("admin.users", "", "You cannot delete yourself.", lambda e: (render_template(
             "admin/users/_row.html", obj=user, error=e), 422))
     name = user.name
-    _, error = save(lambda: manage.delete_user(actor(), user))
+    outcome, error = save(lambda: manage.delete_user(actor(), user))
+    if outcome == "deactivated":  # kept for the request log's attribution: the row stays, now inactive
+        if inline():
+            return render_template("admin/users/_row.html", obj=user)
+        flash(f"Deactivated user {name}: they have request history, kept so the log still shows their name.", "info")
+        return redirect(url_for("admin.users"), 303)
     return deleted("admin.users", f"Deleted user {name}.", error)

@@ -203,7 +203,7 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
     deadline = call.deadline or call.t0 + provider.total_timeout
     # Later reads wait at most the idle gap (and never past the overall deadline).
     set_idle_timeout(resp, max(min(provider.idle_timeout, deadline - time.perf_counter()), 0.001))
-    parser = SSEParser()
+    parser = SSEParser(gw.max_event_bytes)
     sent = False
     received = 0
     text_out: list[str] = []
