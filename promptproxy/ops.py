@@ -76,8 +76,8 @@ class Metrics:
     def observe(self, call) -> None:
         """Record a finished call (a Gateway.record hook)."""
         endpoint = call.endpoint if call.endpoint in API_ENDPOINTS else "other"
-        model = call.model.slug if call.model is not None else "-"  # never the raw, client-chosen name
-        provider = call.model.provider.name if call.model is not None else "-"
+        model = call.serving.slug if call.model is not None else "-"  # never the raw, client-chosen name
+        provider = call.serving.provider.name if call.model is not None else "-"
         requests, latency, ttft, tin, tout, tcached, cost = self._series(endpoint, model, provider, str(call.status))
         requests.inc()
         latency.observe(max(time.perf_counter() - call.t0, 0.0))
@@ -173,7 +173,7 @@ def access_line(call=None, status: int | None = None, method: str | None = None,
     if call is not None:
         line = {"request_id": call.request_id, "method": method or "POST", "path": call.endpoint,
                 "status": call.status, "latency_ms": round((time.perf_counter() - call.t0) * 1000, 2),
-                "model": call.model.slug if call.model is not None else call.model_name,
+                "model": call.serving.slug if call.model is not None else call.model_name,
                 "prompt": call.prompt.slug if call.prompt is not None else None, "stream": call.stream,
                 "user_id": call.principal.user_id if call.principal else None, "error": call.error_type}
     else:

@@ -218,7 +218,7 @@ def _start(gw, call, data):
 def _stats(call) -> dict:
     usage = call.usage or {}
     latency = call.row()["latency_ms"]
-    return {"request_id": call.request_id, "model": call.model.slug,
+    return {"request_id": call.request_id, "model": call.serving.slug,
             "prompt": call.prompt.slug if call.prompt else None,
             "version": call.version.version if call.version else None, "input_tokens": usage.get("input_tokens"),
             "output_tokens": usage.get("output_tokens"), "estimated": call.usage_estimated, "cost": call.cost,

@@ -13,8 +13,8 @@ from .errors import GatewayError
 class Call:
     """Everything known about one request; becomes its RequestLog row.
 
-    `model` is the model that serves the call; `requested` keeps the one the client asked for when a fallback
-    served it (set once, by the upstream step, never swapped back).
+    `model` is the model the client asked for (set once, by resolution); `served` the one that answered (set once,
+    by the upstream step: a fallback when the model itself failed).
     """
 
     endpoint: str
@@ -41,7 +41,7 @@ class Call:
     headers: dict = field(default_factory=dict)  # extra response headers (rate limits, upstream limits)
     in_pipeline: bool = False  # the pipeline records it; otherwise the edge does when the response leaves
     recorded: bool = False
-    requested: object = None  # the model the client asked for, when a fallback served it
+    served: object = None  # the model that answered, once one did
     strip_usage: bool = False  # we asked the upstream for stream usage the client did not want
     deadline: float | None = None  # perf_counter time by which the whole call must end
     note: str | None = None  # e.g. which fallback served the call and why
@@ -55,12 +55,17 @@ class Call:
     @property
     def public_model(self) -> str:
         """The model name the client sees: the one it asked for, even when a fallback served it."""
-        return (self.requested or self.model).slug
+        return self.model.slug
+
+    @property
+    def serving(self):
+        """The model that served the call, else the one asked for: what the row, the price and metrics name."""
+        return self.served or self.model
 
     def row(self) -> dict:
         """The RequestLog row for this call."""
         usage = self.usage or {}
-        model = self.model
+        model = self.serving
         return {
             "request_id": self.request_id, "created_at": self.created_at,
             "user_id": self.principal.user_id if self.principal else None,

@@ -25,7 +25,8 @@ OPENAI_STREAMING = ("chat", "completion")
 
 
 # -- upstream errors -------------------------------------------------------------------------------
-def upstream_error(adapter, provider, status: int, raw: bytes, retry_after: float | None) -> UpstreamError:
+def upstream_error(adapter, provider, status: int, raw: bytes, retry_after: float | None,
+                   headers: dict | None = None) -> UpstreamError:
     """An upstream 4xx/5xx in our terms with its status; auth failures become 502."""
     try:
         data = orjson.loads(raw) if raw else None
@@ -34,7 +35,7 @@ def upstream_error(adapter, provider, status: int, raw: bytes, retry_after: floa
     message, typ, code = adapter.error(status, data)
     # vLLM and llama.cpp send `"code": 400`; some servers send objects: our codes and types are short strings.
     typ, code = _short(typ), _short(code)
-    fault = {"fault": Fault.STATUS, "upstream_status": status, "retry_after": retry_after}
+    fault = {"fault": Fault.STATUS, "upstream_status": status, "retry_after": retry_after, "headers": headers}
     if status in (401, 403):
         return UpstreamError(502, "The upstream rejected the gateway's credentials for this provider.",
                              code=ErrorCode.UPSTREAM_AUTH_FAILED, **fault)
@@ -100,9 +101,9 @@ def _supports(endpoint: str):
 def open_upstream(gw, call, endpoint: str, body: dict):
     """Send to the model, retrying and then falling back; returns (adapter, response) with a 2xx status.
 
-    On success call.model is the model that served (call.requested keeps the one asked for).
+    On success call.served is the model that served (call.model stays the one asked for).
     """
-    primary = call.requested or call.model
+    primary = call.model
     if call.deadline is None:
         call.deadline = call.t0 + primary.provider.total_timeout
     models = resilience.candidates(gw, primary, primary.kind, _supports(endpoint))
@@ -118,8 +119,8 @@ def open_upstream(gw, call, endpoint: str, body: dict):
         # Our own limit headers win; the upstream's same-named ones stay visible as x-upstream-*.
         call.headers["x-upstream-" + name[2:] if name in call.headers and name.startswith("x-") else name] = value
     call.strip_usage = strip
+    call.served = model
     if model.id != primary.id:
-        call.requested, call.model = primary, model
         tried = ", ".join(f"{slug} {kind}" for slug, kind in failures)
         call.note = f"served by fallback `{model.slug}` after: {tried}"
     return adapter, resp
@@ -145,13 +146,10 @@ def _attempt(gw, model: ModelInfo, endpoint: str, body: dict, remaining: float):
         finally:
             resp.close()
         if 300 <= resp.status_code < 400:
-            err = UpstreamError(502, "The upstream answered with a redirect, which the gateway does not follow.",
-                                code=ErrorCode.BAD_UPSTREAM_RESPONSE, fault=Fault.BAD)
-        else:
-            err = upstream_error(adapter, provider, resp.status_code, raw,
-                                 resilience.parse_retry_after(resp.headers))
-        err.headers = {**headers, **err.headers}
-        raise err
+            raise UpstreamError(502, "The upstream answered with a redirect, which the gateway does not follow.",
+                                code=ErrorCode.BAD_UPSTREAM_RESPONSE, fault=Fault.BAD, headers=headers)
+        raise upstream_error(adapter, provider, resp.status_code, raw, resilience.parse_retry_after(resp.headers),
+                             headers)
     if sent.get("stream") and not _is_event_stream(resp):
         resp.close()
         raise UpstreamError(502, "The upstream answered a streaming request without an event stream.",
@@ -185,7 +183,7 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
         raise GatewayError(502, "The upstream sent a response the gateway could not understand.",
                            code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error") from None
     call.usage = usage
-    call.cost = cost(call.model, usage)
+    call.cost = cost(call.serving, usage)
     if gw.log_bodies:
         call.response_body = raw.decode("utf-8", "replace")
     return out
@@ -198,7 +196,7 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
     Usage and cost are settled on the call before `done` is encoded, so a closing event can carry them.
     """
     adapter, resp = open_upstream(gw, call, endpoint, body)
-    provider = call.model.provider
+    provider = call.serving.provider
     translator = adapter.stream(endpoint, call.public_model, call.strip_usage)
     deadline = call.deadline or call.t0 + provider.total_timeout
     # Later reads wait at most the idle gap (and never past the overall deadline).
@@ -264,7 +262,7 @@ def _settle(call, translator, body: dict, text_out: list[str]) -> None:
             usage["input_tokens"] = estimate_input(body)
         usage["output_tokens"] = count_tokens("".join(text_out))
         call.usage, call.usage_estimated = usage, True
-    call.cost = cost(call.model, call.usage)
+    call.cost = cost(call.serving, call.usage)
 
 
 def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
