@@ -17,7 +17,6 @@ from ..proxy.resolve import positive_int, stream_flag
 from ..proxy.usage import count_tokens, estimate_input
 from . import responses_store as store
 from . import responses_wire as wire
-from .envelopes import openai_body
 
 # Hosted tools a client sends on every turn whether or not it needs them (Codex always lists web_search): for
 # a chat upstream they are left out while the model may choose freely; forced with tool_choice they are a 400.
@@ -186,14 +185,19 @@ class NativeResponsesEncoder:
     def __init__(self, dialect: ResponsesDialect, call):
         self.dialect, self.call = dialect, call
         self.final: dict | None = None
+        self.latest: dict | None = None  # the newest response snapshot, for response.failed after an error
+        self.sequence = -1
 
     def chunk(self, event: dict) -> bytes:
         """One event; response snapshots get our id, model and store flag."""
+        if isinstance(event.get("sequence_number"), int):
+            self.sequence = event["sequence_number"]
         response = event.get("response")
         if isinstance(response, dict):
             response.update(id=self.dialect.response_id(self.call), model=self.call.public_model,
                             store=self.dialect.request.get("store", True),
                             previous_response_id=self.dialect.request.get("previous_response_id"))
+            self.latest = response
             if event.get("type") == "response.completed":
                 self.final = response
         return frame([(str(event.get("type") or "message"), event)])
@@ -205,8 +209,13 @@ class NativeResponsesEncoder:
         return b""
 
     def error(self, err: GatewayError) -> bytes:
-        """An in-band error event, as OpenAI sends one."""
-        return frame([("error", {"type": "error", **openai_body(err)["error"]})])
+        """response.failed, as the translated path ends a failed stream (Codex and the SDKs read it)."""
+        response = {**(self.latest or {"id": self.dialect.response_id(self.call), "object": "response",
+                                       "model": self.call.public_model, "output": []}),
+                    "status": "failed", "error": {"code": str(err.code or err.type), "message": err.message}}
+        self.sequence += 1
+        return frame([("response.failed", {"type": "response.failed", "sequence_number": self.sequence,
+                                            "response": response})])
 
 
 def _keep(dialect: ResponsesDialect, call, response: dict) -> None:
