@@ -12,7 +12,7 @@ from promptproxy.extensions import db
 
 from ..admin import conftest as dashboard_fixtures
 from ..conftest import log_rows
-from ..upstream import chunk
+from ..upstream import chunk, responses_events, responses_sse
 from .conftest import settled_rows
 
 people = dashboard_fixtures.people  # the dashboard's users, for `dashboard` below
@@ -342,3 +342,32 @@ def test_dashboard_request_detail_shows_a_responses_row(dashboard, client, seede
     assert page.status_code == 200
     body = page.get_data(as_text=True)
     assert "/v1/responses" in body and "translator" in body and "gpt-4o-mini" in body
+
+
+
+def _native_stream_cut(live, seeded, upstream, app) -> list[tuple[str, dict]]:
+    """A native stream whose upstream connection drops after the first text delta."""
+    native(app)
+    events = responses_events("m")[:5]
+    upstream.handler = lambda req: (200, {"Content-Type": "text/event-stream"}, iter([*responses_sse(events), None]))
+    resp = requests.post(live + "/v1/responses", json={"model": "gpt-4o-mini", "input": "Hi", "stream": True},
+                         headers={"Authorization": f"Bearer {seeded.key}"}, timeout=30)
+    assert resp.status_code == 200
+    [row] = settled_rows(app)
+    assert (row.status, row.error_type, row.stream) == (502, "upstream_disconnect", True)
+    return sse_events(resp.content)
+
+
+@pytest.mark.xfail(strict=True, reason="dialects/responses.py NativeResponsesEncoder.error spreads openai_body()'s "
+                   "error after 'type': 'error', so the event's data says type 'server_error' (not 'error')")
+def test_native_mid_stream_error_event_has_type_error(live, seeded, upstream, app):
+    name, data = _native_stream_cut(live, seeded, upstream, app)[-1]
+    assert name == "error"
+    assert data["type"] == "error" and data["code"] == "upstream_disconnect"
+
+
+@pytest.mark.xfail(strict=True, reason="dialects/responses.py NativeResponsesEncoder.error ends a native stream "
+                   "with an `error` event only; the chat-translated path (and issue 13) end with response.failed")
+def test_native_mid_stream_failure_is_response_failed(live, seeded, upstream, app):
+    events = _native_stream_cut(live, seeded, upstream, app)
+    assert events[0][0] == "response.created" and events[-1][0] == "response.failed"
