@@ -167,7 +167,7 @@ def test_export_never_writes_secrets_and_applies_back_without_changes(run, app, 
                                     "headers_env": "UPSTREAM_OLLAMA_HEADERS", "stream_usage": False, "enabled": True,
                                     "responses_api": False, "reasoning_effort": False}
     assert data["providers"][1]["api_key_env"] == "UPSTREAM_OPENAI_API_KEY"
-    assert (data["providers"][1]["responses_api"], data["providers"][1]["reasoning_effort"]) == (True, True)
+    assert (data["providers"][1]["responses_api"], data["providers"][1]["reasoning_effort"]) == (True, False)
     translator = next(p for p in data["prompts"] if p["slug"] == "translator")
     assert translator["labels"] == {"production": 1}
     assert "text: |-\n" in text, "multi-line prompts are written as readable blocks"
