@@ -371,3 +371,34 @@ def test_native_mid_stream_error_event_has_type_error(live, seeded, upstream, ap
 def test_native_mid_stream_failure_is_response_failed(live, seeded, upstream, app):
     events = _native_stream_cut(live, seeded, upstream, app)
     assert events[0][0] == "response.created" and events[-1][0] == "response.failed"
+
+
+# -- what the docs promise about translation -----------------------------------------------------------
+def test_reasoning_effort_only_with_the_provider_flag(app, client, seeded, upstream):
+    body = {"model": "gpt-4o-mini", "input": "x", "reasoning": {"effort": "high"}}
+    assert post(client, seeded.key, body).status_code == 200
+    assert "reasoning_effort" not in upstream.last["body"] and "reasoning" not in upstream.last["body"]
+    _change(app, lambda: manage.update_provider("t", manage.get_provider("local"), reasoning_effort=True))
+    assert post(client, seeded.key, body).status_code == 200
+    assert upstream.last["body"]["reasoning_effort"] == "high"
+
+
+def test_web_search_is_dropped_while_optional_and_refused_when_forced(client, seeded, upstream):
+    tools = [{"type": "web_search"}, {"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    resp = post(client, seeded.key, {"model": "gpt-4o-mini", "input": "x", "tools": tools})
+    assert resp.status_code == 200
+    assert [t["function"]["name"] for t in upstream.last["body"]["tools"]] == ["lookup"]
+    sent = len(upstream.requests)
+    resp = post(client, seeded.key, {"model": "gpt-4o-mini", "input": "x", "tools": tools,
+                                     "tool_choice": {"type": "web_search"}})
+    assert resp.status_code == 400
+    err = resp.get_json()["error"]
+    assert err["param"] == "tools[0].type" and "web_search" in err["message"]
+    assert len(upstream.requests) == sent
+
+
+def test_native_provider_gets_every_tool_as_sent(app, client, seeded, upstream):
+    native(app)
+    tools = [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}]
+    assert post(client, seeded.key, {"model": "gpt-4o-mini", "input": "x", "tools": tools}).status_code == 200
+    assert upstream.last["body"]["tools"] == tools
