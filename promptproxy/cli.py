@@ -345,7 +345,8 @@ def provider_dict(p: Provider) -> dict:
             "api_key": p.api_key_hint if p.api_key_encrypted else None, "enabled": p.enabled,
             "connect_timeout": p.connect_timeout, "first_byte_timeout": p.first_byte_timeout,
             "idle_timeout": p.idle_timeout, "total_timeout": p.total_timeout, "stream_usage": p.stream_usage,
-            "anthropic_version": p.anthropic_version, "default_max_tokens": p.default_max_tokens}
+            "anthropic_version": p.anthropic_version, "default_max_tokens": p.default_max_tokens,
+            "responses_api": p.responses_api, "reasoning_effort": p.reasoning_effort}
 
 
 def provider_options(fn):
@@ -357,6 +358,12 @@ def provider_options(fn):
         click.option("--stream-usage/--no-stream-usage", default=None,
                      help="Ask for usage in streams (stream_options.include_usage)."),
         click.option("--anthropic-version"), click.option("--default-max-tokens", type=int),
+        click.option("--responses-api/--no-responses-api", default=None,
+                     help="The upstream speaks OpenAI's Responses API: /v1/responses bodies pass through "
+                          "(OpenAI-compatible providers only)."),
+        click.option("--reasoning-effort/--no-reasoning-effort", default=None,
+                     help="The upstream takes chat's `reasoning_effort`: Claude Code's thinking and Responses' "
+                          "reasoning.effort map to it (otherwise they are dropped)."),
     ]
     for option in reversed(options):
         fn = option(fn)

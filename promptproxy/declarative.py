@@ -40,6 +40,7 @@ TYPES = {
     "name": str, "slug": str, "kind": str, "base_url": str, "api_key": str, "api_key_env": str, "headers": dict,
     "headers_env": str, "connect_timeout": NUM, "first_byte_timeout": NUM, "idle_timeout": NUM,
     "total_timeout": NUM, "stream_usage": bool, "anthropic_version": str, "default_max_tokens": int,
+    "responses_api": bool, "reasoning_effort": bool,
     "enabled": bool, "provider": str, "upstream_model": str, "input_price": NUM, "output_price": NUM,
     "cached_input_price": NUM, "cache_write_price": NUM, "fallbacks": list, "description": str, "mode": str,
     "text": str, "variables": dict, "tools": list, "params": dict, "note": str, "labels": dict,

@@ -318,7 +318,7 @@ def _set_secret(provider: Provider, api_key: str | None, headers: dict | None) -
 
 
 PROVIDER_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout", "stream_usage",
-                   "anthropic_version", "default_max_tokens", "enabled")
+                   "anthropic_version", "default_max_tokens", "enabled", "responses_api", "reasoning_effort")
 
 
 def create_provider(actor: str, name: str, kind: str, base_url: str, api_key: str | None = None,
@@ -340,6 +340,10 @@ def create_provider(actor: str, name: str, kind: str, base_url: str, api_key: st
 
 
 def _provider_options(provider: Provider, options: dict) -> dict:
+    # Anthropic upstreams are always reached through the Messages adapter; /v1/responses is never theirs.
+    if options.get("responses_api") and provider.kind == "anthropic":
+        raise ManageError("responses_api applies to OpenAI-compatible providers only: an `anthropic` provider "
+                          "gets /v1/responses translated to the Messages API")
     changed = {}
     for field in PROVIDER_FIELDS:
         value = options.get(field)

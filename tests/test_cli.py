@@ -119,6 +119,38 @@ def test_resource_commands_list_show_update_delete(cli_env, upstream):
     assert "u1" not in pp(cli_env, "user", "list").stdout
 
 
+def test_provider_dialect_flags_create_show_update(cli_env, upstream):
+    pp(cli_env, "db", "upgrade")
+    pp(cli_env, "provider", "create", "native", "--base-url", upstream.url + "/v1", "--responses-api",
+       "--reasoning-effort")
+    shown = json.loads(pp(cli_env, "provider", "show", "native", "--json").stdout)
+    assert (shown["responses_api"], shown["reasoning_effort"]) == (True, True)
+    out = pp(cli_env, "provider", "update", "native", "--no-responses-api").stdout
+    assert "responses_api" in out and "reasoning_effort" not in out
+    shown = json.loads(pp(cli_env, "provider", "show", "native", "--json").stdout)
+    assert (shown["responses_api"], shown["reasoning_effort"]) == (False, True)
+    pp(cli_env, "provider", "update", "native", "--responses-api", "--no-reasoning-effort")
+    assert "responses_api: True" in pp(cli_env, "provider", "show", "native").stdout
+    pp(cli_env, "provider", "create", "plain", "--base-url", upstream.url + "/v1")
+    shown = json.loads(pp(cli_env, "provider", "show", "plain", "--json").stdout)
+    assert (shown["responses_api"], shown["reasoning_effort"]) == (False, False)
+
+
+def test_responses_api_is_refused_on_an_anthropic_provider(cli_env, upstream):
+    pp(cli_env, "db", "upgrade")
+    proc = pp(cli_env, "provider", "create", "claude", "--kind", "anthropic", "--base-url", upstream.url,
+              "--responses-api", ok=False)
+    assert proc.returncode == 1 and "responses_api applies to OpenAI-compatible providers only" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "claude" not in pp(cli_env, "provider", "list").stdout
+    pp(cli_env, "provider", "create", "claude", "--kind", "anthropic", "--base-url", upstream.url,
+       "--reasoning-effort")
+    proc = pp(cli_env, "provider", "update", "claude", "--responses-api", ok=False)
+    assert proc.returncode == 1 and "responses_api applies to OpenAI-compatible providers only" in proc.stderr
+    assert json.loads(pp(cli_env, "provider", "show", "claude", "--json").stdout)["responses_api"] is False
+    pp(cli_env, "provider", "update", "claude", "--no-responses-api")
+
+
 @pytest.mark.parametrize("args,message", [
     (["model", "create", "m", "--provider", "nope", "--upstream-model", "x"], "no provider `nope`"),
     (["user", "create", "bad name"], "user name must be"),

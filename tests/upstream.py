@@ -27,6 +27,43 @@ def chunk(model: str, content: str | None = None, finish: str | None = None, rol
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
+def responses_answer(model: str, text: str = "Bonjour!", usage: dict | None = None) -> dict:
+    """A completed Response object, as an upstream speaking the Responses API returns it."""
+    return {
+        "id": "resp_upstream_1", "object": "response", "created_at": 1700000000, "status": "completed",
+        "model": model, "store": False,
+        "output": [{"type": "message", "id": "msg_upstream_1", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": usage or {"input_tokens": 13, "output_tokens": 5, "total_tokens": 18,
+                           "input_tokens_details": {"cached_tokens": 0},
+                           "output_tokens_details": {"reasoning_tokens": 0}},
+    }
+
+
+def responses_events(model: str, parts=("Bon", "jour", "!")) -> list[dict]:
+    """The event sequence of a streamed Response with one text message."""
+    final = responses_answer(model, "".join(parts))
+    running = {**final, "status": "in_progress", "output": [], "usage": None}
+    item = {"type": "message", "id": "msg_upstream_1", "status": "in_progress", "role": "assistant", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    where = {"item_id": "msg_upstream_1", "output_index": 0, "content_index": 0}
+    events = [{"type": "response.created", "response": running},
+              {"type": "response.in_progress", "response": running},
+              {"type": "response.output_item.added", "output_index": 0, "item": item},
+              {"type": "response.content_part.added", **where, "part": part}]
+    events += [{"type": "response.output_text.delta", **where, "delta": t} for t in parts]
+    events += [{"type": "response.output_text.done", **where, "text": "".join(parts)},
+               {"type": "response.content_part.done", **where, "part": final["output"][0]["content"][0]},
+               {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
+               {"type": "response.completed", "response": final}]
+    return [{**e, "sequence_number": n} for n, e in enumerate(events)]
+
+
+def responses_sse(events) -> list[str]:
+    """SSE frames with `event:` lines, as OpenAI streams Responses events."""
+    return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events]
+
+
 class _Server(ThreadingHTTPServer):
     """A listen backlog large enough for hundreds of simultaneous connections (the default is 5)."""
 
@@ -115,6 +152,10 @@ class Upstream:
                 "object": "list", "model": model,
                 "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(n)],
                 "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+        if path.endswith("/responses"):
+            if body.get("stream"):
+                return 200, {"Content-Type": "text/event-stream"}, iter(responses_sse(responses_events(model)))
+            return 200, {"Content-Type": "application/json"}, json.dumps(responses_answer(model))
         if path.endswith("/completions") and "chat" not in path:
             if body.get("stream"):
                 return 200, {"Content-Type": "text/event-stream"}, self.sse([

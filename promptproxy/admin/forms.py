@@ -100,6 +100,12 @@ class ProviderForm(FlaskForm):
     clear_key = BooleanField("Remove the stored key")
     first_byte_timeout = DecimalField("First-byte timeout (s)", places=None, validators=[Optional()])
     total_timeout = DecimalField("Overall timeout (s)", places=None, validators=[Optional()])
+    responses_api = BooleanField("Speaks the Responses API",
+                                 description="/v1/responses bodies pass through (OpenAI-compatible kinds only); "
+                                             "otherwise they are translated to chat completions.")
+    reasoning_effort = BooleanField("Takes reasoning_effort",
+                                    description="Claude Code's thinking and Responses' reasoning.effort map to "
+                                                "chat's reasoning_effort; otherwise they are dropped.")
     enabled = BooleanField("Enabled", default=True)
 
 

@@ -27,6 +27,7 @@ def provider_form(**kwargs) -> ProviderForm:
 def provider_options(form) -> dict:
     """Optional settings from the form (None = unchanged)."""
     return dict(first_byte_timeout=number(form.first_byte_timeout.data), total_timeout=number(form.total_timeout.data),
+                responses_api=form.responses_api.data, reasoning_effort=form.reasoning_effort.data,
                 enabled=form.enabled.data)
 
 

@@ -195,6 +195,38 @@ def test_provider_blank_key_keeps_and_new_key_replaces(admin_web, app):
     assert one(app, Provider, id=pid).api_key_encrypted is None
 
 
+def test_provider_dialect_flags_from_the_form(admin_web, app):
+    resp = admin_web.post("/admin/providers", {**PROVIDER, "responses_api": "y", "reasoning_effort": "y"},
+                          hx="create-form")
+    assert resp.status_code == 200
+    provider = one(app, Provider, name="openai")
+    assert (provider.responses_api, provider.reasoning_effort) == (True, True)
+    page = admin_web.get("/admin/providers").get_data(as_text=True)
+    assert "Responses API</span>" in page and "reasoning_effort</span>" in page
+    edit = admin_web.get(f"/admin/providers/{provider.id}/edit").get_data(as_text=True)
+    assert 'name="responses_api"' in edit and 'name="reasoning_effort"' in edit
+    resp = admin_web.post(f"/admin/providers/{provider.id}/edit", {**PROVIDER, "api_key": "", "reasoning_effort": "y"},
+                          hx=f"row-{provider.id}")
+    assert resp.status_code == 200 and "Responses API</span>" not in resp.get_data(as_text=True)
+    provider = one(app, Provider, id=provider.id)
+    assert (provider.responses_api, provider.reasoning_effort) == (False, True)
+
+
+def test_provider_responses_api_on_anthropic_is_an_inline_error(admin_web, app):
+    claude = {**PROVIDER, "name": "claude", "kind": "anthropic", "base_url": "https://api.anthropic.com"}
+    resp = admin_web.post("/admin/providers", {**claude, "responses_api": "y"}, hx="create-form")
+    assert resp.status_code == 422
+    assert "responses_api applies to OpenAI-compatible providers only" in resp.get_data(as_text=True)
+    assert one(app, Provider, name="claude") is None
+    admin_web.post("/admin/providers", claude)
+    pid = one(app, Provider, name="claude").id
+    resp = admin_web.post(f"/admin/providers/{pid}/edit", {**claude, "api_key": "", "responses_api": "y"},
+                          hx=f"row-{pid}")
+    assert resp.status_code == 422
+    assert "responses_api applies to OpenAI-compatible providers only" in resp.get_data(as_text=True)
+    assert one(app, Provider, id=pid).responses_api is False
+
+
 def test_provider_unsafe_url_is_an_inline_error(admin_web, app):
     app.config["ALLOW_PRIVATE_UPSTREAMS"] = False
     resp = admin_web.post("/admin/providers", {**PROVIDER, "base_url": "http://169.254.169.254/v1"},

@@ -164,8 +164,10 @@ def test_export_never_writes_secrets_and_applies_back_without_changes(run, app, 
     assert "# - provider openai: an API key is set; export it as UPSTREAM_OPENAI_API_KEY before applying" in text
     data = yaml.safe_load(text)
     assert data["providers"][0] == {"name": "ollama", "kind": "openai", "base_url": "http://127.0.0.1:11434/v1",
-                                    "headers_env": "UPSTREAM_OLLAMA_HEADERS", "stream_usage": False, "enabled": True}
+                                    "headers_env": "UPSTREAM_OLLAMA_HEADERS", "stream_usage": False, "enabled": True,
+                                    "responses_api": False, "reasoning_effort": False}
     assert data["providers"][1]["api_key_env"] == "UPSTREAM_OPENAI_API_KEY"
+    assert (data["providers"][1]["responses_api"], data["providers"][1]["reasoning_effort"]) == (True, False)
     translator = next(p for p in data["prompts"] if p["slug"] == "translator")
     assert translator["labels"] == {"production": 1}
     assert "text: |-\n" in text, "multi-line prompts are written as readable blocks"
@@ -214,6 +216,35 @@ def test_kind_of_an_existing_provider_cannot_change(run, app, tmp_path):
     run("apply", write(tmp_path, {"providers": [{"name": "p", "base_url": "https://x.example.com"}]}))
     result = run("apply", write(tmp_path, {"providers": [{"name": "p", "kind": "anthropic"}]}))
     assert result.exit_code == 1 and "kind cannot change (openai -> anthropic)" in result.output
+
+
+def test_provider_dialect_flags_apply_update_and_round_trip(run, app, tmp_path):
+    config = {"providers": [{"name": "p", "base_url": "https://x.example.com/v1", "responses_api": True}]}
+    result = run("apply", write(tmp_path, config))
+    assert result.exit_code == 0, result.output
+    config["providers"][0].update(responses_api=False, reasoning_effort=True)
+    result = run("apply", write(tmp_path, config))
+    assert "~ provider p: responses_api True -> False; reasoning_effort False -> True" in result.output
+    with app.app_context():
+        row = db.session.scalar(sa.select(Provider).where(Provider.name == "p"))
+        assert (row.responses_api, row.reasoning_effort) == (False, True)
+    exported = tmp_path / "export.yaml"
+    run("export", "--output", str(exported))
+    entry = yaml.safe_load(exported.read_text())["providers"][0]
+    assert (entry["responses_api"], entry["reasoning_effort"]) == (False, True)
+    assert run("apply", str(exported)).output == "no changes\n"
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"name": "c", "kind": "anthropic", "base_url": "https://api.anthropic.com", "responses_api": True},
+     "providers[0] (c): responses_api applies to OpenAI-compatible providers only"),
+    ({"name": "c", "base_url": "https://x.example.com/v1", "responses_api": "yes"},
+     "providers[0] (c): `responses_api` has the wrong type"),
+])
+def test_bad_provider_dialect_flags_are_refused(run, app, tmp_path, entry, message):
+    result = run("apply", write(tmp_path, {"providers": [entry]}))
+    assert result.exit_code == 1 and message in result.output
+    assert counts(app)["providers"] == 0
 
 
 def test_load_uses_safe_yaml_only():
