@@ -358,16 +358,12 @@ def _native_stream_cut(live, seeded, upstream, app) -> list[tuple[str, dict]]:
     return sse_events(resp.content)
 
 
-@pytest.mark.xfail(strict=True, reason="dialects/responses.py NativeResponsesEncoder.error spreads openai_body()'s "
-                   "error after 'type': 'error', so the event's data says type 'server_error' (not 'error')")
-def test_native_mid_stream_error_event_has_type_error(live, seeded, upstream, app):
+def test_native_mid_stream_error_carries_its_code(live, seeded, upstream, app):
     name, data = _native_stream_cut(live, seeded, upstream, app)[-1]
-    assert name == "error"
-    assert data["type"] == "error" and data["code"] == "upstream_disconnect"
+    assert name == data["type"] == "response.failed"
+    assert data["response"]["status"] == "failed" and data["response"]["error"]["code"] == "upstream_disconnect"
 
 
-@pytest.mark.xfail(strict=True, reason="dialects/responses.py NativeResponsesEncoder.error ends a native stream "
-                   "with an `error` event only; the chat-translated path (and issue 13) end with response.failed")
 def test_native_mid_stream_failure_is_response_failed(live, seeded, upstream, app):
     events = _native_stream_cut(live, seeded, upstream, app)
     assert events[0][0] == "response.created" and events[-1][0] == "response.failed"
