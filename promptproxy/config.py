@@ -23,8 +23,11 @@ DEFAULTS = {
     "RETRY_BACKOFF": 0.5,  # first backoff in seconds, doubling, with jitter
     "RETRY_BACKOFF_MAX": 8.0,
     "RETRY_AFTER_CAP": 20.0,  # a longer upstream Retry-After is passed on instead of waited for
-    "BREAKER_THRESHOLD": 3,  # consecutive failures that open a provider's circuit breaker (0 = off)
-    "BREAKER_COOLDOWN": 30.0,  # seconds open before one half-open probe
+    "BREAKER_THRESHOLD": 1,  # 0 switches circuit breakers off (the old setting; other values are ignored)
+    "BREAKER_MIN_REQUESTS": 10,  # answers within BREAKER_WINDOW before a provider's breaker may open (0 = off)
+    "BREAKER_FAILURE_RATE": 0.5,  # share of those answers that must be failures (connect, timeout, 5xx)
+    "BREAKER_WINDOW": 30.0,  # seconds of answers the breaker looks at
+    "BREAKER_COOLDOWN": 30.0,  # seconds open before one half-open probe (then one per cool-down)
     "MAX_RESPONSE_BYTES": 64 * 1024 * 1024,
     "MAX_EVENT_BYTES": 8 * 1024 * 1024,  # one upstream server-sent event (502 bad_upstream_response above it)
     "CONNECTION_LIMIT": 0,  # waitress connection_limit; 0 = 2 x THREADS (at least 100)

@@ -243,7 +243,8 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
     except Exception as exc:
         err = _stream_error(exc, provider, deadline)
         call.fail(err)
-        gw.breakers.failure(provider, err.kind)
+        if err.status >= 500 or err.status == 408:  # an in-band client error says nothing about health
+            gw.breakers.failure(provider, err.kind)
         if not sent:
             raise err from None
         _settle(call, translator, body, text_out)

@@ -1,0 +1,134 @@
+"""Issue 14, request-path items: upstream errors, deadlines, the circuit breaker, scrubbing, SSE names, budgets."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+
+from promptproxy import config, manage
+from promptproxy.extensions import db
+from promptproxy.proxy.resilience import Breakers, RetryPolicy
+
+from ..conftest import log_rows
+from ..upstream import chat_response
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def post(live, key, body, path="/v1/chat/completions", headers=None, **kw) -> requests.Response:
+    """POST as a client would."""
+    return requests.post(live + path, json=body, headers={"Authorization": f"Bearer {key}", **(headers or {})},
+                         timeout=30, **kw)
+
+
+def json_answer(status: int, body, headers=None):
+    """A handler answering one JSON body."""
+    return lambda req: (status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body))
+
+
+@pytest.fixture
+def gw(app):
+    """The gateway object, no retries (each request is one upstream call)."""
+    gateway = app.extensions["promptproxy"]
+    gateway.retry = RetryPolicy(max_retries=0)
+    return gateway
+
+
+# -- item 4: the circuit breaker ---------------------------------------------------------------------
+def boom_or_ok(req):
+    """500 for requests saying "boom" (one caller's poison request), a normal answer otherwise."""
+    body = req["body"] or {}
+    if "boom" in json.dumps(body.get("messages")):
+        return 500, {"Content-Type": "application/json"}, json.dumps({"error": {"message": "internal"}})
+    return 200, {"Content-Type": "application/json"}, json.dumps(chat_response(body.get("model", "?")))
+
+
+def boom(text="boom"):
+    return {**CHAT, "messages": [{"role": "user", "content": text}]}
+
+
+def test_six_500s_from_one_key_do_not_pause_the_provider_for_others(live, seeded, upstream, gw):
+    gw.breakers = Breakers.from_config(config.DEFAULTS)  # the shipped defaults, breakers on
+    upstream.handler = boom_or_ok
+    assert [post(live, seeded.key, boom()).status_code for _ in range(6)] == [500] * 6
+    resp = post(live, seeded.other_key, CHAT)
+    assert resp.status_code == 200, resp.text
+    assert len(upstream.requests) == 7
+    [state] = gw.breakers.states().values()
+    assert state["state"] == "closed"
+
+
+def test_client_400s_never_count(live, seeded, upstream, gw):
+    gw.breakers = Breakers(2, 30.0)
+    upstream.handler = json_answer(400, {"error": {"message": "bad field", "type": "invalid_request_error"}})
+    assert [post(live, seeded.key, CHAT).status_code for _ in range(5)] == [400] * 5
+    upstream.handler = upstream.default
+    assert post(live, seeded.other_key, CHAT).status_code == 200
+    [state] = gw.breakers.states().values()
+    assert (state["state"], state["failures"]) == ("closed", 0)
+
+
+def test_the_rate_rule_opens_the_breaker_across_callers(live, seeded, upstream, gw):
+    gw.breakers = Breakers(10, 30.0, failure_rate=0.5, window=30.0, clock=lambda: 1000.0)
+    upstream.handler = boom_or_ok
+    for _ in range(5):
+        assert post(live, seeded.other_key, CHAT).status_code == 200
+    for _ in range(4):
+        assert post(live, seeded.key, boom()).status_code == 500
+    assert post(live, seeded.other_key, CHAT).status_code == 200  # 9 answers: under the volume, still closed
+    assert post(live, seeded.key, boom()).status_code == 500  # 11 answers, 5 failed: under 50 %
+    assert post(live, seeded.key, boom()).status_code == 500  # 12 answers, 6 failed: 50 %, open
+    calls = len(upstream.requests)
+    resp = post(live, seeded.other_key, CHAT)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "upstream_unavailable"
+    assert resp.headers["Retry-After"] == "30"
+    assert len(upstream.requests) == calls
+
+
+def test_half_open_lets_one_probe_through_and_its_success_closes(live, seeded, upstream, gw):
+    clock = [1000.0]
+    gw.breakers = Breakers(2, 30.0, clock=lambda: clock[0])
+    upstream.handler = json_answer(503, {"error": {"message": "down"}})
+    assert [post(live, seeded.key, CHAT).status_code for _ in range(2)] == [503, 503]
+    assert post(live, seeded.key, CHAT).json()["error"]["code"] == "upstream_unavailable"
+    assert len(upstream.requests) == 2
+
+    clock[0] += 30  # cool-down over: one probe at a time goes through
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_ok(req):
+        entered.set()
+        release.wait(10)
+        return upstream.default(req)
+
+    upstream.handler = slow_ok
+    probe: list = []
+    thread = threading.Thread(target=lambda: probe.append(post(live, seeded.key, CHAT)))
+    thread.start()
+    assert entered.wait(10)
+    other = post(live, seeded.other_key, CHAT)  # while the probe is out, others are still refused
+    assert other.status_code == 503 and other.json()["error"]["code"] == "upstream_unavailable"
+    release.set()
+    thread.join(10)
+    assert probe[0].status_code == 200
+    assert len(upstream.requests) == 3
+    assert post(live, seeded.other_key, CHAT).status_code == 200  # the probe's success closed it
+    assert gw.breakers.states()[1]["state"] == "closed"
+
+
+def test_a_429_only_makes_the_provider_honour_retry_after(live, seeded, upstream, gw):
+    clock = [1000.0]
+    gw.breakers = Breakers(2, 30.0, clock=lambda: clock[0])
+    upstream.handler = json_answer(429, {"error": {"message": "slow down", "type": "requests"}},
+                                   {"Retry-After": "5"})
+    assert post(live, seeded.key, CHAT).status_code == 429
+    upstream.handler = upstream.default
+    resp = post(live, seeded.other_key, CHAT)  # inside the upstream's Retry-After: not sent
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limit_exceeded"
+    assert resp.headers["Retry-After"] == "5"
+    assert len(upstream.requests) == 1
+    clock[0] += 5
+    assert post(live, seeded.other_key, CHAT).status_code == 200
+    assert gw.breakers.states()[1]["state"] == "closed"
