@@ -139,7 +139,7 @@ def _attempt(gw, model: ModelInfo, endpoint: str, body: dict, remaining: float):
     headers = upstream_headers(resp)
     if resp.status_code >= 300:
         try:
-            raw = read_body(resp, 1024 * 1024)
+            raw = read_body(resp, 1024 * 1024, time.perf_counter() + remaining)
         except (GatewayError, HTTPError, OSError, requests.RequestException):
             raw = b""
         finally:
@@ -167,7 +167,7 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
     """A non-streamed call: the adapter's parsed response body (OpenAI-shaped, or native for native endpoints)."""
     adapter, resp = open_upstream(gw, call, endpoint, body)
     try:
-        raw = read_body(resp, gw.max_response_bytes)
+        raw = read_body(resp, gw.max_response_bytes, call.deadline)
     except (ReadTimeoutError, TimeoutError, requests.exceptions.ReadTimeout):
         raise GatewayError(504, "The upstream did not answer in time.", code=ErrorCode.UPSTREAM_TIMEOUT,
                            type="server_error") from None

@@ -132,3 +132,31 @@ def test_a_429_only_makes_the_provider_honour_retry_after(live, seeded, upstream
     clock[0] += 5
     assert post(live, seeded.other_key, CHAT).status_code == 200
     assert gw.breakers.states()[1]["state"] == "closed"
+
+
+# -- item 3: whole bodies honour total_timeout ------------------------------------------------------
+def tune(app, name: str = "local", **options) -> None:
+    """Change a provider's settings through manage, as the CLI does."""
+    with app.app_context():
+        manage.update_provider("t", manage.get_provider(name), **options)
+        db.session.commit()
+    app.extensions["promptproxy"].catalog.invalidate()
+
+
+def trickle(req):
+    """Headers at once, then the body one byte every 0.2 s (each read well inside the idle timeout)."""
+    body = json.dumps(chat_response("m")).encode()
+    parts = []
+    for i in range(len(body)):
+        parts += [0.2, body[i:i + 1]]
+    return 200, {"Content-Type": "application/json"}, iter(parts)
+
+
+def test_a_trickling_whole_body_is_cut_at_the_total_timeout(app, live, seeded, upstream, gw):
+    tune(app, total_timeout=1.0, idle_timeout=5, first_byte_timeout=5)
+    upstream.handler = trickle
+    resp = post(live, seeded.key, CHAT)
+    assert resp.status_code == 504, resp.text
+    assert resp.json()["error"]["code"] == "upstream_timeout"
+    [row] = log_rows(app)
+    assert (row.status, row.error_type) == (504, "upstream_timeout")
