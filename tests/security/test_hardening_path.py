@@ -160,3 +160,31 @@ def test_a_trickling_whole_body_is_cut_at_the_total_timeout(app, live, seeded, u
     assert resp.json()["error"]["code"] == "upstream_timeout"
     [row] = log_rows(app)
     assert (row.status, row.error_type) == (504, "upstream_timeout")
+
+
+# -- item 2: vLLM, llama.cpp and FastChat error shapes ----------------------------------------------
+VLLM = {"object": "error", "message": "This model's maximum context length is 4096 tokens.",
+        "type": "BadRequestError", "param": None, "code": 400}
+LLAMA_CPP = {"error": {"code": 400, "message": "the request exceeds the available context size",
+                       "type": "exceed_context_size_error"}}
+FASTCHAT = {"object": "error", "message": "Only gpt-4o-mini allowed now, your model real-model-name",
+            "code": 40301}
+
+
+@pytest.mark.parametrize("body", [VLLM, LLAMA_CPP, FASTCHAT], ids=["vllm", "llama.cpp", "fastchat"])
+def test_integer_codes_and_fastchat_errors_pass_status_and_message_through(app, live, seeded, upstream, gw, body):
+    upstream.handler = json_answer(400, body)
+    resp = post(live, seeded.key, CHAT)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    message = body.get("message") or body["error"]["message"]
+    assert error["message"] == message
+    assert isinstance(error["code"], str) and error["code"] == str(body.get("code") or body["error"]["code"])
+    [row] = log_rows(app)
+    assert row.status == 400 and row.error_message == message
+
+
+def test_integer_code_in_a_streamed_answer_is_a_400_too(live, seeded, upstream, gw):
+    upstream.handler = json_answer(400, VLLM)
+    resp = post(live, seeded.key, {**CHAT, "stream": True})
+    assert resp.status_code == 400 and resp.json()["error"]["message"] == VLLM["message"]
