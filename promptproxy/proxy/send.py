@@ -1,6 +1,7 @@
 """Sending one planned call upstream: retries and fallbacks, the whole answer, or the relayed stream."""
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
@@ -11,6 +12,7 @@ from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..providers import get_adapter
 from ..providers.openai import UpstreamStreamError
 from ..providers.wire_common import TranslationError
+from ..providers.wire_common import UpstreamStreamError as WireStreamError
 from . import resilience
 from .catalog import ModelInfo
 from .sse import SSEParser
@@ -52,16 +54,53 @@ def _short(value) -> str | None:
     return (value if isinstance(value, str) else orjson.dumps(value).decode())[:64]
 
 
-def scrub(text: str, provider) -> str:
-    """Remove the provider's secrets (key, extra header values) and address from an upstream message."""
-    text = (text or "")[:1000]
+SCRUB_LIMIT = 1000  # characters of upstream text kept, after redaction
+SCRUB_SCAN = 16_000  # characters looked at (bounds the work on a huge upstream message)
+PARTIAL = 8  # a run of this many characters of a secret is redacted wherever it appears
+REDACTED = "[redacted]"
+
+
+def scrub(text: str, provider, limit: int = SCRUB_LIMIT) -> str:
+    """Upstream text made safe to show: secrets redacted first, then truncated.
+
+    The provider's key and extra header values are redacted case-insensitively, and so is any run of 8 or
+    more of their characters (a key cut or re-cased by the upstream); its base URL is redacted whole.
+    Every path that carries upstream text to a client or the request log goes through here.
+    """
+    text = str(text or "")[:SCRUB_SCAN]
     # Extra headers are stored encrypted because they often carry credentials; very short values are skipped
     # so that a header like `X-Flag: 1` does not blank every digit.
-    headers = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= 8]
-    for secret in (provider.api_key, provider.base_url, *headers):
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+    secrets = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= PARTIAL]
+    if provider.api_key:
+        secrets.append(str(provider.api_key))
+    if provider.base_url:
+        text = re.sub(re.escape(str(provider.base_url)), REDACTED, text, flags=re.IGNORECASE)
+    text = _redact_runs(text, secrets)
+    return text[:limit]
+
+
+def _redact_runs(text: str, secrets: list[str]) -> str:
+    """Replace every stretch of text made of >= PARTIAL-character runs of a secret (case-insensitive)."""
+    grams = {s.lower()[i:i + PARTIAL] for s in secrets for i in range(len(s) - PARTIAL + 1)}
+    if not grams or len(text) < PARTIAL:
+        return text
+    low = text.lower()
+    covered = bytearray(len(text))
+    for i in range(len(text) - PARTIAL + 1):
+        if low[i:i + PARTIAL] in grams:
+            covered[i:i + PARTIAL] = b"\x01" * PARTIAL
+    if not any(covered):
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if covered[i]:
+            while i < len(text) and covered[i]:
+                i += 1
+            out.append(REDACTED)
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def upstream_headers(resp: requests.Response) -> dict:
@@ -242,6 +281,7 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
         raise
     except Exception as exc:
         err = _stream_error(exc, provider, deadline)
+        err.message = scrub(err.message, provider)  # in-band errors of every dialect carry upstream text
         call.fail(err)
         if err.status >= 500 or err.status == 408:  # an in-band client error says nothing about health
             gw.breakers.failure(provider, err.kind)
@@ -275,8 +315,9 @@ def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
     if timed_out and time.perf_counter() >= deadline - 0.01:  # the read wait was cut to the deadline
         return GatewayError(504, "The upstream stream exceeded the total time limit.",
                             code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
-    if isinstance(exc, UpstreamStreamError):
-        return GatewayError(502, scrub(str(exc), provider) or "The upstream reported an error mid-stream.",
+    if isinstance(exc, UpstreamStreamError | WireStreamError):
+        return GatewayError(502, scrub(getattr(exc, "message", None) or str(exc), provider)
+                            or "The upstream reported an error mid-stream.",
                             code=ErrorCode.UPSTREAM_ERROR, type="server_error")
     if timed_out:
         return GatewayError(504, "The upstream stopped sending in the middle of the stream.",

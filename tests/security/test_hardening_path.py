@@ -9,9 +9,12 @@ import requests
 
 from promptproxy import config, manage
 from promptproxy.extensions import db
+from promptproxy.proxy.catalog import ProviderInfo
 from promptproxy.proxy.resilience import Breakers, RetryPolicy
+from promptproxy.proxy.send import scrub
 
-from ..conftest import log_rows
+from ..anthropic_upstream import AnthropicUpstream, fixture_sse
+from ..conftest import log_rows, rows_when
 from ..upstream import chat_response
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -188,3 +191,91 @@ def test_integer_code_in_a_streamed_answer_is_a_400_too(live, seeded, upstream, 
     upstream.handler = json_answer(400, VLLM)
     resp = post(live, seeded.key, {**CHAT, "stream": True})
     assert resp.status_code == 400 and resp.json()["error"]["message"] == VLLM["message"]
+
+
+# -- items 6 and 7: no upstream secret reaches a client or the log ---------------------------------
+ANTHROPIC_KEY = "sk-ant-api03-Zq7XwV9mK2pL4nR8tY6uB3cD5eF1gH0jAaBbCcDdEeFf"
+
+
+@pytest.fixture
+def claude():
+    """A local Anthropic-format upstream."""
+    server = AnthropicUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def claude_model(app, seeded, claude):
+    """Model `claude` on an Anthropic provider whose key the upstream will leak."""
+    with app.app_context():
+        provider = manage.create_provider("t", "anthropic", "anthropic", claude.url, api_key=ANTHROPIC_KEY)
+        manage.create_model("t", "claude", provider, "claude-sonnet-4-5")
+        db.session.commit()
+    return "claude"
+
+
+def leaky_stream(message: str):
+    """An Anthropic stream that starts, then reports an error event quoting `message`."""
+    def handler(req):
+        head = fixture_sse("anthropic_stream_text.sse")[:4]  # message_start, block start, ping, first delta
+        error = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return 200, {"Content-Type": "text/event-stream"}, iter([*head, f"event: error\ndata: {json.dumps(error)}\n\n"])
+    return handler
+
+
+def assert_no_key(text: str) -> None:
+    """Not the key, nor any 8 characters of it, in any case."""
+    low = text.lower()
+    for i in range(len(ANTHROPIC_KEY) - 7):
+        assert ANTHROPIC_KEY[i:i + 8].lower() not in low, text
+
+
+LEAK = f"Invalid API key: {ANTHROPIC_KEY} (also {ANTHROPIC_KEY.upper()[3:30]})"
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions"])
+def test_mid_stream_anthropic_error_never_shows_the_key(app, live, seeded, claude, claude_model, gw, path):
+    claude.handler = leaky_stream(LEAK)
+    body = {"model": "claude", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    resp = post(live, seeded.key, body, path=path)
+    assert resp.status_code == 200
+    text = resp.content.decode()
+    assert "error" in text and "Invalid API key" in text and "[redacted]" in text
+    assert_no_key(text)
+    [row] = rows_when(app, 1)
+    assert row.status == 502 and "[redacted]" in row.error_message
+    assert_no_key(row.error_message)
+
+
+def test_a_long_message_is_redacted_before_it_is_truncated(app, live, seeded, claude, claude_model, gw):
+    message = "x" * 955 + ANTHROPIC_KEY
+    claude.handler = json_answer(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                                  "message": message}})
+    resp = post(live, seeded.key, {"model": "claude", "max_tokens": 5, "messages": [{"role": "user",
+                                                                                    "content": "hi"}]},
+                path="/v1/messages")
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == "x" * 955 + "[redacted]"
+    [row] = log_rows(app)
+    assert_no_key(row.error_message)
+
+
+def provider_info(**fields) -> ProviderInfo:
+    """A provider as the catalog hands it out, with only what scrub reads."""
+    info = type("P", (), {"api_key": ANTHROPIC_KEY, "base_url": "https://api.example.com/v1",
+                          "headers": {"X-Org-Token": "org-token-abcdef12345", "X-Flag": "1"}})()
+    for name, value in fields.items():
+        setattr(info, name, value)
+    return info
+
+
+@pytest.mark.parametrize("leak", [ANTHROPIC_KEY, ANTHROPIC_KEY.upper(), ANTHROPIC_KEY[10:18],
+                                  ANTHROPIC_KEY[:-1], "ORG-TOKEN-ABCDEF12345", "HTTPS://API.EXAMPLE.COM/v1"])
+def test_scrub_redacts_case_insensitive_and_partial_secrets(leak):
+    out = scrub(f"before {leak} after", provider_info())
+    assert out == "before [redacted] after"
+
+
+def test_scrub_keeps_text_that_only_shares_short_runs():
+    assert scrub("status 1, sk-ant is not a key", provider_info()) == "status 1, sk-ant is not a key"
