@@ -10,6 +10,7 @@ from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..providers import get_adapter
+from ..providers.base import UpstreamText
 from ..providers.openai import UpstreamStreamError
 from ..providers.wire_common import TranslationError
 from ..providers.wire_common import UpstreamStreamError as WireStreamError
@@ -281,7 +282,8 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
         raise
     except Exception as exc:
         err = _stream_error(exc, provider, deadline)
-        err.message = scrub(err.message, provider)  # in-band errors of every dialect carry upstream text
+        if isinstance(err, UpstreamText):  # an upstream's in-band error, in its own words
+            err.message = scrub(err.message, provider)
         call.fail(err)
         if err.status >= 500 or err.status == 408:  # an in-band client error says nothing about health
             gw.breakers.failure(provider, err.kind)
