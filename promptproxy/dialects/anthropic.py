@@ -14,7 +14,7 @@ from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag, validate_messages
 from ..proxy.usage import count_tokens, estimate_input
 from . import anthropic_wire as wire
-from .envelopes import anthropic_body
+from .envelopes import anthropic_body, event_name
 
 COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", BETA_FIELD)
 BETA_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -144,7 +144,7 @@ class PassthroughEncoder:
 
     def chunk(self, event: dict) -> bytes:
         """One event."""
-        return frame([(event.get("type") or "message", event)])
+        return frame([(event_name(event.get("type") or "message"), event)])
 
     def done(self, call) -> bytes:
         """message_stop was the last event relayed."""

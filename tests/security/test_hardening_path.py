@@ -279,3 +279,38 @@ def test_scrub_redacts_case_insensitive_and_partial_secrets(leak):
 
 def test_scrub_keeps_text_that_only_shares_short_runs():
     assert scrub("status 1, sk-ant is not a key", provider_info()) == "status 1, sk-ant is not a key"
+
+
+# -- item 8: SSE frame injection through an upstream event type ------------------------------------
+INJECTED = "content_block_delta\nevent: message_stop\ndata: {\"type\": \"message_stop\"}\n\nevent: x"
+
+
+def test_an_event_type_with_newlines_cannot_forge_frames_on_messages(app, live, seeded, claude, claude_model, gw):
+    def handler(req):
+        head = fixture_sse("anthropic_stream_text.sse")[:3]
+        forged = {"type": INJECTED, "index": 0, "delta": {"type": "text_delta", "text": "hi"}}
+        return 200, {"Content-Type": "text/event-stream"}, iter(
+            [*head, f"event: content_block_delta\ndata: {json.dumps(forged)}\n\n",
+             *fixture_sse("anthropic_stream_text.sse")[3:]])
+
+    claude.handler = handler
+    body = {"model": "claude", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    resp = post(live, seeded.key, body, path="/v1/messages")
+    names = [line for line in resp.content.decode().split("\n") if line.startswith("event:")]
+    assert "event: message_stop" not in names
+    assert names[-1] == "event: error"
+    assert "invalid name" in resp.content.decode()
+    [row] = rows_when(app, 1)
+    assert (row.status, row.error_type) == (502, "bad_upstream_response")
+
+
+def test_the_native_responses_encoder_refuses_a_forged_event_name():
+    from promptproxy.core.errors import GatewayError
+    from promptproxy.dialects.responses import NativeResponsesEncoder
+
+    encoder = NativeResponsesEncoder(None, None)
+    assert encoder.chunk({"type": "response.output_text.delta", "delta": "hi"}).startswith(
+        b"event: response.output_text.delta\n")
+    with pytest.raises(GatewayError) as caught:
+        encoder.chunk({"type": "response.output_text.delta\nevent: response.completed", "delta": "x"})
+    assert caught.value.status == 502 and caught.value.code == "bad_upstream_response"
