@@ -225,7 +225,17 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
         raise GatewayError(502, "The upstream sent a response the gateway could not understand.",
                            code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error") from None
     call.usage = usage
-    call.cost = cost(call.model, usage)
+    if endpoint == "count_tokens":  # counting is free upstream: nothing to estimate
+        pass
+    elif call.model.kind != "embedding" and (not usage or usage.get("input_tokens") is None
+                                           or usage.get("output_tokens") is None):
+        # No usage in the answer: estimate it (and flag the row), as streams do, so it is not free.
+        text: list[str] = []
+        _answer_text(out, text)
+        _settle_estimate(call, body, text)
+    elif call.model.kind == "embedding" and not (usage or {}).get("input_tokens"):
+        call.usage, call.usage_estimated = {"input_tokens": estimate_input(body), "output_tokens": 0}, True
+    call.cost = cost(call.model, call.usage)
     if gw.log_bodies:
         call.response_body = raw.decode("utf-8", "replace")
     return out
@@ -302,12 +312,41 @@ def _settle(call, translator, body: dict, text_out: list[str]) -> None:
     if call.usage is None and translator.usage is not None:
         call.usage = translator.usage
     if call.usage is None or call.usage.get("output_tokens") is None:
-        usage = dict(call.usage or {})
-        if usage.get("input_tokens") is None:
-            usage["input_tokens"] = estimate_input(body)
-        usage["output_tokens"] = count_tokens("".join(text_out))
-        call.usage, call.usage_estimated = usage, True
+        _settle_estimate(call, body, text_out)
     call.cost = cost(call.model, call.usage)
+
+
+def _settle_estimate(call, body: dict, text_out: list[str]) -> None:
+    """Fill missing usage with tiktoken estimates of the prompt and the answer's text; flag the row."""
+    usage = dict(call.usage or {})
+    if usage.get("input_tokens") is None:
+        usage["input_tokens"] = estimate_input(body)
+    if usage.get("output_tokens") is None:
+        usage["output_tokens"] = count_tokens("".join(text_out))
+    call.usage, call.usage_estimated = usage, True
+
+
+def _answer_text(out: dict, text: list[str]) -> None:
+    """Text and tool arguments of a whole answer (chat, completion, Anthropic message, Responses)."""
+    for choice in out.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            _collect_text({"choices": [{"delta": message}]} if isinstance(message, dict) else {"choices": [choice]},
+                          text)
+    for block in out.get("content") if isinstance(out.get("content"), list) else ():
+        if isinstance(block, dict):
+            for name in ("text", "thinking"):
+                if isinstance(block.get(name), str):
+                    text.append(block[name])
+            if block.get("type") == "tool_use":
+                text.append(orjson.dumps(block.get("input")).decode())
+    for item in out.get("output") if isinstance(out.get("output"), list) else ():
+        if isinstance(item, dict):
+            if isinstance(item.get("arguments"), str):
+                text.append(item["arguments"])
+            for part in item.get("content") if isinstance(item.get("content"), list) else ():
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    text.append(part["text"])
 
 
 def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:

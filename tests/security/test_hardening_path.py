@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from promptproxy import config, manage
 from promptproxy.extensions import db
@@ -314,3 +315,48 @@ def test_the_native_responses_encoder_refuses_a_forged_event_name():
     with pytest.raises(GatewayError) as caught:
         encoder.chunk({"type": "response.output_text.delta\nevent: response.completed", "delta": "x"})
     assert caught.value.status == 502 and caught.value.code == "bad_upstream_response"
+
+
+# -- items 11 and 12: budgets count every answer; answers without usage are not free ----------------
+def set_limits(app, user: str = "alice", **limits) -> None:
+    """Change a user's limits as the CLI does."""
+    with app.app_context():
+        manage.update_user("t", manage.get_user(user), **limits)
+        db.session.commit()
+
+
+def test_n_100_with_a_small_budget_is_refused_before_the_upstream_is_called(app, live, seeded, upstream, gw):
+    # gpt-4o-mini costs $2 per million output tokens: 100 answers x 300 tokens = $0.06 > $0.05.
+    set_limits(app, budget=0.05, period="day")
+    resp = post(live, seeded.key, {**CHAT, "n": 100, "max_tokens": 300})
+    assert resp.status_code == 429, resp.text
+    assert resp.json()["error"]["code"] == "insufficient_quota"
+    assert upstream.requests == []
+    assert post(live, seeded.key, {**CHAT, "n": 1, "max_tokens": 300}).status_code == 200  # one answer fits
+
+
+def test_tools_and_images_count_towards_the_estimate(app, seeded):
+    from promptproxy.proxy.limits import IMAGE_TOKENS, extra_input
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, image, image]}],
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}
+    assert extra_input(body) > 2 * IMAGE_TOKENS
+
+
+def test_a_whole_answer_without_usage_is_charged_and_flagged(app, live, seeded, upstream, gw):
+    answer = chat_response("m", content="A fairly long answer with quite a few words in it. " * 4)
+    del answer["usage"]
+    upstream.handler = json_answer(200, answer)
+    set_limits(app, tpm=40, budget=1.0, period="day")
+    resp = post(live, seeded.key, CHAT)
+    assert resp.status_code == 200
+    [row] = log_rows(app)
+    assert row.usage_estimated and row.input_tokens > 0 and row.output_tokens >= 40 and row.cost > 0
+    with app.app_context():
+        from promptproxy.models import BudgetUsage
+
+        spent = db.session.scalar(sa.select(sa.func.sum(BudgetUsage.spent)))
+    assert spent == pytest.approx(row.cost)
+    second = post(live, seeded.key, CHAT)  # the estimated tokens used up the TPM window
+    assert second.status_code == 429 and second.json()["error"]["type"] == "tokens"
