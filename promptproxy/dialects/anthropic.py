@@ -39,13 +39,18 @@ class AnthropicDialect:
         """Native for Anthropic providers (stored prompt as the first system block), else translated to chat."""
         variables = body.pop("prompt_variables", None)
         provider = call.model.provider
+        cfg = gw.app.config
+        if body.get("mcp_servers") is not None and not cfg.get("ANTHROPIC_MCP_SERVERS"):
+            raise GatewayError(400, "`mcp_servers` is not enabled on this gateway.", param="mcp_servers",
+                               code=ErrorCode.UNSUPPORTED_PARAMETER)
+        betas = allowed_betas(self.betas, cfg.get("ANTHROPIC_BETA_ALLOW"))
         if getattr(get_adapter(provider.kind), "native_messages", False):
             # Translating only to check it is well-formed would refuse what Claude accepts (documents, server tools).
             native = inject.into_anthropic(call, body, variables)
             if native.get("max_tokens") is None and provider.default_max_tokens:
                 native["max_tokens"] = provider.default_max_tokens
-            if self.betas:
-                native[BETA_FIELD] = self.betas
+            if betas:
+                native[BETA_FIELD] = betas
             return Plan("messages", native, chat_view(native), native=True)
         chat = inject.into_openai(call, to_chat(body, provider.reasoning_effort), "chat", variables)
         if not provider.stream_usage:
@@ -97,6 +102,15 @@ def client_betas(header: str | None) -> str | None:
     names = [n.strip() for n in (header or "").split(",")[:20]]
     names = [n for n in names if BETA_RE.fullmatch(n)]
     return ",".join(names) or None
+
+
+def allowed_betas(flags: str | None, allow) -> str | None:
+    """The client's flags on the allow-list (ANTHROPIC_BETA_ALLOW, comma-separated); the rest dropped silently."""
+    if not flags:
+        return None
+    allowed = {a.strip().lower() for a in (allow.split(",") if isinstance(allow, str) else allow or ()) if a.strip()}
+    kept = [flag for flag in flags.split(",") if flag.lower() in allowed]
+    return ",".join(kept) or None
 
 
 def to_chat(body: dict, reasoning_effort: bool) -> dict:

@@ -360,3 +360,51 @@ def test_a_whole_answer_without_usage_is_charged_and_flagged(app, live, seeded, 
     assert spent == pytest.approx(row.cost)
     second = post(live, seeded.key, CHAT)  # the estimated tokens used up the TPM window
     assert second.status_code == 429 and second.json()["error"]["type"] == "tokens"
+
+
+# -- item 13: count_tokens is rate limited like any request -----------------------------------------
+def test_count_tokens_counts_against_rpm(app, live, seeded, claude, claude_model, gw):
+    set_limits(app, rpm=1)
+    body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}]}
+    first = post(live, seeded.key, body, path="/v1/messages/count_tokens")
+    assert first.status_code == 200 and first.json() == {"input_tokens": 42}
+    second = post(live, seeded.key, body, path="/v1/messages/count_tokens")
+    assert second.status_code == 429
+    assert second.json()["type"] == "error" and second.json()["error"]["type"] == "rate_limit_error"
+    assert "Retry-After" in second.headers
+    assert len(claude.requests) == 1
+
+
+# -- item 20 (part): anthropic-beta flags allow-listed, mcp_servers off by default ------------------
+def test_unknown_beta_flags_are_dropped_and_allowed_ones_pass(app, live, seeded, claude, claude_model, gw):
+    headers = {"anthropic-beta": "claude-code-20250219,files-api-2025-04-14,Interleaved-Thinking-2025-05-14"}
+    body = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    assert post(live, seeded.key, body, path="/v1/messages", headers=headers).status_code == 200
+    assert claude.last["headers"]["anthropic-beta"] == "claude-code-20250219,Interleaved-Thinking-2025-05-14"
+    assert post(live, seeded.key, body, path="/v1/messages",
+                headers={"anthropic-beta": "files-api-2025-04-14"}).status_code == 200
+    assert "anthropic-beta" not in {k.lower() for k in claude.last["headers"]}
+
+
+def test_the_beta_allow_list_is_configurable(app, live, seeded, claude, claude_model, gw):
+    app.config["ANTHROPIC_BETA_ALLOW"] = "files-api-2025-04-14"
+    body = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"anthropic-beta": "claude-code-20250219,files-api-2025-04-14"}
+    assert post(live, seeded.key, body, path="/v1/messages", headers=headers).status_code == 200
+    assert claude.last["headers"]["anthropic-beta"] == "files-api-2025-04-14"
+
+
+MCP = [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_mcp_servers_are_refused_unless_enabled(app, live, seeded, claude, claude_model, gw, path):
+    body = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "mcp_servers": MCP}
+    resp = post(live, seeded.key, body, path=path)
+    assert resp.status_code == 400
+    assert resp.json() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                      "message": "`mcp_servers` is not enabled on this gateway."}}
+    assert claude.requests == []
+    app.config["ANTHROPIC_MCP_SERVERS"] = True
+    assert post(live, seeded.key, body, path=path).status_code == 200
+    assert claude.last["body"]["mcp_servers"] == MCP
