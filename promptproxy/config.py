@@ -23,8 +23,18 @@ DEFAULTS = {
     "RETRY_BACKOFF": 0.5,  # first backoff in seconds, doubling, with jitter
     "RETRY_BACKOFF_MAX": 8.0,
     "RETRY_AFTER_CAP": 20.0,  # a longer upstream Retry-After is passed on instead of waited for
-    "BREAKER_THRESHOLD": 3,  # consecutive failures that open a provider's circuit breaker (0 = off)
-    "BREAKER_COOLDOWN": 30.0,  # seconds open before one half-open probe
+    "BREAKER_THRESHOLD": 1,  # 0 switches circuit breakers off (the old setting; other values are ignored)
+    "BREAKER_MIN_REQUESTS": 10,  # answers within BREAKER_WINDOW before a provider's breaker may open (0 = off)
+    "BREAKER_FAILURE_RATE": 0.5,  # share of those answers that must be failures (connect, timeout, 5xx)
+    "BREAKER_WINDOW": 30.0,  # seconds of answers the breaker looks at
+    "BREAKER_COOLDOWN": 30.0,  # seconds open before one half-open probe (then one per cool-down)
+    # anthropic-beta flags a client may turn on (others are dropped): what Claude Code sends, prompt caching and
+    # token counting. Flags can enable paid features the price table does not cover, hence a list.
+    "ANTHROPIC_BETA_ALLOW": "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+                            "mid-conversation-tool-changes-2026-07-01,thinking-token-count-2026-05-13,"
+                            "advanced-tool-use-2025-11-20,effort-2025-11-24,fine-grained-tool-streaming-2025-05-14,"
+                            "prompt-caching-2024-07-31,extended-cache-ttl-2025-04-11,token-counting-2024-11-01",
+    "ANTHROPIC_MCP_SERVERS": False,  # let clients send `mcp_servers` (Anthropic's MCP connector) on /v1/messages
     "MAX_RESPONSE_BYTES": 64 * 1024 * 1024,
     "MAX_EVENT_BYTES": 8 * 1024 * 1024,  # one upstream server-sent event (502 bad_upstream_response above it)
     "CONNECTION_LIMIT": 0,  # waitress connection_limit; 0 = 2 x THREADS (at least 100)

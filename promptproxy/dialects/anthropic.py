@@ -14,7 +14,7 @@ from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag, validate_messages
 from ..proxy.usage import count_tokens, estimate_input
 from . import anthropic_wire as wire
-from .envelopes import anthropic_body
+from .envelopes import anthropic_body, event_name
 
 COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", BETA_FIELD)
 BETA_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -39,13 +39,18 @@ class AnthropicDialect:
         """Native for Anthropic providers (stored prompt as the first system block), else translated to chat."""
         variables = body.pop("prompt_variables", None)
         provider = call.model.provider
+        cfg = gw.app.config
+        if body.get("mcp_servers") is not None and not cfg.get("ANTHROPIC_MCP_SERVERS"):
+            raise GatewayError(400, "`mcp_servers` is not enabled on this gateway.", param="mcp_servers",
+                               code=ErrorCode.UNSUPPORTED_PARAMETER)
+        betas = allowed_betas(self.betas, cfg.get("ANTHROPIC_BETA_ALLOW"))
         if getattr(get_adapter(provider.kind), "native_messages", False):
             # Translating only to check it is well-formed would refuse what Claude accepts (documents, server tools).
             native = inject.into_anthropic(call, body, variables)
             if native.get("max_tokens") is None and provider.default_max_tokens:
                 native["max_tokens"] = provider.default_max_tokens
-            if self.betas:
-                native[BETA_FIELD] = self.betas
+            if betas:
+                native[BETA_FIELD] = betas
             return Plan("messages", native, chat_view(native), native=True)
         chat = inject.into_openai(call, to_chat(body, provider.reasoning_effort), "chat", variables)
         if not provider.stream_usage:
@@ -99,6 +104,15 @@ def client_betas(header: str | None) -> str | None:
     return ",".join(names) or None
 
 
+def allowed_betas(flags: str | None, allow) -> str | None:
+    """The client's flags on the allow-list (ANTHROPIC_BETA_ALLOW, comma-separated); the rest dropped silently."""
+    if not flags:
+        return None
+    allowed = {a.strip().lower() for a in (allow.split(",") if isinstance(allow, str) else allow or ()) if a.strip()}
+    kept = [flag for flag in flags.split(",") if flag.lower() in allowed]
+    return ",".join(kept) or None
+
+
 def to_chat(body: dict, reasoning_effort: bool) -> dict:
     """The OpenAI chat request for an Anthropic one; what cannot be expressed is a 400 naming the field."""
     try:
@@ -144,7 +158,7 @@ class PassthroughEncoder:
 
     def chunk(self, event: dict) -> bytes:
         """One event."""
-        return frame([(event.get("type") or "message", event)])
+        return frame([(event_name(event.get("type") or "message"), event)])
 
     def done(self, call) -> bytes:
         """message_stop was the last event relayed."""

@@ -1,7 +1,13 @@
 """The error envelopes of the inbound dialects, for error responses and in-band stream errors."""
 from __future__ import annotations
 
-from ..core.errors import GatewayError
+import re
+
+from ..core.errors import ErrorCode, GatewayError
+
+# An upstream's `type` becomes an SSE `event:` name in native passthrough: newlines there would let the
+# upstream forge frames (a fake message_stop), so only plain names are relayed.
+EVENT_NAME = re.compile(r"[a-z0-9_.]{1,64}")
 
 ANTHROPIC_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
@@ -20,3 +26,11 @@ def anthropic_body(err: GatewayError) -> dict:
     """The Anthropic error object."""
     kind = ANTHROPIC_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": kind, "message": err.message}}
+
+
+def event_name(value) -> str:
+    """An upstream event type usable as an SSE event name; anything else ends the stream with an error."""
+    if isinstance(value, str) and EVENT_NAME.fullmatch(value):
+        return value
+    raise GatewayError(502, "The upstream sent an event with an invalid name.",
+                       code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error")

@@ -17,6 +17,7 @@ from ..proxy.resolve import positive_int, stream_flag
 from ..proxy.usage import count_tokens, estimate_input
 from . import responses_store as store
 from . import responses_wire as wire
+from .envelopes import event_name
 
 # Hosted tools a client sends on every turn whether or not it needs them (Codex always lists web_search): for
 # a chat upstream they are left out while the model may choose freely; forced with tool_choice they are a 400.
@@ -200,7 +201,7 @@ class NativeResponsesEncoder:
             self.latest = response
             if event.get("type") == "response.completed":
                 self.final = response
-        return frame([(str(event.get("type") or "message"), event)])
+        return frame([(event_name(event.get("type") or "message"), event)])
 
     def done(self, call) -> bytes:
         """response.completed was the last event relayed; keep it."""

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import orjson
 
-from ..core.errors import GatewayError
 from ..proxy.catalog import ProviderInfo
 from ..proxy.sse import Event
 from . import anthropic_wire as wire
 from .anthropic_stream import AnthropicStreamToOpenAI
-from .base import StreamOutput, UpstreamRequest
+from .base import StreamOutput, UpstreamRequest, UpstreamText
 from .wire_common import UpstreamStreamError, upstream_stream_error
 
 DEFAULT_VERSION = "2023-06-01"
@@ -25,13 +24,13 @@ def base_root(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
 
-def stream_error(exc: UpstreamStreamError) -> GatewayError:
+def stream_error(exc: UpstreamStreamError) -> UpstreamText:
     """An error event inside an Anthropic stream as our GatewayError."""
     status = STREAM_ERROR_STATUS.get(exc.error_type, 502)
     _, body = wire.anthropic_error_to_openai(status, {"error": {"type": exc.error_type, "message": exc.message}})
     err = body["error"]
-    return GatewayError(status, exc.message or "The upstream reported an error.", type=err["type"],
-                    code=err["code"] or "upstream_error")
+    return UpstreamText(status, exc.message or "The upstream reported an error.", type=err["type"],
+                        code=err["code"] or "upstream_error")
 
 
 def _named_event(event: Event) -> tuple[str, dict] | None:

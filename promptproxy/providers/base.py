@@ -4,8 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from ..core.errors import GatewayError
 from ..proxy.catalog import ProviderInfo
 from ..proxy.sse import Event
+
+
+class UpstreamText(GatewayError):
+    """A GatewayError whose message is the upstream's own words: scrubbed before anyone sees it."""
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ class Gateway:
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
         self.max_event_bytes = cfg.get("MAX_EVENT_BYTES", MAX_EVENT_BYTES)  # for SSEParser(gw.max_event_bytes)
         self.retry = RetryPolicy.from_config(cfg)
-        self.breakers = Breakers(int(cfg.get("BREAKER_THRESHOLD", 3)), float(cfg.get("BREAKER_COOLDOWN", 30.0)))
+        self.breakers = Breakers.from_config(cfg)
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
 
     def record(self, call) -> None:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import orjson
 import sqlalchemy as sa
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
@@ -37,6 +38,39 @@ local v = redis.call('DECR', KEYS[1])
 if v <= 0 then redis.call('DEL', KEYS[1]) end
 return v
 """
+
+
+IMAGE_TOKENS = 1600  # flat input tokens charged per image part (a large high-detail image costs about this)
+MAX_ANSWERS = 128  # OpenAI's cap on `n`: beyond it the upstream refuses anyway
+
+
+def _count(value, default: int) -> int:
+    """A positive int from the body, else the default (bools and junk are the upstream's to refuse)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def answers(body: dict) -> int:
+    """How many answers the upstream generates and bills: `n`, or `best_of` (completions) when larger."""
+    return min(max(_count(body.get("n"), 1), _count(body.get("best_of"), 1)), MAX_ANSWERS)
+
+
+def extra_input(body: dict) -> int:
+    """Input tokens estimate_input does not see: tool and function definitions, and image parts."""
+    from .usage import count_tokens
+
+    total = 0
+    for name in ("tools", "functions"):
+        if body.get(name):
+            total += count_tokens(orjson.dumps(body[name], default=str).decode())
+    for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") in IMAGE_PARTS:
+                total += IMAGE_TOKENS
+    return total
+
+
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 
 
 class LimitsUnavailable(Exception):
@@ -340,14 +374,19 @@ class Limiter:
             adm.reservations.append(Reservation(subject, start, amount))
 
     def estimate(self, call, body: dict) -> float:
-        """Worst-case cost: estimated input tokens plus max_tokens (or the default cap) of output."""
+        """Worst-case cost of the call as the upstream will bill it (see docs/limits.md, "What is estimated").
+
+        Input: the prompt's tokens (tiktoken), plus the JSON of `tools`/`functions`, plus IMAGE_TOKENS per image
+        part. Output: max_tokens (or the default cap) for every answer asked for: `n` (or `best_of`) of them.
+        """
         model = call.model
         if not (model.input_price or model.output_price or model.cached_input_price):
             return 0.0
-        tokens_in = estimate_input(body)  # the built body: the stored prompt is already in it
+        tokens_in = estimate_input(body) + extra_input(body)  # the built body: the stored prompt is in it
         tokens_out = 0
         if model.kind != "embedding":
-            tokens_out = body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens
+            cap = body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens
+            tokens_out = _count(cap, 1) * answers(body)
         return (tokens_in * model.input_price + tokens_out * model.output_price) / 1_000_000
 
     # -- finish ------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import math
 import random
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -88,22 +89,46 @@ def unhealthy(err: UpstreamError) -> bool:
 @dataclass(slots=True)
 class _State:
     name: str
-    failures: int = 0
+    outcomes: deque = field(default_factory=deque)  # (time, failed) of counted answers inside the window
     state: str = "closed"  # closed, open, half_open
     opened_at: float = 0.0
     probe_at: float = 0.0
+    busy_until: float = 0.0  # an upstream 429's Retry-After: nothing is sent before it
     last_error: str | None = None
+
+    def failures(self) -> int:
+        return sum(1 for _, failed in self.outcomes if failed)
 
 
 class Breakers:
-    """One breaker per provider, in memory per process: opens after N consecutive failures, probes after a cool-down."""
+    """One breaker per provider, in memory per process, shared by every caller (Envoy/Hystrix style).
 
-    def __init__(self, threshold: int = 3, cooldown: float = 30.0, clock=time.monotonic):
-        self.threshold = threshold
+    It opens only when, inside the last `window` seconds, at least `min_requests` answers were counted and at
+    least `failure_rate` of them were failures (connect errors, timeouts, 5xx): one caller's bad requests never
+    pause a provider that answers others. Client errors (4xx but 408/429) are not counted at all; a 429 only
+    makes the provider wait out its Retry-After. Open, it lets one probe through every `cooldown` seconds
+    (half-open), so a model without fallbacks keeps trying at a low rate. `min_requests` 0 switches it off.
+    """
+
+    def __init__(self, min_requests: int = 10, cooldown: float = 30.0, clock=time.monotonic, *,
+                 failure_rate: float = 0.5, window: float = 30.0, threshold: int | None = None):
+        self.min_requests = min_requests if threshold is None else threshold  # `threshold`: the old name
         self.cooldown = cooldown
+        self.failure_rate = failure_rate
+        self.window = window
         self.clock = clock
         self._lock = threading.Lock()
         self._states: dict[int, _State] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> Breakers:
+        """Read BREAKER_* settings; BREAKER_THRESHOLD 0 (the old switch) still turns breakers off."""
+        volume = int(cfg.get("BREAKER_MIN_REQUESTS", 10))
+        if int(cfg.get("BREAKER_THRESHOLD", 1)) == 0:
+            volume = 0
+        return cls(volume, float(cfg.get("BREAKER_COOLDOWN", 30.0)),
+                   failure_rate=float(cfg.get("BREAKER_FAILURE_RATE", 0.5)),
+                   window=float(cfg.get("BREAKER_WINDOW", 30.0)))
 
     def _get(self, provider) -> _State:
         found = self._states.get(provider.id)
@@ -111,13 +136,19 @@ class Breakers:
             found = self._states[provider.id] = _State(provider.name)
         return found
 
+    def _trim(self, st: _State, now: float) -> None:
+        while st.outcomes and now - st.outcomes[0][0] > self.window:
+            st.outcomes.popleft()
+
     def allow(self, provider) -> bool:
         """May a request go to this provider now? In half-open, only one probe at a time is let through."""
-        if self.threshold <= 0:
+        if self.min_requests <= 0:
             return True
         with self._lock:
             st = self._get(provider)
             now = self.clock()
+            if now < st.busy_until:
+                return False
             if st.state == "closed":
                 return True
             if st.state == "open" and now - st.opened_at >= self.cooldown:
@@ -129,33 +160,79 @@ class Breakers:
                 return True
             return False
 
+    def busy(self, provider) -> bool:
+        """Is this provider waiting out an upstream 429's Retry-After?"""
+        with self._lock:
+            found = self._states.get(provider.id)
+            return found is not None and self.clock() < found.busy_until
+
     def retry_after(self, provider) -> float:
-        """Seconds until this provider may be probed again."""
+        """Seconds until this provider may be tried (or probed) again."""
         with self._lock:
             st = self._get(provider)
+            now = self.clock()
+            if st.state == "closed":
+                return max(st.busy_until - now, 0.0)
             start = st.opened_at if st.state == "open" else st.probe_at
-            return max(self.cooldown - (self.clock() - start), 0.0)
+            return max(self.cooldown - (now - start), st.busy_until - now, 0.0)
 
     def success(self, provider) -> None:
-        """The provider answered: close the breaker."""
-        with self._lock:
-            st = self._get(provider)
-            if st.state != "closed":
-                log.info("circuit breaker for provider %s closed", st.name)
-            st.failures, st.state = 0, "closed"
+        """The provider answered: counted in the window; a successful probe closes the breaker."""
+        self._record(provider, False, None)
 
-    def failure(self, provider, kind: str | None = None) -> None:
-        """Count a failure; open after `threshold` in a row, or at once when a half-open probe fails."""
-        if self.threshold <= 0:
+    def neutral(self, provider) -> None:
+        """A client error (4xx): not counted; a probe that got one shows the provider is up, so it closes."""
+        if self.min_requests <= 0:
             return
         with self._lock:
             st = self._get(provider)
-            st.failures += 1
+            if st.state == "half_open":
+                self._close(st)
+
+    def throttle(self, provider, seconds: float | None) -> None:
+        """An upstream 429: send nothing to this provider before its Retry-After (not counted as a failure)."""
+        if self.min_requests <= 0 or not seconds:
+            return
+        with self._lock:
+            st = self._get(provider)
+            st.busy_until = max(st.busy_until, self.clock() + seconds)
+            if st.state == "half_open":
+                self._close(st)
+
+    def failure(self, provider, kind: str | None = None) -> None:
+        """Count a failure (connect, timeout, 5xx); open on volume and rate, or at once when a probe fails."""
+        self._record(provider, True, kind)
+
+    def _record(self, provider, failed: bool, kind: str | None) -> None:
+        if self.min_requests <= 0:
+            return
+        with self._lock:
+            st = self._get(provider)
+            now = self.clock()
+            if not failed:
+                if st.state != "closed":
+                    self._close(st)
+                st.outcomes.append((now, False))
+                self._trim(st, now)
+                return
             st.last_error = kind
-            if st.state == "half_open" or (st.state == "closed" and st.failures >= self.threshold):
-                st.state, st.opened_at = "open", self.clock()
-                log.warning("circuit breaker for provider %s opened after %d failures (%s)", st.name,
-                            st.failures, kind)
+            if st.state == "half_open":
+                st.state, st.opened_at = "open", now
+                log.warning("circuit breaker for provider %s: probe failed (%s), open again", st.name, kind)
+                return
+            st.outcomes.append((now, True))
+            self._trim(st, now)
+            total, failures = len(st.outcomes), st.failures()
+            if st.state == "closed" and total >= self.min_requests and failures >= self.failure_rate * total:
+                st.state, st.opened_at = "open", now
+                log.warning("circuit breaker for provider %s opened: %d of %d answers failed in %.0f s (%s)",
+                            st.name, failures, total, self.window, kind)
+
+    @staticmethod
+    def _close(st: _State) -> None:
+        log.info("circuit breaker for provider %s closed", st.name)
+        st.state = "closed"
+        st.outcomes.clear()
 
     def states(self) -> dict:
         """{provider_id: {name, state, failures, retry_in, last_error}} for every provider seen."""
@@ -163,9 +240,10 @@ class Breakers:
             now = self.clock()
             out = {}
             for pid, st in self._states.items():
+                self._trim(st, now)
                 start = st.opened_at if st.state == "open" else st.probe_at
                 retry_in = max(self.cooldown - (now - start), 0.0) if st.state != "closed" else 0.0
-                out[pid] = {"name": st.name, "state": st.state, "failures": st.failures,
+                out[pid] = {"name": st.name, "state": st.state, "failures": st.failures(),
                             "retry_in": round(retry_in, 1), "last_error": st.last_error}
             return out
 
@@ -213,8 +291,10 @@ def send_with_fallbacks(gw, models: list, deadline: float, attempt):
             except UpstreamError as err:
                 if unhealthy(err):
                     breakers.failure(provider, err.kind)
+                elif err.upstream_status == 429:
+                    breakers.throttle(provider, min(err.retry_after or 0.0, policy.retry_after_cap))
                 else:
-                    breakers.success(provider)
+                    breakers.neutral(provider)
                 if not fallback_worthy(err):
                     raise
                 last = err
@@ -231,6 +311,10 @@ def send_with_fallbacks(gw, models: list, deadline: float, attempt):
     if last is not None:
         raise last
     wait = min(breakers.retry_after(p) for p in shut) if shut else 1.0
+    if shut and all(breakers.busy(p) for p in shut):
+        raise GatewayError(429, "The upstream asked the gateway to slow down; try again after the Retry-After "
+                           "delay.", code=ErrorCode.RATE_LIMITED, type="requests",
+                           headers={"Retry-After": str(max(math.ceil(wait), 1))})
     raise GatewayError(503, "The upstream for this model is failing; the gateway paused requests to it. "
                        "Try again later.", code=ErrorCode.UPSTREAM_UNAVAILABLE, type="server_error",
                    headers={"Retry-After": str(max(math.ceil(wait), 1))})

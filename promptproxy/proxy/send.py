@@ -1,6 +1,7 @@
 """Sending one planned call upstream: retries and fallbacks, the whole answer, or the relayed stream."""
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
@@ -9,8 +10,10 @@ from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..providers import get_adapter
+from ..providers.base import UpstreamText
 from ..providers.openai import UpstreamStreamError
 from ..providers.wire_common import TranslationError
+from ..providers.wire_common import UpstreamStreamError as WireStreamError
 from . import resilience
 from .catalog import ModelInfo
 from .sse import SSEParser
@@ -53,16 +56,53 @@ def _short(value) -> str | None:
     return (value if isinstance(value, str) else orjson.dumps(value).decode())[:64]
 
 
-def scrub(text: str, provider) -> str:
-    """Remove the provider's secrets (key, extra header values) and address from an upstream message."""
-    text = (text or "")[:1000]
+SCRUB_LIMIT = 1000  # characters of upstream text kept, after redaction
+SCRUB_SCAN = 16_000  # characters looked at (bounds the work on a huge upstream message)
+PARTIAL = 8  # a run of this many characters of a secret is redacted wherever it appears
+REDACTED = "[redacted]"
+
+
+def scrub(text: str, provider, limit: int = SCRUB_LIMIT) -> str:
+    """Upstream text made safe to show: secrets redacted first, then truncated.
+
+    The provider's key and extra header values are redacted case-insensitively, and so is any run of 8 or
+    more of their characters (a key cut or re-cased by the upstream); its base URL is redacted whole.
+    Every path that carries upstream text to a client or the request log goes through here.
+    """
+    text = str(text or "")[:SCRUB_SCAN]
     # Extra headers are stored encrypted because they often carry credentials; very short values are skipped
     # so that a header like `X-Flag: 1` does not blank every digit.
-    headers = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= 8]
-    for secret in (provider.api_key, provider.base_url, *headers):
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+    secrets = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= PARTIAL]
+    if provider.api_key:
+        secrets.append(str(provider.api_key))
+    if provider.base_url:
+        text = re.sub(re.escape(str(provider.base_url)), REDACTED, text, flags=re.IGNORECASE)
+    text = _redact_runs(text, secrets)
+    return text[:limit]
+
+
+def _redact_runs(text: str, secrets: list[str]) -> str:
+    """Replace every stretch of text made of >= PARTIAL-character runs of a secret (case-insensitive)."""
+    grams = {s.lower()[i:i + PARTIAL] for s in secrets for i in range(len(s) - PARTIAL + 1)}
+    if not grams or len(text) < PARTIAL:
+        return text
+    low = text.lower()
+    covered = bytearray(len(text))
+    for i in range(len(text) - PARTIAL + 1):
+        if low[i:i + PARTIAL] in grams:
+            covered[i:i + PARTIAL] = b"\x01" * PARTIAL
+    if not any(covered):
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if covered[i]:
+            while i < len(text) and covered[i]:
+                i += 1
+            out.append(REDACTED)
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def upstream_headers(resp: requests.Response) -> dict:
@@ -140,7 +180,7 @@ def _attempt(gw, model: ModelInfo, endpoint: str, body: dict, remaining: float):
     headers = upstream_headers(resp)
     if resp.status_code >= 300:
         try:
-            raw = read_body(resp, 1024 * 1024)
+            raw = read_body(resp, 1024 * 1024, time.perf_counter() + remaining)
         except (GatewayError, HTTPError, OSError, requests.RequestException):
             raw = b""
         finally:
@@ -165,7 +205,7 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
     """A non-streamed call: the adapter's parsed response body (OpenAI-shaped, or native for native endpoints)."""
     adapter, resp = open_upstream(gw, call, endpoint, body)
     try:
-        raw = read_body(resp, gw.max_response_bytes)
+        raw = read_body(resp, gw.max_response_bytes, call.deadline)
     except (ReadTimeoutError, TimeoutError, requests.exceptions.ReadTimeout):
         raise GatewayError(504, "The upstream did not answer in time.", code=ErrorCode.UPSTREAM_TIMEOUT,
                            type="server_error") from None
@@ -183,7 +223,17 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
         raise GatewayError(502, "The upstream sent a response the gateway could not understand.",
                            code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error") from None
     call.usage = usage
-    call.cost = cost(call.serving, usage)
+    if endpoint == "count_tokens":  # counting is free upstream: nothing to estimate
+        pass
+    elif call.model.kind != "embedding" and (not usage or usage.get("input_tokens") is None
+                                           or usage.get("output_tokens") is None):
+        # No usage in the answer: estimate it (and flag the row), as streams do, so it is not free.
+        text: list[str] = []
+        _answer_text(out, text)
+        _settle_estimate(call, body, text)
+    elif call.model.kind == "embedding" and not (usage or {}).get("input_tokens"):
+        call.usage, call.usage_estimated = {"input_tokens": estimate_input(body), "output_tokens": 0}, True
+    call.cost = cost(call.serving, call.usage)
     if gw.log_bodies:
         call.response_body = raw.decode("utf-8", "replace")
     return out
@@ -240,8 +290,11 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
         raise
     except Exception as exc:
         err = _stream_error(exc, provider, deadline)
+        if isinstance(err, UpstreamText):  # an upstream's in-band error, in its own words
+            err.message = scrub(err.message, provider)
         call.fail(err)
-        gw.breakers.failure(provider, err.kind)
+        if err.status >= 500 or err.status == 408:  # an in-band client error says nothing about health
+            gw.breakers.failure(provider, err.kind)
         if not sent:
             raise err from None
         _settle(call, translator, body, text_out)
@@ -257,12 +310,41 @@ def _settle(call, translator, body: dict, text_out: list[str]) -> None:
     if call.usage is None and translator.usage is not None:
         call.usage = translator.usage
     if call.usage is None or call.usage.get("output_tokens") is None:
-        usage = dict(call.usage or {})
-        if usage.get("input_tokens") is None:
-            usage["input_tokens"] = estimate_input(body)
-        usage["output_tokens"] = count_tokens("".join(text_out))
-        call.usage, call.usage_estimated = usage, True
+        _settle_estimate(call, body, text_out)
     call.cost = cost(call.serving, call.usage)
+
+
+def _settle_estimate(call, body: dict, text_out: list[str]) -> None:
+    """Fill missing usage with tiktoken estimates of the prompt and the answer's text; flag the row."""
+    usage = dict(call.usage or {})
+    if usage.get("input_tokens") is None:
+        usage["input_tokens"] = estimate_input(body)
+    if usage.get("output_tokens") is None:
+        usage["output_tokens"] = count_tokens("".join(text_out))
+    call.usage, call.usage_estimated = usage, True
+
+
+def _answer_text(out: dict, text: list[str]) -> None:
+    """Text and tool arguments of a whole answer (chat, completion, Anthropic message, Responses)."""
+    for choice in out.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            _collect_text({"choices": [{"delta": message}]} if isinstance(message, dict) else {"choices": [choice]},
+                          text)
+    for block in out.get("content") if isinstance(out.get("content"), list) else ():
+        if isinstance(block, dict):
+            for name in ("text", "thinking"):
+                if isinstance(block.get(name), str):
+                    text.append(block[name])
+            if block.get("type") == "tool_use":
+                text.append(orjson.dumps(block.get("input")).decode())
+    for item in out.get("output") if isinstance(out.get("output"), list) else ():
+        if isinstance(item, dict):
+            if isinstance(item.get("arguments"), str):
+                text.append(item["arguments"])
+            for part in item.get("content") if isinstance(item.get("content"), list) else ():
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    text.append(part["text"])
 
 
 def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
@@ -272,8 +354,9 @@ def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
     if timed_out and time.perf_counter() >= deadline - 0.01:  # the read wait was cut to the deadline
         return GatewayError(504, "The upstream stream exceeded the total time limit.",
                             code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
-    if isinstance(exc, UpstreamStreamError):
-        return GatewayError(502, scrub(str(exc), provider) or "The upstream reported an error mid-stream.",
+    if isinstance(exc, UpstreamStreamError | WireStreamError):
+        return GatewayError(502, scrub(getattr(exc, "message", None) or str(exc), provider)
+                            or "The upstream reported an error mid-stream.",
                             code=ErrorCode.UPSTREAM_ERROR, type="server_error")
     if timed_out:
         return GatewayError(504, "The upstream stopped sending in the middle of the stream.",

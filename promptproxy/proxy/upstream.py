@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -163,17 +164,31 @@ def set_idle_timeout(resp: requests.Response, seconds: float) -> None:
         sock.settimeout(seconds)
 
 
-def read_body(resp: requests.Response, limit: int) -> bytes:
-    """Read a whole response body, refusing one larger than the limit."""
+def read_body(resp: requests.Response, limit: int, deadline: float | None = None) -> bytes:
+    """Read a whole response body, refusing one larger than the limit or slower than the deadline.
+
+    Each read takes what one socket read gives and waits at most until the deadline (perf_counter time), so
+    an upstream trickling a byte a second cannot hold the worker past the call's total timeout.
+    """
     chunks, size = [], 0
-    for chunk in resp.raw.stream(65536, decode_content=True):
+    raw = resp.raw
+    while True:
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                resp.close()
+                raise GatewayError(504, "The upstream did not send its whole answer within the total time limit.",
+                                   code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
+            set_idle_timeout(resp, left)
+        chunk = raw.read1(65536, decode_content=True) if hasattr(raw, "read1") else raw.read(65536)
+        if not chunk:  # read1 decodes until it has bytes, so empty means the end
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             resp.close()
             raise GatewayError(502, "The upstream response was too large.", code=ErrorCode.BAD_UPSTREAM_RESPONSE,
                                type="server_error")
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def iter_raw(resp: requests.Response, chunk_size: int = 65536):
