@@ -64,6 +64,24 @@ def test_routing_keys_at_any_depth_are_refused_and_nobody_is_called(client, seed
     assert attacker.requests == [] and upstream.requests == []
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {**CHAT, "API_BASE": "http://evil"}),
+    ("/v1/chat/completions", {**CHAT, "metadata": {"Base_Url": "http://evil"}}),
+    ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                      "Api_Key": "sk-attacker"}),
+    ("/v1/responses", {"model": "gpt-4o-mini", "input": "hi", "Extra_Headers": {"Host": "evil"}}),
+])
+def test_routing_keys_are_refused_in_any_case_on_every_dialect(client, seeded, upstream, path, body):
+    """Issue 14 item 19: `API_BASE` is the same key to many servers; every inbound dialect runs the same guard."""
+    resp = client.post(path, json=body, headers=auth(seeded))
+    assert resp.status_code == 400 and upstream.requests == []
+    error = resp.json["error"]
+    message = error["message"]
+    assert "cannot be set by clients" in message
+    if path != "/v1/messages":
+        assert error["code"] == "unsupported_parameter"
+
+
 def test_routing_key_through_the_official_sdk_is_refused(live, seeded, upstream, attacker):
     sdk = openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
