@@ -28,9 +28,17 @@ class Target:
     port: int
     raw: bytes
     stream: bool
+    end: bytes = b"[DONE]"  # a stream is complete once this was seen (Responses: b"response.completed")
 
     @classmethod
-    def build(cls, url: str, body: bytes, headers: dict[str, str] | None = None, stream: bool = False):
+    def build(
+        cls,
+        url: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        end: bytes = b"[DONE]",
+    ):
         parts = urlsplit(url)
         if parts.scheme != "http":
             raise ValueError("only http:// URLs are supported")
@@ -47,7 +55,7 @@ class Target:
         ]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        return cls(host, port, raw, stream)
+        return cls(host, port, raw, stream, end)
 
 
 @dataclass(slots=True)
@@ -155,6 +163,7 @@ class Client(asyncio.Protocol):
         self.remaining = 0
         self.keep_alive = True
         self.stream = False
+        self.end = b"[DONE]"
         self.t0 = 0.0
         self.first = math.nan
         self.last = math.nan
@@ -172,10 +181,11 @@ class Client(asyncio.Protocol):
         elif self.future is not None and not self.future.done():
             self.future.set_exception(ResponseError(f"connection lost in {self.state}"))
 
-    def send(self, raw: bytes, stream: bool) -> asyncio.Future:
+    def send(self, raw: bytes, stream: bool, end: bytes = b"[DONE]") -> asyncio.Future:
         """Write one request; the future resolves to a Sample."""
         self._reset()
         self.stream = stream
+        self.end = end
         self.future = asyncio.get_running_loop().create_future()
         self.t0 = perf()
         self.transport.write(raw)  # type: ignore[union-attr]
@@ -250,9 +260,9 @@ class Client(asyncio.Protocol):
                 self.first = now
             self.last = now
             self.events += n
-        if not self.done_seen and b"[DONE]" in joined:
+        if not self.done_seen and self.end in joined:
             self.done_seen = True
-        self.tail = joined[-6:]
+        self.tail = joined[-max(6, len(self.end)) :]
 
     def _dechunk(self) -> None:
         """Walk chunk framing until the terminating zero-size chunk."""
@@ -293,7 +303,7 @@ class Client(asyncio.Protocol):
     def _finish(self) -> None:
         now = perf()
         ok = self.status == 200 and (not self.stream or self.done_seen)
-        error = "" if ok or self.status != 200 else "stream without [DONE]"
+        error = "" if ok or self.status != 200 else f"stream without {self.end.decode()}"
         sample = Sample(self.t0, now - self.t0, self.status, ok, error=error)
         if self.stream:
             sample.ttfc = self.first - self.t0
@@ -343,7 +353,7 @@ async def run(
                     await asyncio.sleep(0.05)
                     continue
             t0 = perf()
-            future = client.send(target.raw, target.stream)
+            future = client.send(target.raw, target.stream, target.end)
             timer = loop.call_later(timeout, lambda f=future: f.done() or f.set_exception(ResponseError("timeout")))
             try:
                 sample = await future

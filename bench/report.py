@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import ab
+
 # Targets from the benchmark issue; each is checked where its figure is computed below.
 ADDED_LATENCY_P50_MS = 2.0
 RPS_C32 = 800
@@ -234,6 +236,12 @@ def table(results: dict) -> str:
             f"Gateway requests sent: {checks['gateway_requests_sent']:,}; upstream requests: "
             f"{checks['upstream_requests']:,}, of which carried the stored prompt: "
             f"{checks['upstream_with_prompt']:,}; request-log rows: {rows_logged}."
+            + (
+                f" Responses stored (store: true): {checks['stored_responses_rows']:,} rows for "
+                f"{checks['stored_responses_expected']:,} calls."
+                if "stored_responses_rows" in checks
+                else ""
+            )
         )
     if results.get("load_average_at_end"):
         lines.append(f"Load average at end: {results['load_average_at_end']} (the bench itself adds about 2).")
@@ -252,5 +260,7 @@ def save(results: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / time.strftime(f"bench-%Y%m%d-%H%M%S-{results['profile']['name']}.json")
     results = results | {"table": [list(r) for r in rows(results)]}
+    if results.get("ab"):
+        results["ab_table"] = [list(r) for r in ab.rows(results["ab"])]
     path.write_text(json.dumps(results, indent=2, default=str))
     return path

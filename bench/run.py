@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import ab
 import load
 import procs
 import report
@@ -51,6 +52,8 @@ class Profile:
     s3_first_delay_ms: float = 20.0
     s3_gap_ms: float = 10.0
     s3_chunks: int = 30
+    ab_rounds: int = 5  # chat vs Responses, interleaved: rounds, and seconds per leg and variant
+    ab_seconds: float = 1.5
 
 
 FULL = Profile(
@@ -64,7 +67,16 @@ FULL = Profile(
     s4_gap_ms=100,
 )
 QUICK = Profile(
-    "quick", s1_seconds=2, s2_seconds=3, s3_seconds=2, warmup=0.5, s4_streams=100, s4_chunks=20, s4_gap_ms=100
+    "quick",
+    s1_seconds=2,
+    s2_seconds=3,
+    s3_seconds=2,
+    warmup=0.5,
+    s4_streams=100,
+    s4_chunks=20,
+    s4_gap_ms=100,
+    ab_rounds=2,
+    ab_seconds=0.6,
 )
 
 
@@ -73,6 +85,16 @@ def chat_body(model: str, stream: bool) -> bytes:
     body: dict = {"model": model, "messages": [{"role": "user", "content": USER_MESSAGE}], "max_tokens": 64}
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return json.dumps(body).encode()
+
+
+def responses_body(model: str, stream: bool, store: bool) -> bytes:
+    """The same user message and output limit as chat_body, as a Responses request."""
+    body: dict = {"model": model, "input": [{"role": "user", "content": USER_MESSAGE}], "max_output_tokens": 64}
+    if not store:
+        body["store"] = False  # the default, true, writes one stored_responses row per call
+    if stream:
+        body["stream"] = True
     return json.dumps(body).encode()
 
 
@@ -104,6 +126,8 @@ class Bench:
         self.fast_mock = self.long_mock = self.gateway = None
         self.key = ""
         self.gateway_requests = 0  # every request sent through the gateway, to check the log and prompt
+        self.stored_expected = 0  # Responses calls with store: true, each one stored_responses row
+        self.direct_after_gateway = 0  # requests straight at the fast mock once the gateway checks began
 
     # -- mock upstreams -------------------------------------------------------------------------
 
@@ -147,10 +171,22 @@ class Bench:
         url = f"http://127.0.0.1:{self.fast_port}/v1/chat/completions"
         return load.Target.build(url, chat_body("mock-chat", stream), stream=stream)
 
-    def through(self, stream: bool, model: str = "bench-chat") -> load.Target:
-        url = f"http://127.0.0.1:{self.gateway_port}/v1/chat/completions"
+    def through(self, stream: bool, model: str = "bench-chat", api: str = "chat") -> load.Target:
+        """Through the gateway: chat, or Responses (api "responses" with store: false, "responses_store")."""
         headers = {"Authorization": f"Bearer {self.key}"}
-        return load.Target.build(url, chat_body(f"{model}:bench", stream), headers, stream=stream)
+        if api == "chat":
+            url = f"http://127.0.0.1:{self.gateway_port}/v1/chat/completions"
+            return load.Target.build(url, chat_body(f"{model}:bench", stream), headers, stream=stream)
+        url = f"http://127.0.0.1:{self.gateway_port}/v1/responses"
+        body = responses_body(f"{model}:bench", stream, store=api == "responses_store")
+        # A Responses stream ends with its response.completed event; it has no [DONE].
+        return load.Target.build(url, body, headers, stream=stream, end=b"event: response.completed")
+
+    def count_gateway(self, api: str, completed: int) -> None:
+        """Requests sent through the gateway, for the checks after the run."""
+        self.gateway_requests += completed
+        if api == "responses_store":
+            self.stored_expected += completed
 
     def run_direct(self) -> None:
         """The mock's own capacity and every direct baseline."""
@@ -293,14 +329,15 @@ class Bench:
 
     def check_gateway(self) -> None:
         """One request of each kind must succeed before any figure is worth taking."""
-        for stream in (False, True):
-            result = load.drive(self.through(stream), 1, count=3, timeout=30)
-            self.gateway_requests += result.completed
-            bad = [s for s in result.samples if not s.ok]
-            if bad:
-                raise RuntimeError(
-                    f"gateway check failed (stream={stream}): {bad[0]}; see {self.workdir / 'gateway.log'}"
-                )
+        for api in ("chat", *([] if self.args.no_responses else ["responses", "responses_store"])):
+            for stream in (False, True):
+                result = load.drive(self.through(stream, api=api), 1, count=3, timeout=30)
+                self.count_gateway(api, result.completed)
+                bad = [s for s in result.samples if not s.ok]
+                if bad:
+                    raise RuntimeError(
+                        f"gateway check failed ({api}, stream={stream}): {bad[0]}; see {self.workdir / 'gateway.log'}"
+                    )
 
     def run_gateway(self) -> None:
         """S1-S4 through the gateway, with its CPU and memory read from /proc."""
@@ -331,6 +368,8 @@ class Bench:
         r["s4"] = self.run_s4(self.through(True, "bench-long"), pid)
         self.gateway_alive("S4")
         self.gateway_requests += r["s4"]["completed_incl_warmup"]
+        if not self.args.no_responses:
+            r["ab"] = ab.run(self, p.ab_rounds, p.ab_seconds)
 
     def gateway_alive(self, scenario: str) -> None:
         """Stop with a clear message if the gateway process died (its log tail is printed)."""
@@ -393,7 +432,7 @@ class Bench:
         before = self.results.get("mock_stats_before_gateway", {})
         checks = {
             "gateway_requests_sent": self.gateway_requests,
-            "upstream_requests": after["chat_requests"] - before.get("chat_requests", 0),
+            "upstream_requests": after["chat_requests"] - before.get("chat_requests", 0) - self.direct_after_gateway,
             "upstream_with_prompt": after["marker_seen"] - before.get("marker_seen", 0),
         }
         db_path = self.results.get("db_path")
@@ -406,6 +445,10 @@ class Bench:
                     checks["request_log_table"] = table
                     sql = f'SELECT count(*) FROM "{table}"'  # noqa: S608 - name read from sqlite_master
                     checks["request_log_rows"] = conn.execute(sql).fetchone()[0]
+                if "stored_responses" in tables:
+                    checks["stored_responses_expected"] = self.stored_expected
+                    sql = "SELECT count(*) FROM stored_responses"
+                    checks["stored_responses_rows"] = conn.execute(sql).fetchone()[0]
         self.results["checks"] = checks
 
 
@@ -426,8 +469,9 @@ def default_cli() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 40 s)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 70 s)")
     parser.add_argument("--direct-only", action="store_true", help="measure the mock only, no gateway")
+    parser.add_argument("--no-responses", action="store_true", help="skip the chat vs Responses A/B")
     parser.add_argument("--threads", type=int, default=600, help="waitress threads for `promptproxy serve`")
     parser.add_argument("--promptproxy", default=default_cli(), help="command that runs the CLI")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON results")
@@ -468,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             children.stop_all()  # before printing, so a slow report cannot leave them running
             print()
             print(report.table(bench.results))
+            if bench.results.get("ab"):
+                print("\n" + ab.table(bench.results))
             path = report.save(bench.results, args.out)
             print(f"\nResults written to {path}")
             if "error" in bench.results:

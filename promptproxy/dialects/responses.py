@@ -5,7 +5,6 @@ input and `store: false`, so a response id is the gateway's own and only its own
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import orjson
@@ -51,7 +50,7 @@ class ResponsesDialect:
         """Native with the stored prompt in `instructions`, or translated to chat with it as the first message."""
         self.gw = gw
         variables = body.pop("prompt_variables", None)
-        self.request = copy.deepcopy(body)
+        self.request = _echoed(body)
         self.history = self._history(call, body.get("previous_response_id"))
         self.items = _translated(wire.input_items, body)
         provider = call.model.provider
@@ -133,6 +132,15 @@ class ResponsesInputTokens(ResponsesDialect):
     def render(self, call, plan: Plan, out: dict) -> dict:
         """The count as it is."""
         return out
+
+
+def _echoed(body: dict) -> dict:
+    """A private copy of the request's parameters the Response echoes; `input` is not echoed, so not copied.
+
+    Injection and translation may change the body's lists in place; the copy keeps what the client sent. An
+    orjson round trip copies a parsed JSON body exactly, at a fraction of deepcopy's cost.
+    """
+    return orjson.loads(orjson.dumps({key: value for key, value in body.items() if key != "input"}))
 
 
 def _droppable(body: dict) -> frozenset[str]:

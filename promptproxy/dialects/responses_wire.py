@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from ..providers.wire_common import TranslationError, UpstreamStreamError
 from .anthropic_reply import openai_usage
 
@@ -758,7 +760,7 @@ class ChatStreamToResponses:
         return len(self._output) - 1
 
     def _snapshot(self, status: str, usage: JSON | None = None, reason: str | None = None) -> JSON:
-        output = json.loads(json.dumps(self._output))  # a copy: the stream goes on changing its items
+        output = _copy(self._output)  # the stream goes on changing its items
         return response_object(response_id=self.response_id, model=self.model, request=self.request,
                                created_at=self.created_at, status=status, output=output, usage=usage,
                                incomplete_reason=reason)
@@ -769,9 +771,14 @@ class ChatStreamToResponses:
         return kind, data
 
     def _item_event(self, kind: str, index: int) -> Event:
-        item = json.loads(json.dumps(self._output[index]))  # a copy: later deltas must not change sent events
+        item = _copy(self._output[index])  # later deltas must not change sent events
         return self._event(kind, output_index=index, item=item)
 
     def _part_event(self, kind: str, index: int, content_index: int, **fields: Any) -> Event:
         return self._event(kind, item_id=self._output[index]["id"], output_index=index, content_index=content_index,
                            **fields)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON data (an orjson round trip is several times cheaper than json's or deepcopy)."""
+    return orjson.loads(orjson.dumps(value))
