@@ -319,3 +319,15 @@ class StoredResponse(db.Model):
     context: so.Mapped[list] = so.mapped_column(sa.JSON)  # history items before this turn
     input_items: so.Mapped[list] = so.mapped_column(sa.JSON)  # this turn's input items
     response: so.Mapped[dict] = so.mapped_column(sa.JSON)  # the Response object
+
+
+def delete_before(session, table: sa.Table, cutoff: datetime, batch: int = 10_000) -> int:
+    """Delete a table's rows created before `cutoff`, `batch` rows per transaction; returns rows deleted."""
+    deleted = 0
+    while True:
+        ids = sa.select(table.c.id).where(table.c.created_at < cutoff).limit(batch).scalar_subquery()
+        count = session.execute(sa.delete(table).where(table.c.id.in_(ids))).rowcount
+        session.commit()
+        deleted += count
+        if count < batch:
+            return deleted

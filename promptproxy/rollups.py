@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from .dialects import responses_store
-from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, utcnow
+from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, delete_before, utcnow
 
 log = logging.getLogger("promptproxy.rollups")
 TABLE = UsageRollup.__table__
@@ -149,17 +149,9 @@ def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) 
     if days <= 0:
         return 0
     cutoff = (now or utcnow()) - timedelta(days=days)
-    table = RequestLog.__table__
-    deleted = 0
-    while True:
-        ids = sa.select(table.c.id).where(table.c.created_at < cutoff).limit(batch).scalar_subquery()
-        count = session.execute(sa.delete(table).where(table.c.id.in_(ids))).rowcount
-        session.commit()
-        deleted += count
-        if count < batch:
-            if deleted:
-                log.info("pruned %d request-log rows older than %s (roll-ups kept)", deleted, cutoff)
-            break
+    deleted = delete_before(session, RequestLog.__table__, cutoff, batch)
+    if deleted:
+        log.info("pruned %d request-log rows older than %s (roll-ups kept)", deleted, cutoff)
     # Stored Responses API answers hold conversation text too, so they follow the same retention.
     stored = responses_store.prune(session, cutoff, batch)
     if stored:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from ..extensions import db
-from ..models import StoredResponse
+from ..models import StoredResponse, delete_before
 from .responses_wire import JSON, response_items_for_history
 
 
@@ -65,15 +65,7 @@ def history(response_id: str, user_id: int) -> list[JSON] | None:
 
 def prune(session, cutoff: datetime, batch: int = 10_000) -> int:
     """Delete stored responses created before `cutoff` in small transactions; returns rows deleted."""
-    table = StoredResponse.__table__
-    deleted = 0
-    while True:
-        ids = sa.select(table.c.id).where(table.c.created_at < cutoff).limit(batch).scalar_subquery()
-        count = session.execute(sa.delete(table).where(table.c.id.in_(ids))).rowcount
-        session.commit()
-        deleted += count
-        if count < batch:
-            return deleted
+    return delete_before(session, StoredResponse.__table__, cutoff, batch)
 
 
 def _naive_utc(epoch: float | None) -> datetime:
