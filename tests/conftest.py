@@ -106,6 +106,16 @@ def upstream():
 
 
 @pytest.fixture
+def claude():
+    """A real local HTTP server speaking Anthropic's Messages API (tests/anthropic_upstream.py)."""
+    from .anthropic_upstream import AnthropicUpstream
+
+    server = AnthropicUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def live(app):
     """The gateway served by waitress on a free port, as in production."""
     server = make_server(app, "127.0.0.1", 0, threads=64)

@@ -8,20 +8,11 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..anthropic_upstream import AnthropicUpstream
 from ..conftest import log_rows
 
 CLAUDE_SECRET = "sk-ant-upstream-secret-5678"
 # USD per million tokens, Claude Sonnet's list prices: input, output, cache read, cache write.
 CLAUDE_PRICES = {"input_price": 3.0, "output_price": 15.0, "cached_input_price": 0.3, "cache_write_price": 3.75}
-
-
-@pytest.fixture
-def claude():
-    """A real local HTTP server speaking Anthropic's Messages API from the fixtures."""
-    server = AnthropicUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..anthropic_upstream import AnthropicUpstream
 from . import clients
 from .capture import USAGE_IN, USAGE_OUT, reply
 
@@ -44,18 +43,10 @@ class Script:
 
 
 @pytest.fixture
-def claude_upstream():
-    """A local Messages API server (answers scripted per test)."""
-    server = AnthropicUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def models(app, seeded, claude_upstream):
+def models(app, seeded, claude):
     """`gpt-4o-mini` on the OpenAI-compatible upstream (from `seeded`) and `claude` on the Anthropic one."""
     with app.app_context():
-        provider = manage.create_provider("t", "anthropic", "anthropic", claude_upstream.url,
+        provider = manage.create_provider("t", "anthropic", "anthropic", claude.url,
                                           api_key="sk-ant-upstream-secret-5678")
         manage.create_model("t", "claude", provider, "claude-sonnet-4-5-20250929", **CLAUDE_PRICES)
         db.session.commit()
@@ -63,9 +54,9 @@ def models(app, seeded, claude_upstream):
 
 
 @pytest.fixture
-def upstream_for(upstream, claude_upstream):
+def upstream_for(upstream, claude):
     """The mock upstream behind a public model name."""
-    return {"gpt-4o-mini": upstream, "claude": claude_upstream}.get
+    return {"gpt-4o-mini": upstream, "claude": claude}.get
 
 
 @pytest.fixture

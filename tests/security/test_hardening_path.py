@@ -14,7 +14,7 @@ from promptproxy.proxy.catalog import ProviderInfo
 from promptproxy.proxy.resilience import Breakers, RetryPolicy
 from promptproxy.proxy.send import scrub
 
-from ..anthropic_upstream import AnthropicUpstream, fixture_sse
+from ..anthropic_upstream import fixture_sse
 from ..conftest import log_rows, rows_when
 from ..upstream import chat_response
 
@@ -196,14 +196,6 @@ def test_integer_code_in_a_streamed_answer_is_a_400_too(live, seeded, upstream, 
 
 # -- items 6 and 7: no upstream secret reaches a client or the log ---------------------------------
 ANTHROPIC_KEY = "sk-ant-api03-Zq7XwV9mK2pL4nR8tY6uB3cD5eF1gH0jAaBbCcDdEeFf"
-
-
-@pytest.fixture
-def claude():
-    """A local Anthropic-format upstream."""
-    server = AnthropicUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
