@@ -46,7 +46,7 @@ class AnthropicDialect:
         betas = allowed_betas(self.betas, cfg.get("ANTHROPIC_BETA_ALLOW"))
         if getattr(get_adapter(provider.kind), "native_messages", False):
             # Translating only to check it is well-formed would refuse what Claude accepts (documents, server tools).
-            native = inject.into_anthropic(call, body, variables)
+            native = inject.into_anthropic(call, unsigned_thinking_dropped(body), variables)
             if native.get("max_tokens") is None and provider.default_max_tokens:
                 native["max_tokens"] = provider.default_max_tokens
             if betas:
@@ -87,6 +87,24 @@ class AnthropicCountTokens(AnthropicDialect):
     def render(self, call, plan: Plan, out: dict) -> dict:
         """The count as it is."""
         return out
+
+
+def unsigned_thinking_dropped(body: dict) -> dict:
+    """Thinking blocks without a signature (ours, from a chat model's reasoning) left out of a native body.
+
+    A Claude Code session that moved from a chat model to a Claude one sends them back, and Anthropic refuses
+    thinking blocks it did not sign.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return body
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if message.get("role") == "assistant" and isinstance(content, list):
+            message["content"] = [block for block in content if not (
+                isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking")
+                and not block.get("signature") and not block.get("data"))]
+    return body
 
 
 def chat_view(native: dict) -> dict:

@@ -149,6 +149,18 @@ def test_create_on_claude_passes_through_with_stored_prompt_first(sdk, claude, a
     assert row.cost == pytest.approx((2095 * 3.0 + 503 * 15.0) / 1e6)
 
 
+def test_unsigned_thinking_from_a_chat_model_is_not_sent_to_claude(sdk, claude):
+    """A session that moves from a chat model (our thinking blocks have no signature) to Claude still works."""
+    history = [{"role": "user", "content": "Hi"},
+               {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": ""},
+                                                 {"type": "thinking", "thinking": "signed", "signature": "sig-1"},
+                                                 {"type": "text", "text": "Hello"}]},
+               {"role": "user", "content": "Again"}]
+    sdk.messages.create(model="claude", max_tokens=64, messages=history)
+    assert claude.last["body"]["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "signed", "signature": "sig-1"}, {"type": "text", "text": "Hello"}]
+
+
 def test_claude_without_max_tokens_gets_the_default(live, seeded, claude_model, claude, app):
     resp = requests.post(live + "/v1/messages", headers={"x-api-key": seeded.key}, timeout=10,
                          json={"model": "claude", "messages": [{"role": "user", "content": "hi"}]})
