@@ -8,6 +8,8 @@ straight at the mock in the same rounds, so "added" latency compares with a base
 
 from __future__ import annotations
 
+import time
+
 import load
 import procs
 
@@ -26,6 +28,7 @@ LEGS = (
     ("stream_c64", True, 64, False),
 )
 WARMUP_S = 0.2  # opens the connections; its requests count for CPU, not for latency
+SETTLE_S = 0.3  # longer than the log writer's 0.1 s flush interval
 TOLERANCE = 0.10  # the bound: Responses within 10 % of chat
 
 
@@ -59,6 +62,7 @@ def run(bench, rounds: int, seconds: float) -> dict:
                 target = bench.direct(stream) if variant == "direct" else bench.through(stream, api=variant)
                 cpu0 = procs.cpu_seconds(pid)
                 result = load.drive(target, concurrency, duration=seconds, warmup=WARMUP_S)
+                time.sleep(SETTLE_S)  # the log writer's rows for this leg land in this leg's CPU, not the next one's
                 spent = procs.cpu_seconds(pid) - cpu0
                 runs[leg].setdefault(variant, []).append(result)
                 if variant == "direct":
