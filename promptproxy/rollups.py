@@ -12,8 +12,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from .dialects import responses_store
-from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, delete_before, utcnow
+from .models import LATENCY_EDGES_MS, RequestLog, StoredResponse, UsageRollup, delete_before, utcnow
 
 log = logging.getLogger("promptproxy.rollups")
 TABLE = UsageRollup.__table__
@@ -153,7 +152,7 @@ def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) 
     if deleted:
         log.info("pruned %d request-log rows older than %s (roll-ups kept)", deleted, cutoff)
     # Stored Responses API answers hold conversation text too, so they follow the same retention.
-    stored = responses_store.prune(session, cutoff, batch)
+    stored = delete_before(session, StoredResponse.__table__, cutoff, batch)
     if stored:
         log.info("pruned %d stored responses older than %s", stored, cutoff)
     return deleted

@@ -174,6 +174,16 @@ def log_rows(app):
         return rows
 
 
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    """Poll a condition (no fixed sleeps): True as soon as it holds, else its value when the wait runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
 def rows_when(app, count: int, wait: float = 10.0):
     """All rows once `count` have been written (or the wait ran out).
 

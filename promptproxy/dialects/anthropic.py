@@ -4,17 +4,15 @@ from __future__ import annotations
 import copy
 import re
 
-import orjson
-
 from ..core.errors import ErrorCode, GatewayError
 from ..providers import get_adapter
 from ..providers.anthropic import BETA_FIELD
 from ..proxy import inject
 from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag, validate_messages
-from ..proxy.usage import count_tokens, estimate_input
+from ..proxy.usage import prompt_tokens
 from . import anthropic_wire as wire
-from .envelopes import anthropic_body, event_name
+from .envelopes import anthropic_body, event_name, frame
 
 COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", BETA_FIELD)
 BETA_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -79,10 +77,7 @@ class AnthropicCountTokens(AnthropicDialect):
         if plan.native:
             counted = {key: plan.body[key] for key in COUNT_KEYS if key in plan.body}
             return Plan("count_tokens", counted, view, native=True)
-        total = estimate_input(plan.body)
-        if plan.body.get("tools"):
-            total += count_tokens(orjson.dumps(plan.body["tools"]).decode())
-        return Plan("count_tokens", plan.body, view, local={"input_tokens": total})
+        return Plan("count_tokens", plan.body, view, local={"input_tokens": prompt_tokens(plan.body)})
 
     def render(self, call, plan: Plan, out: dict) -> dict:
         """The count as it is."""
@@ -138,11 +133,6 @@ def to_chat(body: dict, reasoning_effort: bool) -> dict:
                                                      reasoning_effort=reasoning_effort)
     except wire.TranslationError as exc:
         raise GatewayError(400, exc.message, param=exc.param, code=ErrorCode.INVALID_REQUEST) from None
-
-
-def frame(events) -> bytes:
-    """SSE frames with `event:` lines, as Anthropic sends them."""
-    return b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
 
 
 class AnthropicEncoder:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 from ..core.errors import ErrorCode, GatewayError
 
 # An upstream's `type` becomes an SSE `event:` name in native passthrough: newlines there would let the
@@ -34,3 +36,8 @@ def event_name(value) -> str:
         return value
     raise GatewayError(502, "The upstream sent an event with an invalid name.",
                        code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error")
+
+
+def frame(events) -> bytes:
+    """SSE frames with `event:` lines (Anthropic's and the Responses API's framing) for (name, data) pairs."""
+    return b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)

@@ -13,10 +13,10 @@ from ..core.errors import ErrorCode, GatewayError
 from ..proxy import inject
 from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag
-from ..proxy.usage import count_tokens, estimate_input
+from ..proxy.usage import prompt_tokens
 from . import responses_store as store
 from . import responses_wire as wire
-from .envelopes import event_name
+from .envelopes import event_name, frame
 
 # Hosted tools a client sends on every turn whether or not it needs them (Codex always lists web_search): for
 # a chat upstream they are left out while the model may choose freely; forced with tool_choice they are a 400.
@@ -123,9 +123,7 @@ class ResponsesInputTokens(ResponsesDialect):
         body.pop("stream", None)
         plan = super().plan(gw, call, body)
         counted = plan.view if plan.native else plan.body
-        total = estimate_input(counted)
-        if counted.get("tools"):
-            total += count_tokens(orjson.dumps(counted["tools"]).decode())
+        total = prompt_tokens(counted)
         view = {**plan.view, "max_tokens": 1, "max_completion_tokens": None}
         return Plan(plan.endpoint, plan.body, view, local={"object": "response.input_tokens", "input_tokens": total})
 
@@ -156,11 +154,6 @@ def _translated(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except wire.TranslationError as exc:
         raise GatewayError(400, exc.message, param=exc.param, code=ErrorCode.UNSUPPORTED_PARAMETER) from None
-
-
-def frame(events) -> bytes:
-    """SSE frames with `event:` lines, as OpenAI sends Responses events."""
-    return b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
 
 
 class ResponsesEncoder:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from ..extensions import db
-from ..models import StoredResponse, delete_before
+from ..models import StoredResponse
 from .responses_wire import JSON, response_items_for_history
 
 
@@ -61,11 +61,6 @@ def history(response_id: str, user_id: int) -> list[JSON] | None:
     if row is None:
         return None
     return response_items_for_history([*row.context, *row.input_items], row.response)
-
-
-def prune(session, cutoff: datetime, batch: int = 10_000) -> int:
-    """Delete stored responses created before `cutoff` in small transactions; returns rows deleted."""
-    return delete_before(session, StoredResponse.__table__, cutoff, batch)
 
 
 def _naive_utc(epoch: float | None) -> datetime:

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import orjson
 import sqlalchemy as sa
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
@@ -19,7 +18,7 @@ from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
 from ..models import BudgetUsage, utcnow
 from .admission import Admission
-from .usage import estimate_input
+from .usage import prompt_tokens
 
 log = logging.getLogger("promptproxy.limits")
 STORE_ERRORS = (StorageError, OSError)  # plus RedisError once Redis is configured (imported only then)
@@ -54,14 +53,9 @@ def answers(body: dict) -> int:
     return min(max(_count(body.get("n"), 1), _count(body.get("best_of"), 1)), MAX_ANSWERS)
 
 
-def extra_input(body: dict) -> int:
-    """Input tokens estimate_input does not see: tool and function definitions, and image parts."""
-    from .usage import count_tokens
-
+def image_tokens(body: dict) -> int:
+    """Input tokens for image parts, which prompt_tokens does not see: IMAGE_TOKENS each."""
     total = 0
-    for name in ("tools", "functions"):
-        if body.get(name):
-            total += count_tokens(orjson.dumps(body[name], default=str).decode())
     for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
         content = message.get("content") if isinstance(message, dict) else None
         for part in content if isinstance(content, list) else ():
@@ -382,7 +376,7 @@ class Limiter:
         model = call.model
         if not (model.input_price or model.output_price or model.cached_input_price):
             return 0.0
-        tokens_in = estimate_input(body) + extra_input(body)  # the built body: the stored prompt is in it
+        tokens_in = prompt_tokens(body) + image_tokens(body)  # the built body: the stored prompt is in it
         tokens_out = 0
         if model.kind != "embedding":
             cap = body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens

@@ -109,9 +109,6 @@ def _stream(gw, call, dialect: Dialect, plan: Plan, admission) -> Iterator[bytes
         first = next(gen)
     except StopIteration:
         first = b""
-    except BaseException:
-        gen.close()
-        raise
     db.session.remove()
 
     def rest():

@@ -64,6 +64,15 @@ def estimate_input(body: dict) -> int:
     return sum(count_tokens(_text_of(p)) for p in (prompt if isinstance(prompt, list) else [prompt]))
 
 
+def prompt_tokens(body: dict) -> int:
+    """Estimated input tokens of a body as sent: its messages or prompt, plus tool and function definitions."""
+    total = estimate_input(body)
+    for name in ("tools", "functions"):
+        if body.get(name):
+            total += count_tokens(orjson.dumps(body[name], default=str).decode())
+    return total
+
+
 def _text_of(content) -> str:
     if isinstance(content, str):
         return content

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -14,7 +13,7 @@ from promptproxy.extensions import db
 from promptproxy.models import RequestLog, UsageRollup, utcnow
 from promptproxy.proxy.logwriter import LogWriter
 
-from ..conftest import flush_logs, log_rows
+from ..conftest import flush_logs, log_rows, wait_for
 
 
 def rollup_totals(app, period: str) -> dict:
@@ -27,16 +26,6 @@ def rollup_totals(app, period: str) -> dict:
             UsageRollup.period == period, UsageRollup.dim == "all", UsageRollup.user_id == -1)).one()
         return dict(zip(("requests", "errors", "input_tokens", "output_tokens", "latency_count"),
                         (int(v or 0) for v in row), strict=True))
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    """Poll a condition (no fixed sleeps): True as soon as it holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_n_concurrent_requests_give_n_rows_and_matching_rollups(app, live, seeded):

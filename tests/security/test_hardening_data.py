@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 
 import pytest
 import sqlalchemy as sa
@@ -26,7 +25,7 @@ from promptproxy.proxy.logwriter import LogWriter
 from promptproxy.proxy.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 from ..admin.conftest import cheap_hash, login
-from ..conftest import log_rows
+from ..conftest import log_rows, wait_for
 from ..ops.procs import Server, server_env
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -43,16 +42,6 @@ def error_object_upstream(req):
     body = {"error": {"message": "bad request", "type": {"kind": "weird", "x": list(range(40))},
                       "code": {"nested": {"deeper": "x" * 200}}}}
     return 400, {"Content-Type": "application/json"}, json.dumps(body)
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    """Poll a condition until it holds or the wait runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def count_rows(app) -> int:

@@ -328,12 +328,13 @@ def test_n_100_with_a_small_budget_is_refused_before_the_upstream_is_called(app,
 
 
 def test_tools_and_images_count_towards_the_estimate(app, seeded):
-    from promptproxy.proxy.limits import IMAGE_TOKENS, extra_input
+    from promptproxy.proxy.limits import IMAGE_TOKENS, image_tokens
+    from promptproxy.proxy.usage import estimate_input, prompt_tokens
 
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, image, image]}],
             "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}
-    assert extra_input(body) > 2 * IMAGE_TOKENS
+    assert prompt_tokens(body) - estimate_input(body) + image_tokens(body) > 2 * IMAGE_TOKENS
 
 
 def test_a_whole_answer_without_usage_is_charged_and_flagged(app, live, seeded, upstream, gw):

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
 from promptproxy.extensions import db
 
+from ..conftest import wait_for
 from ..upstream import chunk
 from .conftest import events, post, rows_when
 
@@ -31,16 +31,6 @@ def slow_stream(gap: float, count: int, started: threading.Event | None = None, 
             yield "data: [DONE]\n\n"
         return 200, {"Content-Type": "text/event-stream"}, parts()
     return handler
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    """Poll until true or the timeout."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_client_disconnect_closes_the_upstream_and_records_499(live, seeded, upstream, app):
