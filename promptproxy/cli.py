@@ -800,6 +800,16 @@ def export_cmd(output):
         click.echo(text, nl=False)
 
 
+def _register_webhooks() -> None:
+    """`webhook` lives in cli_webhook.py (imported here, not at the top: it uses this module's helpers)."""
+    from .cli_webhook import webhook
+
+    cli.add_command(webhook)
+
+
+_register_webhooks()
+
+
 def main() -> None:
     """Console-script entry point: configuration errors and bugs print one line, never a traceback."""
     try:

@@ -61,6 +61,19 @@ DEFAULTS = {
     "LOGIN_MAX_FAILURES": 10,  # dashboard: login attempts per (email, IP) per 15 minutes (a success resets)
     "LOGIN_HASH_CONCURRENCY": 2,  # dashboard: password checks at once (scrypt takes ~128 MiB each)
     "LOGIN_HASH_WAIT": 10.0,  # dashboard: seconds a login waits for a check slot before a 429
+    # Alerts by webhook (docs/alerts.md)
+    "ALERTS_WORKER": True,  # run the delivery thread (it starts with `serve`, or when an event is queued)
+    "ALERT_BUDGET_THRESHOLDS": "50,80,100",  # percent of a user's or key's budget that fires an alert, once each
+    "ALERT_ERROR_RATE": 0.2,  # share of a model's answers with status >= 500 that fires an alert
+    "ALERT_ERROR_WINDOW": 300.0,  # seconds of the request log the error rate looks at (one alert per window)
+    "ALERT_ERROR_MIN_REQUESTS": 20,  # requests within the window before the rate counts
+    "ALERT_KEY_EXPIRY_DAYS": 7,  # alert this many days before an API key expires
+    "ALERT_CHECK_INTERVAL": 60.0,  # seconds between error-rate and key-expiry checks in each instance
+    "ALERT_POLL_INTERVAL": 1.0,  # seconds between looks at the outbox
+    "ALERT_MAX_ATTEMPTS": 8,  # deliveries tried this often, then marked failed
+    "ALERT_RETRY_BACKOFF": 10.0,  # seconds before the first retry, doubling, at most ALERT_RETRY_BACKOFF_MAX
+    "ALERT_RETRY_BACKOFF_MAX": 3600.0,
+    "ALERT_TIMEOUT": 10.0,  # seconds a receiver has to answer
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -331,3 +331,43 @@ def delete_before(session, table: sa.Table, cutoff: datetime, batch: int = 10_00
         deleted += count
         if count < batch:
             return deleted
+
+
+class Webhook(db.Model):
+    """Where alerts go: a URL, the event categories it wants, a payload format, an optional signing secret."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = NO_ID_REUSE
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    url: so.Mapped[str] = so.mapped_column(sa.String(512))
+    events: so.Mapped[list] = so.mapped_column(sa.JSON)  # categories: budget, errors, provider, key_expiry
+    format: so.Mapped[str] = so.mapped_column(sa.String(8), default="json")  # json or slack
+    secret_encrypted: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    enabled: so.Mapped[bool] = so.mapped_column(default=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+
+class WebhookDelivery(db.Model):
+    """One alert for one webhook: the durable outbox row, retried until delivered or out of attempts.
+
+    (webhook_id, dedup_key) is unique, so an event (a threshold in a budget period, a key's expiry) is queued once
+    per webhook however many instances notice it.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (sa.UniqueConstraint("webhook_id", "dedup_key", name="uq_webhook_deliveries_dedup"),
+                      sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"), NO_ID_REUSE)
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    webhook_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    event: so.Mapped[str] = so.mapped_column(sa.String(32))
+    dedup_key: so.Mapped[str] = so.mapped_column(sa.String(191))
+    payload: so.Mapped[dict] = so.mapped_column(sa.JSON)  # {"text": ..., "data": {...}}
+    status: so.Mapped[str] = so.mapped_column(sa.String(16), default="pending")  # pending, sending, delivered, failed
+    attempts: so.Mapped[int] = so.mapped_column(default=0)
+    next_attempt_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    lease_until: so.Mapped[datetime | None]
+    last_error: so.Mapped[str | None] = so.mapped_column(sa.String(512))
+    response_status: so.Mapped[int | None]
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, index=True)
+    delivered_at: so.Mapped[datetime | None]

@@ -32,6 +32,7 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
     shutdown.install()
     configure_logging()
     announce_setup(app)
+    gw.alerts.start()  # webhook deliveries, error-rate and key-expiry checks (docs/alerts.md)
     print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
     server.run()
     shutdown.finish()

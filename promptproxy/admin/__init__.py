@@ -19,6 +19,7 @@ from . import (  # noqa: E402, F401
     requests_log,
     security,
     users,
+    webhooks,
 )
 
 # Only a missing prompt_library module is tolerated; an error inside it still raises.

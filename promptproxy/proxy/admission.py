@@ -14,6 +14,8 @@ class Admission:
 class NullLimiter:
     """Admits everything; replaced by the configured limiter."""
 
+    alerts = None
+
     def admit(self, call, body: dict) -> Admission:
         """Admit the call."""
         return Admission()

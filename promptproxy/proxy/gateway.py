@@ -1,6 +1,7 @@
 """Per-app gateway state: catalog, upstream pools, limiter, request-log writer."""
 from __future__ import annotations
 
+from ..alerts.worker import AlertWorker
 from ..crypto import Box
 from .admission import NullLimiter
 from .catalog import Catalog
@@ -38,6 +39,10 @@ class Gateway:
         self.retry = RetryPolicy.from_config(cfg)
         self.breakers = Breakers.from_config(cfg)
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
+        # Alerts: the breakers and the limiter only put small events on this queue; its thread does the rest.
+        self.alerts = AlertWorker(app, self.box)
+        self.breakers.listener = self.alerts.events.put
+        self.limiter.alerts = self.alerts.events
 
     def record(self, call) -> None:
         """Queue the call's log row exactly once."""
@@ -49,6 +54,7 @@ class Gateway:
             hook(call)
 
     def close(self) -> None:
-        """Flush the log and close upstream pools (graceful shutdown)."""
+        """Flush the log, stop the alerts thread and close upstream pools (graceful shutdown)."""
         self.logs.close()
+        self.alerts.close()
         self.upstreams.close()

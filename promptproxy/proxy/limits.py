@@ -14,6 +14,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
+from ..alerts.events import BudgetSettled
 from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
 from ..models import BudgetUsage, utcnow
@@ -157,6 +158,8 @@ class Reservation:
     subject: str
     period_start: datetime
     amount: float
+    period: str = "month"
+    limit: float = 0.0
 
 
 class Budgets:
@@ -254,6 +257,7 @@ class Limiter:
         self.requests = MovingWindowRateLimiter(self.storage)
         self.tokens = FixedWindowRateLimiter(self.storage)  # hit() always adds, so real usage is never dropped
         self.budgets = Budgets()
+        self.alerts = None  # the gateway's alert event queue (budget thresholds)
         self._down_until = 0.0
 
     # -- admit -------------------------------------------------------------------------------------
@@ -365,7 +369,7 @@ class Limiter:
                                     f"{period_end(period, start).isoformat()}Z.",
                                code=ErrorCode.INSUFFICIENT_QUOTA, type="insufficient_quota",
                                headers={**adm.headers, "Retry-After": retry_after(wait)})
-            adm.reservations.append(Reservation(subject, start, amount))
+            adm.reservations.append(Reservation(subject, start, amount, period, lim["budget_usd"]))
 
     def estimate(self, call, body: dict) -> float:
         """Worst-case cost of the call as the upstream will bill it (see docs/limits.md, "What is estimated").
@@ -396,8 +400,12 @@ class Limiter:
             except LimitsUnavailable:
                 log.warning("limit store unreachable: tokens of request %s not counted", call.request_id)
         if adm.reservations:
+            settled = adm.reservations
             # Spend is exactly the logged cost, so the budget equals the sum of the request log's costs.
             self._settle_budgets(adm, call.cost or 0.0)
+            if call.cost and self.alerts is not None:  # the alerts thread compares spend with the thresholds
+                for res in settled:
+                    self.alerts.put(BudgetSettled(res.subject, res.period, res.period_start, res.limit))
 
     def _settle_budgets(self, adm: LimitAdmission, actual: float) -> None:
         for res in adm.reservations:

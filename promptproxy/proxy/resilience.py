@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
+from ..alerts.events import CircuitChanged
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 
 log = logging.getLogger("promptproxy.resilience")
@@ -89,6 +90,7 @@ def unhealthy(err: UpstreamError) -> bool:
 @dataclass(slots=True)
 class _State:
     name: str
+    pid: int = 0
     outcomes: deque = field(default_factory=deque)  # (time, failed) of counted answers inside the window
     state: str = "closed"  # closed, open, half_open
     opened_at: float = 0.0
@@ -119,6 +121,7 @@ class Breakers:
         self.clock = clock
         self._lock = threading.Lock()
         self._states: dict[int, _State] = {}
+        self.listener = None  # callable(CircuitChanged) on open and close (the alerts queue: no I/O)
 
     @classmethod
     def from_config(cls, cfg) -> Breakers:
@@ -133,7 +136,7 @@ class Breakers:
     def _get(self, provider) -> _State:
         found = self._states.get(provider.id)
         if found is None:
-            found = self._states[provider.id] = _State(provider.name)
+            found = self._states[provider.id] = _State(provider.name, provider.id)
         return found
 
     def _trim(self, st: _State, now: float) -> None:
@@ -227,12 +230,20 @@ class Breakers:
                 st.state, st.opened_at = "open", now
                 log.warning("circuit breaker for provider %s opened: %d of %d answers failed in %.0f s (%s)",
                             st.name, failures, total, self.window, kind)
+                self._changed(st, "open", f"{failures} of {total} answers failed in {self.window:.0f} s ({kind})")
 
-    @staticmethod
-    def _close(st: _State) -> None:
+    def _close(self, st: _State) -> None:
         log.info("circuit breaker for provider %s closed", st.name)
         st.state = "closed"
         st.outcomes.clear()
+        self._changed(st, "closed", None)
+
+    def _changed(self, st: _State, state: str, reason: str | None) -> None:
+        if self.listener is not None:
+            try:
+                self.listener(CircuitChanged(st.pid, st.name, state, time.time(), reason))
+            except Exception:  # an alert must never break a request
+                log.exception("circuit breaker listener failed")
 
     def states(self) -> dict:
         """{provider_id: {name, state, failures, retry_in, last_error}} for every provider seen."""
