@@ -37,11 +37,15 @@ class Cli(FlaskGroup):
             from flask_migrate.cli import db as db_group
 
             return db_group
+        if cmd_name == "webhook":  # cli_webhook.py uses this module's helpers, so it is imported once this is loaded
+            from .cli_webhook import webhook
+
+            return webhook
         return super().get_command(ctx, cmd_name)
 
     def list_commands(self, ctx):
-        """Our commands plus `db`."""
-        return sorted({*super().list_commands(ctx), "db"})
+        """Our commands plus `db` and `webhook`."""
+        return sorted({*super().list_commands(ctx), "db", "webhook"})
 
 
 @click.group(cls=Cli, create_app=_create_app, add_default_commands=False, add_version_option=False,
@@ -798,16 +802,6 @@ def export_cmd(output):
         say(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-def _register_webhooks() -> None:
-    """`webhook` lives in cli_webhook.py (imported here, not at the top: it uses this module's helpers)."""
-    from .cli_webhook import webhook
-
-    cli.add_command(webhook)
-
-
-_register_webhooks()
 
 
 def main() -> None:

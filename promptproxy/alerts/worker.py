@@ -31,7 +31,8 @@ def thresholds(raw) -> tuple[float, ...]:
     try:
         values = sorted({float(str(v).strip()) for v in items if str(v).strip()})
     except ValueError:
-        raise ConfigError(f"PROMPTPROXY_ALERT_BUDGET_THRESHOLDS: expected percentages like 50,80,100, got {raw!r}") from None
+        raise ConfigError("PROMPTPROXY_ALERT_BUDGET_THRESHOLDS: expected percentages like 50,80,100, "
+                          f"got {raw!r}") from None
     if any(v <= 0 for v in values):
         raise ConfigError("PROMPTPROXY_ALERT_BUDGET_THRESHOLDS: percentages must be positive")
     return tuple(values)

@@ -21,7 +21,8 @@ def verify(secret: str, headers: dict, body: bytes, tolerance: int = 300) -> boo
     """The receiver's check, as docs/alerts.md shows it."""
     stamp = headers["X-PromptProxy-Timestamp"]
     expected = "sha256=" + hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, headers["X-PromptProxy-Signature"]) and abs(time.time() - int(stamp)) <= tolerance
+    fresh = abs(time.time() - int(stamp)) <= tolerance  # refuse replays of old deliveries
+    return hmac.compare_digest(expected, headers["X-PromptProxy-Signature"]) and fresh
 
 
 def queue_test(app, hook_id: int) -> int:
