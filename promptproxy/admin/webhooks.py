@@ -14,6 +14,7 @@ from ..extensions import db
 from ..models import Webhook
 from . import bp
 from .auth import actor, admin_required
+from .forms import options
 from .views import save
 
 EVENT_LABELS = {"budget": "Budget thresholds", "errors": "Model error rate", "provider": "Provider circuit open/closed",
@@ -26,10 +27,10 @@ class WebhookForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=64)])
     url = StringField("URL", validators=[DataRequired(), Length(max=512)],
                       description="e.g. a Slack incoming-webhook URL; checked by the same address guard as providers")
-    events = SelectMultipleField("Events", choices=[(c, EVENT_LABELS[c]) for c in CATEGORIES],
+    events = SelectMultipleField("Events", choices=options([(c, EVENT_LABELS[c]) for c in CATEGORIES]),
                                  default=list(CATEGORIES), widget=ListWidget(prefix_label=False),
                                  option_widget=CheckboxInput())
-    format = SelectField("Format", choices=[("json", "JSON object"), ("slack", "Slack (text)")])
+    format = SelectField("Format", choices=options([("json", "JSON object"), ("slack", "Slack (text)")]))
     secret = PasswordField("Signing secret", validators=[Optional(), Length(max=1024)],
                            description="Optional; signs each delivery (X-PromptProxy-Signature). Never shown again.")
     clear_secret = BooleanField("Remove the stored secret")
