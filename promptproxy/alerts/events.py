@@ -47,6 +47,10 @@ class EventQueue:
         if self.wake is not None:
             self.wake()
 
+    def requeue(self, events: list) -> None:
+        """Put drained events back at the front (a pass that failed), oldest first, without waking anyone."""
+        self._items.extendleft(reversed(events))
+
     def drain(self) -> list:
         """Every queued event, oldest first."""
         out, popleft = [], self._items.popleft

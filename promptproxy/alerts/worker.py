@@ -68,6 +68,7 @@ class AlertWorker:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._remembered: set[str] = set()
+        self._added: list[str] = []  # keys queued in the current pass (remembered once committed)
         self._checked_at: float | None = None
         self._lock = threading.Lock()  # one pass at a time (thread, CLI or test)
         self._start_lock = threading.Lock()
@@ -116,13 +117,18 @@ class AlertWorker:
                 due_checks = checks if checks is not None else (
                     self._checked_at is None or time.monotonic() - self._checked_at >= self.check_interval)
                 if events or due_checks:
-                    self._queue(events, now, due_checks)
+                    try:
+                        self._queue(events, now, due_checks)
+                    except Exception:
+                        self.events.requeue(events)  # the database is away: keep them for the next pass
+                        raise
                 return self.deliver_due(now)
             finally:
                 db.session.remove()
 
     # -- events to outbox rows ---------------------------------------------------------------------
     def _queue(self, events: list, now: datetime, due_checks: bool) -> None:
+        self._added: list[str] = []
         with db.engine.begin() as conn:
             hooks = {c: outbox.subscribers(conn, c) for c in ("budget", "errors", "provider", "key_expiry")}
             if due_checks:
@@ -138,14 +144,15 @@ class AlertWorker:
             for event in events:
                 if isinstance(event, CircuitChanged) and hooks["provider"]:
                     self.circuit(conn, hooks["provider"], event, now)
+        if len(self._remembered) + len(self._added) > MAX_REMEMBERED:
+            self._remembered.clear()
+        self._remembered.update(self._added)  # only once committed: a rolled-back row is tried again
 
     def _add(self, conn, hooks, event: str, key: str, text: str, data: dict, now: datetime) -> None:
         if key in self._remembered:
             return
         outbox.enqueue(conn, hooks, event, key, text, data, now)
-        if len(self._remembered) >= MAX_REMEMBERED:
-            self._remembered.clear()
-        self._remembered.add(key)
+        self._added.append(key)
 
     def check_budget(self, conn, hooks, ev: BudgetSettled, now: datetime) -> None:
         """Queue one alert for each threshold the subject's spend has reached in this period."""

@@ -12,6 +12,8 @@ from promptproxy.alerts import webhooks
 from promptproxy.extensions import db
 from promptproxy.models import WebhookDelivery
 
+from ..admin.conftest import admin_web, member_web, people  # noqa: F401 - the dashboard fixtures, for test_admin
+
 
 class Receiver:
     """Records every POST; answers the scripted statuses in turn, then 200."""

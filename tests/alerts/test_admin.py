@@ -6,7 +6,6 @@ import sqlalchemy as sa
 from promptproxy.extensions import db
 from promptproxy.models import Webhook
 
-from ..admin.conftest import admin_web, member_web, people  # noqa: F401 - fixtures
 from ..conftest import wait_for
 from .conftest import deliveries, make_hook
 
