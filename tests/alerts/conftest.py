@@ -13,6 +13,7 @@ from promptproxy.extensions import db
 from promptproxy.models import WebhookDelivery
 
 from ..admin.conftest import admin_web, member_web, people  # noqa: F401 - the dashboard fixtures, for test_admin
+from ..admin.test_browser import browser, page  # noqa: F401 - Chromium fixtures, for test_browser
 
 
 class Receiver:
