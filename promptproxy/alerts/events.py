@@ -37,12 +37,15 @@ class EventQueue:
 
     def __init__(self, wake=None, maxlen: int = MAX_QUEUED):
         self._items: collections.deque = collections.deque(maxlen=maxlen)
-        self.wake = wake  # called after each put (starts or wakes the worker)
+        self.wake = wake  # called after each put: starts the worker if needed (it picks events up on its next poll)
+        self.dropped = 0
 
     def put(self, event) -> None:
         """Queue an event for the worker; never blocks, never touches the database."""
         if len(self._items) == self._items.maxlen:
-            log.warning("alert event queue full; dropping the oldest event")
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("alert event queue full (%d dropped so far); is the database reachable?", self.dropped)
         self._items.append(event)
         if self.wake is not None:
             self.wake()
