@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from promptproxy import config, manage
 from promptproxy.admin import auth
+from promptproxy.alerts.webhooks import create_webhook
 from promptproxy.cli import cli
 from promptproxy.extensions import db
 from promptproxy.models import Provider, RequestLog, User, utcnow
@@ -47,9 +48,10 @@ def world(app, people, upstream):  # noqa: F811
                          endpoint="/v1/chat/completions", status=200, input_tokens=5, output_tokens=7, cost=0.5,
                          latency_ms=100.0, created_at=utcnow())
         db.session.add(row)
+        hook = create_webhook("t", "ops", upstream.url + "/hook", secret="whsec-secret-9999")
         db.session.commit()
         return {"user_id": people["otto"], "provider_id": p.id, "model_id": secret.id, "prompt_id": pr.id,
-                "key_id": otto_key.id, "row_id": row.id}
+                "key_id": otto_key.id, "row_id": row.id, "webhook_id": hook.id}
 
 
 def snapshot(app) -> dict:
