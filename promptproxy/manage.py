@@ -469,16 +469,16 @@ ADAPTER_ENDPOINT = {"chat": "chat", "completions": "completion", "embeddings": "
 def _check_endpoints(model: Model, provider: Provider) -> None:
     """A model serves its kind's endpoint, never mixes embeddings with text, and only what its provider can."""
     declared = model.declared_endpoints
-    if model.endpoints and tuple(model.endpoints) == DEFAULT_ENDPOINTS[model.kind]:
-        model.endpoints = None  # the default: it follows the kind
     if KIND_ENDPOINT[model.kind] not in declared:
         raise ManageError(f"a {model.kind} model must serve {KIND_ENDPOINT[model.kind]}")
     if ("embeddings" in declared) != (model.kind == "embedding") or (model.kind == "embedding" and len(declared) > 1):
         raise ManageError("embeddings stay separate: an embedding model serves only embeddings")
-    if model.endpoints:
+    if model.endpoints:  # a list given on purpose must be servable; the default adapts to the provider
         missing = [n for n in declared if ADAPTER_ENDPOINT[n] not in get_adapter(provider.kind).endpoints]
         if missing:
-            raise ManageError(f"a {provider.kind} provider cannot serve {', '.join(missing)}")
+            raise ManageError(f"the provider `{provider.name}` ({provider.kind}) cannot serve {', '.join(missing)}")
+        if declared == DEFAULT_ENDPOINTS[model.kind]:
+            model.endpoints = None  # the default: it follows the kind
 
 
 def served_endpoints(model: Model) -> list[str]:

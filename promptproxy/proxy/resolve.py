@@ -56,7 +56,7 @@ def check_endpoint(model: ModelInfo, kind: str) -> None:
     except KeyError:
         return  # an unknown provider kind fails later, as provider_misconfigured
     if kind not in capable:
-        raise GatewayError(400, f"The model `{model.slug}` cannot serve {endpoint}: its provider is "
+        raise GatewayError(400, f"The model `{model.slug}` cannot serve this endpoint: its provider is "
                            f"{model.provider.kind}, whose API has no {endpoint} endpoint.", param="model",
                            code=ErrorCode.UNSUPPORTED_FOR_PROVIDER)
 
