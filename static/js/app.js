@@ -39,9 +39,10 @@
   var palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"];
 
   // Axis labels in 24-hour UTC, as the range header and the data tables show them (ISO labels end in Z).
-  function shortLabel(iso, spanMs) {
-    if (spanMs >= 86400000) { return iso.slice(5, 10); }
-    if (spanMs >= 3600000 * 6) { return iso.slice(5, 10) + " " + iso.slice(11, 16); }
+  // Daily buckets show the date, hourly ones (24 h) the time, 6-hour ones (7 days) both.
+  function shortLabel(iso, stepMs) {
+    if (stepMs >= 86400000) { return iso.slice(5, 10); }
+    if (stepMs > 3600000) { return iso.slice(5, 10) + " " + iso.slice(11, 16); }
     return iso.slice(11, 16);
   }
 
@@ -59,12 +60,12 @@
       if (window.Chart.getChart(canvas)) { return; }
       var spec = JSON.parse(canvas.getAttribute("data-chart"));
       var labels = spec.labels;
-      var span = labels.length > 1 ? new Date(labels[labels.length - 1]) - new Date(labels[0]) : 0;
+      var step = labels.length > 1 ? new Date(labels[1]) - new Date(labels[0]) : 86400000;
       var format = spec.money ? money : function (v) { return spec.percent ? v.toFixed(1) + "%" : v; };
       new window.Chart(canvas, {
         type: spec.type,
         data: {
-          labels: labels.map(function (l) { return shortLabel(l, span); }),
+          labels: labels.map(function (l) { return shortLabel(l, step); }),
           datasets: spec.series.map(function (s, i) {
             return {
               label: s[0],

@@ -98,7 +98,7 @@ def test_csv_export_follows_filters_applied_in_place(live, page, logged, tmp_pat
     assert not [p for p in page.problems if p.startswith("404 ")], page.problems
 
 
-def test_overview_cards_charts_and_favicon(app, live, page, logged):
+def test_overview_cards_charts_and_favicon(app, live, page, logged, tmp_path):
     with app.app_context():
         db.session.add(RequestLog(request_id="long", created_at=utcnow(), model="a-rather-long-model-name-for-a-card",
                                   model_id=1, endpoint="/v1/chat/completions", status=200, input_tokens=123456,
@@ -120,6 +120,12 @@ def test_overview_cards_charts_and_favicon(app, live, page, logged):
     assert header.split(" ")[1] == labels[0] and header.endswith("UTC")
     assert page.evaluate("Chart.getChart(document.getElementById('chart-requests')).options.scales.x.ticks"
                          ".maxRotation") == 0
+    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+    page.click("text=7 days")
+    page.wait_for_function("() => document.querySelector('.ranges [aria-current]').textContent.includes('7 days')")
+    page.wait_for_function("() => Chart.getChart(document.getElementById('chart-cost')) !== undefined")
+    labels = page.evaluate("Chart.getChart(document.getElementById('chart-requests')).data.labels")
+    assert all(re.fullmatch(r"\d\d-\d\d \d\d:\d\d", label) for label in labels), labels
     # costs as money on the axis and in the tooltip
     assert page.evaluate("Chart.getChart(document.getElementById('chart-cost')).options.scales.y.ticks"
                          ".callback(0.00006)") == "$0.000060"
