@@ -455,6 +455,8 @@ def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, 
 
 def _endpoint_list(names) -> list | None:
     """Endpoint names in canonical order (None, the kind's default, for an empty list); unknown names refused."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ManageError("endpoints must be a list of names: chat, completions, embeddings")
     wanted = {n.strip() for n in names if n.strip()}
     unknown = sorted(wanted - set(MODEL_ENDPOINTS))
     if unknown:

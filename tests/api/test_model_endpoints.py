@@ -100,6 +100,8 @@ def test_a_fallback_that_does_not_serve_completions_is_skipped(live, seeded, ups
 
 # -- the guards, on create and on update; a refused change changes nothing -----------------------------------
 BAD = [
+    ("chat", "endpoints must be a list of names"),
+    (["chat", 7], "endpoints must be a list of names"),
     (["chat", "telepathy"], "unknown endpoint telepathy; choose from chat, completions, embeddings"),
     (["completions"], "a chat model must serve chat"),
     (["chat", "embeddings"], "embeddings stay separate: an embedding model serves only embeddings"),
