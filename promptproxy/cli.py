@@ -458,7 +458,16 @@ def model_dict(m: Model) -> dict:
     return {"id": m.id, "slug": m.slug, "provider": m.provider.name, "upstream_model": m.upstream_model,
             "kind": m.kind, "input_price": m.input_price, "output_price": m.output_price,
             "cached_input_price": m.cached_input_price, "cache_write_price": m.cache_write_price,
-            "fallbacks": m.fallbacks, "enabled": m.enabled}
+            "fallbacks": m.fallbacks, "endpoints": manage.served_endpoints(m), "enabled": m.enabled}
+
+
+def endpoint_names(value: str | None) -> list | None:
+    """`--endpoints chat,completions` as a list ('' = the kind's default)."""
+    return None if value is None else value.split(",")
+
+
+ENDPOINTS_HELP = ("Comma-separated: chat, completions, embeddings. Default: chat,completions for chat models "
+                  "(completions alone, embeddings alone for the other kinds); '' restores it.")
 
 
 def price_options(fn):
@@ -478,14 +487,15 @@ def model():
 @click.option("--provider", "provider_name", required=True)
 @click.option("--upstream-model", required=True, help="The provider's own model name (may contain ':').")
 @click.option("--kind", type=click.Choice(manage.MODEL_KINDS), default="chat")
+@click.option("--endpoints", help=ENDPOINTS_HELP)
 @click.option("--fallback", "fallbacks", multiple=True, help="Ordered fallback model slugs.")
 @price_options
 @with_appcontext
 @committed
-def model_create(slug, provider_name, upstream_model, kind, fallbacks, **prices):
+def model_create(slug, provider_name, upstream_model, kind, endpoints, fallbacks, **prices):
     """Expose a provider's model under a public slug."""
     m = manage.create_model(ACTOR, slug, manage.get_provider(provider_name), upstream_model, kind,
-                            fallbacks=list(fallbacks) or None, **prices)
+                            fallbacks=list(fallbacks) or None, endpoints=endpoint_names(endpoints), **prices)
     say(f"created model {m.slug} (id {m.id})")
 
 
@@ -495,7 +505,8 @@ def model_create(slug, provider_name, upstream_model, kind, fallbacks, **prices)
 def model_list(as_json):
     """List models."""
     for m in db.session.scalars(sa.select(Model).order_by(Model.slug)):
-        row(model_dict(m), as_json, m.id, m.slug, m.kind, m.provider.name, m.upstream_model)
+        row(model_dict(m), as_json, m.id, m.slug, m.kind, ",".join(manage.served_endpoints(m)), m.provider.name,
+            m.upstream_model)
 
 
 @model.command("show")
@@ -513,18 +524,20 @@ def model_show(slug, as_json):
 @click.option("--provider", "provider_name")
 @click.option("--upstream-model")
 @click.option("--kind", type=click.Choice(manage.MODEL_KINDS))
+@click.option("--endpoints", help=ENDPOINTS_HELP)
 @click.option("--fallback", "fallbacks", multiple=True, help="Replace the ordered fallback list.")
 @click.option("--no-fallbacks", is_flag=True, help="Clear the fallback list.")
 @click.option("--enabled/--disabled", default=None)
 @price_options
 @with_appcontext
 @committed
-def model_update(slug, provider_name, fallbacks, no_fallbacks, **fields):
-    """Change a model's mapping, prices or fallbacks."""
+def model_update(slug, provider_name, fallbacks, no_fallbacks, endpoints, **fields):
+    """Change a model's mapping, prices, fallbacks or endpoints."""
     m = manage.get_model(slug)
     provider_obj = manage.get_provider(provider_name) if provider_name else None
     fb = [] if no_fallbacks else (list(fallbacks) if fallbacks else None)
-    changed = manage.update_model(ACTOR, m, provider=provider_obj, fallbacks=fb, **fields)
+    changed = manage.update_model(ACTOR, m, provider=provider_obj, fallbacks=fb, endpoints=endpoint_names(endpoints),
+                                  **fields)
     say(f"updated model {m.slug}: {', '.join(changed) or 'nothing changed'}")
 
 

@@ -27,7 +27,8 @@ ENV_NAME = re.compile(r"UPSTREAM_[A-Z0-9_]+")
 NUM = (int, float)
 PROVIDER_KEYS = ("name", "kind", "base_url", "api_key", "api_key_env", "headers", "headers_env",
                  *manage.PROVIDER_FIELDS)
-MODEL_KEYS = ("slug", "provider", "upstream_model", "kind", *manage.PRICE_FIELDS, "fallbacks", "enabled")
+MODEL_KEYS = ("slug", "provider", "upstream_model", "kind", "endpoints", *manage.PRICE_FIELDS, "fallbacks",
+              "enabled")
 PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "params", "note", "labels",
                "live_version")
 LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
@@ -42,7 +43,8 @@ TYPES = {
     "total_timeout": NUM, "stream_usage": bool, "anthropic_version": str, "default_max_tokens": int,
     "responses_api": bool, "reasoning_effort": bool,
     "enabled": bool, "provider": str, "upstream_model": str, "input_price": NUM, "output_price": NUM,
-    "cached_input_price": NUM, "cache_write_price": NUM, "fallbacks": list, "description": str, "mode": str,
+    "cached_input_price": NUM, "cache_write_price": NUM, "fallbacks": list, "endpoints": list, "description": str,
+    "mode": str,
     "text": str, "variables": dict, "tools": list, "params": dict, "note": str, "labels": dict,
     "live_version": int, "email": str, "role": str, "active": bool, "all_models": bool, "all_prompts": bool,
     "allowed_models": list, "allowed_prompts": list, "rpm": int, "tpm": int, "max_concurrent": int,
@@ -240,11 +242,15 @@ def _model(entry: Mapping, result: Result) -> None:
         if provider is None or not entry.get("upstream_model"):
             raise ConfigFileError("a new model needs `provider` and `upstream_model`")
         manage.create_model(ACTOR, slug, provider, fields.pop("upstream_model"), fields.pop("kind", "chat"),
-                            **fields)
+                            endpoints=entry.get("endpoints"), **fields)
         result.add("create", "model", slug, [f"provider {provider.name}", f"upstream_model {entry['upstream_model']}"])
         return
     changes = _changed(found, fields, fields)
     notes = _describe(found, changes)
+    wanted = entry.get("endpoints")
+    if wanted is not None and sorted(wanted) != sorted(found.declared_endpoints):
+        changes["endpoints"] = wanted
+        notes.append(f"endpoints {list(found.declared_endpoints)} -> {wanted}")
     if provider is not None and provider.id != found.provider_id:
         notes.append(f"provider {found.provider.name} -> {provider.name}")
     else:
@@ -397,6 +403,7 @@ def export_data() -> tuple[dict, list[str]]:
         providers.append(entry)
     models = [{"slug": m.slug, "provider": m.provider.name, "upstream_model": m.upstream_model, "kind": m.kind,
                **{f: getattr(m, f) for f in manage.PRICE_FIELDS if getattr(m, f) is not None},
+               **({"endpoints": list(m.endpoints)} if m.endpoints else {}),
                **({"fallbacks": list(m.fallbacks)} if m.fallbacks else {}), "enabled": m.enabled}
               for m in db.session.scalars(sa.select(Model).order_by(Model.slug))]
     prompts = [_export_prompt(p) for p in db.session.scalars(sa.select(Prompt).order_by(Prompt.slug))

@@ -11,6 +11,9 @@ from flask import current_app
 from .crypto import hash_key, hint
 from .extensions import db
 from .models import (
+    DEFAULT_ENDPOINTS,
+    KIND_ENDPOINT,
+    MODEL_ENDPOINTS,
     ApiKey,
     AuditEvent,
     BudgetUsage,
@@ -25,6 +28,7 @@ from .models import (
     utcnow,
 )
 from .netguard import UnsafeURL, validate_base_url
+from .providers import get_adapter
 from .proxy.grammar import valid_label, valid_slug
 from .proxy.prompts import variables_in
 
@@ -410,13 +414,15 @@ def create_model(actor: str, slug: str, provider: Provider, upstream_model: str,
     _unique(Model, Model.slug, slug, "model")
     model = Model(slug=slug, provider_id=provider.id, upstream_model="", kind="chat")
     _model_fields(model, upstream_model=upstream_model, kind=kind, **options)
+    _check_endpoints(model, provider)
     db.session.add(model)
     db.session.flush()
     audit(actor, "create", "model", slug, {"provider": provider.name, "upstream_model": upstream_model})
     return model
 
 
-def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, enabled=None, **prices) -> dict:
+def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, enabled=None, endpoints=None,
+                  **prices) -> dict:
     changed = {}
     if upstream_model is not None:
         if not upstream_model.strip() or len(upstream_model) > 256:
@@ -441,15 +447,55 @@ def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, 
         model.fallbacks = changed["fallbacks"] = list(fallbacks) or None
     if enabled is not None:
         model.enabled = changed["enabled"] = enabled
+    if endpoints is not None:
+        model.endpoints = _endpoint_list(endpoints)
+        changed["endpoints"] = list(model.declared_endpoints)
     return changed
 
 
+def _endpoint_list(names) -> list | None:
+    """Endpoint names in canonical order (None, the kind's default, for an empty list); unknown names refused."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ManageError("endpoints must be a list of names: chat, completions, embeddings")
+    wanted = {n.strip() for n in names if n.strip()}
+    unknown = sorted(wanted - set(MODEL_ENDPOINTS))
+    if unknown:
+        raise ManageError(f"unknown endpoint {', '.join(unknown)}; choose from {', '.join(MODEL_ENDPOINTS)}")
+    return [n for n in MODEL_ENDPOINTS if n in wanted] or None
+
+
+# The adapter endpoint (providers/*.py PATHS) behind each model endpoint.
+ADAPTER_ENDPOINT = {"chat": "chat", "completions": "completion", "embeddings": "embedding"}
+
+
+def _check_endpoints(model: Model, provider: Provider) -> None:
+    """A model serves its kind's endpoint, never mixes embeddings with text, and only what its provider can."""
+    declared = model.declared_endpoints
+    if KIND_ENDPOINT[model.kind] not in declared:
+        raise ManageError(f"a {model.kind} model must serve {KIND_ENDPOINT[model.kind]}")
+    if ("embeddings" in declared) != (model.kind == "embedding") or (model.kind == "embedding" and len(declared) > 1):
+        raise ManageError("embeddings stay separate: an embedding model serves only embeddings")
+    if model.endpoints:  # a list given on purpose must be servable; the default adapts to the provider
+        missing = [n for n in declared if ADAPTER_ENDPOINT[n] not in get_adapter(provider.kind).endpoints]
+        if missing:
+            raise ManageError(f"the provider `{provider.name}` ({provider.kind}) cannot serve {', '.join(missing)}")
+        if declared == DEFAULT_ENDPOINTS[model.kind]:
+            model.endpoints = None  # the default: it follows the kind
+
+
+def served_endpoints(model: Model) -> list[str]:
+    """The endpoints a model answers: those it declares that its provider's API has."""
+    capable = get_adapter(model.provider.kind).endpoints
+    return [n for n in model.declared_endpoints if ADAPTER_ENDPOINT[n] in capable]
+
+
 def update_model(actor: str, model: Model, provider: Provider | None = None, **fields) -> dict:
-    """Change a model's mapping, prices or fallbacks."""
+    """Change a model's mapping, prices, fallbacks or endpoints."""
     changed = _model_fields(model, **fields)
     if provider is not None:
         model.provider_id = provider.id
         changed["provider"] = provider.name
+    _check_endpoints(model, provider or db.session.get(Provider, model.provider_id))
     audit(actor, "update", "model", model.slug, changed)
     return changed
 
@@ -518,13 +564,13 @@ def _check_version_fields(text, variables, tools, params) -> None:
 def update_prompt(actor: str, prompt: Prompt, mode: str | None = None, description: str | None = None) -> dict:
     """Change a prompt's mode or description (text changes make versions)."""
     changed = {}
-    if mode is not None:
+    if mode is not None and mode != prompt.mode:
         if mode not in PROMPT_MODES:
             raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")
         prompt.mode = changed["mode"] = mode
-    if description is not None:
+    if description is not None and description != prompt.description:
         prompt.description = changed["description"] = description
-    if changed:
+    if changed:  # a save that changes nothing leaves no audit event
         prompt.updated_at = utcnow()
         audit(actor, "update", "prompt", prompt.slug, changed)
     return changed

@@ -123,6 +123,13 @@ class Provider(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 
 
+# The OpenAI endpoints a model can serve, and the one each kind serves first. A chat model serves chat and
+# completions by default (vLLM, llama.cpp and Ollama serve both for one model); embeddings stay separate.
+MODEL_ENDPOINTS = ("chat", "completions", "embeddings")
+KIND_ENDPOINT = {"chat": "chat", "completion": "completions", "embedding": "embeddings"}
+DEFAULT_ENDPOINTS = {"chat": ("chat", "completions"), "completion": ("completions",), "embedding": ("embeddings",)}
+
+
 class Model(db.Model):
     """What clients ask for: a public slug mapped to a provider's model."""
 
@@ -138,9 +145,15 @@ class Model(db.Model):
     cached_input_price: so.Mapped[float | None]
     cache_write_price: so.Mapped[float | None]
     fallbacks: so.Mapped[list | None] = so.mapped_column(sa.JSON)
+    endpoints: so.Mapped[list | None] = so.mapped_column(sa.JSON)  # None = DEFAULT_ENDPOINTS of its kind
     enabled: so.Mapped[bool] = so.mapped_column(default=True)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     provider: so.Mapped[Provider] = so.relationship()
+
+    @property
+    def declared_endpoints(self) -> tuple[str, ...]:
+        """The endpoints it declares: its own list, else its kind's default."""
+        return tuple(self.endpoints) if self.endpoints else DEFAULT_ENDPOINTS.get(self.kind, ())
 
 
 class Prompt(db.Model):

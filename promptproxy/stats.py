@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from .extensions import db
-from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, User, utcnow
+from .models import LATENCY_EDGES_MS, Model, RequestLog, UsageRollup, User, utcnow
 from .rollups import EVERYONE, HIST_COLS
 
 RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
@@ -236,3 +236,18 @@ def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, 
         for r in rows:
             r["label"] = names.get(r["key"], f"deleted user #{r['key']}")
     return rows
+
+
+def split_unknown_models(rows: list[dict], since: datetime, until: datetime, user_id: int | None = None,
+                         limit: int = 10) -> tuple[list[dict], list[dict]]:
+    """Top-model rows split into models that exist (or served a call in the window) and names no model had.
+
+    A refused call for a made-up model name is logged under that name; it is not a model's usage.
+    """
+    names = [r["label"] for r in rows]
+    known = set(db.session.scalars(sa.select(Model.slug).where(Model.slug.in_(names)))) if names else set()
+    rest = [n for n in names if n not in known]
+    if rest:
+        known |= set(db.session.scalars(sa.select(RequestLog.model).where(
+            *_where(since, until, user_id), RequestLog.model.in_(rest), RequestLog.model_id.is_not(None)).distinct()))
+    return [r for r in rows if r["label"] in known][:limit], [r for r in rows if r["label"] not in known][:limit]

@@ -18,6 +18,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from .. import manage
+from ..models import MODEL_ENDPOINTS
 
 
 def options(pairs) -> list[SelectChoice]:
@@ -117,6 +118,9 @@ class ModelForm(FlaskForm):
     provider = SelectField("Provider", choices=[], validate_choice=False)
     upstream_model = StringField("Upstream model", validators=[DataRequired(), Length(max=256)])
     kind = SelectField("Kind", choices=options(manage.MODEL_KINDS))
+    endpoints = SelectMultipleField("Endpoints", choices=options(MODEL_ENDPOINTS),
+                                    description="None chosen: the kind's default (chat models serve chat and "
+                                                "completions).")
     input_price = DecimalField("Input price (USD / 1M tokens)", places=None, validators=[Optional()])
     output_price = DecimalField("Output price (USD / 1M tokens)", places=None, validators=[Optional()])
     cached_input_price = DecimalField("Cached input price", places=None, validators=[Optional()])

@@ -29,7 +29,8 @@ def fields(form) -> dict:
     fallbacks = [s.strip() for s in (form.fallbacks.data or "").split(",") if s.strip()]
     return dict(upstream_model=form.upstream_model.data, kind=form.kind.data, input_price=number(
         form.input_price.data) or 0.0, output_price=number(form.output_price.data) or 0.0,
-        cached_input_price=number(form.cached_input_price.data), fallbacks=fallbacks, enabled=form.enabled.data)
+        cached_input_price=number(form.cached_input_price.data), fallbacks=fallbacks, enabled=form.enabled.data,
+        endpoints=form.endpoints.data or [])
 
 
 def chosen_provider(form) -> Provider | None:
@@ -55,6 +56,9 @@ def visible_fallbacks(model: Model) -> list[str]:
     """A model's fallbacks as the viewer may see them: all for admins, only models they may use for members."""
     scope = member_scope("models")
     return [slug for slug in model.fallbacks or () if scope is None or slug in scope]
+
+
+bp.add_app_template_global(manage.served_endpoints, "served_endpoints")
 
 
 @bp.post("/models")
@@ -92,6 +96,7 @@ def model_edit(model_id: int):
     if not form.is_submitted():
         form.provider.data = str(model.provider_id)
         form.fallbacks.data = ", ".join(model.fallbacks or ())
+        form.endpoints.data = list(model.declared_endpoints)
         return edit_view(FOLDER, model, form, COLS, title)
     if not form.validate():
         return edit_view(FOLDER, model, form, COLS, title, 422)

@@ -6,7 +6,7 @@ The rich editor (versions, diff, preview, labels, playground) lives in prompt_li
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import render_template
+from flask import render_template, request
 from flask_login import current_user
 
 from .. import manage
@@ -85,15 +85,30 @@ def prompt_edit(prompt_id: int):
     if not form.validate():
         return edit_view(FOLDER, prompt, form, COLS, title, 422)
 
+    text = form.text.data.replace("\r\n", "\n")  # browsers send textarea lines with CRLF
+
     def change():
         manage.update_prompt(actor(), prompt, mode=form.mode.data, description=form.description.data or "")
-        if form.text.data != latest_text(prompt):
-            manage.add_version(actor(), prompt, form.text.data, note=form.note.data or "")
+        if text != latest_text(prompt):
+            manage.add_version(actor(), prompt, text, note=form.note.data or "")
+        if request.form.get("make_live") and prompt.live_version is not None:
+            manage.set_live(actor(), prompt, None)
 
+    latest_before = prompt.latest_version
     _, error = save(change)
     if error:
         return edit_view(FOLDER, prompt, form, COLS, title, 422, error)
-    return updated(FOLDER, prompt, "admin.prompts", f"Saved prompt {prompt.slug}.")
+    return updated(FOLDER, prompt, "admin.prompts", saved_message(prompt, latest_before))
+
+
+def saved_message(prompt: Prompt, latest_before: int) -> str:
+    """What the save did, saying plainly when the new version is not the live one."""
+    if prompt.latest_version == latest_before:
+        return f"Saved prompt {prompt.slug}; the text is unchanged (no new version)."
+    if prompt.live_version is not None:
+        return (f"Saved version {prompt.latest_version} of {prompt.slug}, but it is not live: version "
+                f"{prompt.live_version} is pinned. Use “Save and make live” or the prompt's page to switch.")
+    return f"Saved version {prompt.latest_version} of {prompt.slug}; it is live."
 
 
 @bp.post("/prompts/<int:prompt_id>/delete")

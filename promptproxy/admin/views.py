@@ -78,9 +78,9 @@ def edit_view(folder: str, obj, form, cols: int, title: str, status: int = 200, 
 
 
 def updated(folder: str, obj, endpoint: str, message: str, **ctx):
-    """After an edit: the display row (HTMX), or back to the list."""
+    """After an edit: the display row (HTMX; it may show the message as `notice`), or back to the list."""
     if inline():
-        return render_template(f"admin/{folder}/_row.html", obj=obj, **ctx)
+        return render_template(f"admin/{folder}/_row.html", obj=obj, notice=message, **ctx)
     flash(message)
     return redirect(url_for(endpoint), 303)
 

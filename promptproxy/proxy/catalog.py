@@ -58,6 +58,7 @@ class ModelInfo:
     cached_input_price: float | None
     cache_write_price: float | None
     fallbacks: tuple[str, ...]
+    endpoints: tuple[str, ...] = ("chat", "completions")  # what it declares (models.MODEL_ENDPOINTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,7 @@ class Catalog:
                 id=m.id, slug=m.slug, provider=providers[m.provider_id], upstream_model=m.upstream_model,
                 kind=m.kind, input_price=m.input_price or 0.0, output_price=m.output_price or 0.0,
                 cached_input_price=m.cached_input_price, cache_write_price=m.cache_write_price,
-                fallbacks=tuple(m.fallbacks or ()),
+                fallbacks=tuple(m.fallbacks or ()), endpoints=m.declared_endpoints,
             )
             models[m.slug] = info
             by_id[str(m.id)] = info

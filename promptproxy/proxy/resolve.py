@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from ..core.errors import ErrorCode, GatewayError, model_not_found, prompt_not_found
-from .catalog import PromptInfo
+from ..models import KIND_ENDPOINT
+from ..providers import get_adapter
+from .catalog import ModelInfo, PromptInfo
 from .grammar import parse_model
 
 # Body keys that could steer an upstream (another gateway, a proxy) to a host of the client's choosing.
@@ -29,9 +31,7 @@ def resolve(gw, call, body: dict, kind: str) -> None:
     if model is None or not principal.may_use_model(model.slug):
         raise model_not_found(ref.model)
     call.model = model
-    if model.kind != kind:
-        raise GatewayError(400, f"The model `{model.slug}` is a {model.kind} model and cannot serve this endpoint.",
-                           param="model", code=ErrorCode.WRONG_MODEL_KIND)
+    check_endpoint(model, kind)
     if ref.prompt is None:
         return
     prompt = gw.catalog.prompt(ref.prompt)
@@ -43,6 +43,22 @@ def resolve(gw, call, body: dict, kind: str) -> None:
     if version is None:
         raise prompt_not_found(f"{ref.prompt}@{ref.version}")
     call.version = version
+
+
+def check_endpoint(model: ModelInfo, kind: str) -> None:
+    """The model must declare the endpoint (chat, completions, embeddings) and its provider must have it."""
+    endpoint = KIND_ENDPOINT[kind]
+    if endpoint not in model.endpoints:
+        raise GatewayError(400, f"The model `{model.slug}` does not serve {endpoint}; it serves "
+                           f"{', '.join(model.endpoints)}.", param="model", code=ErrorCode.WRONG_MODEL_KIND)
+    try:
+        capable = get_adapter(model.provider.kind).endpoints
+    except KeyError:
+        return  # an unknown provider kind fails later, as provider_misconfigured
+    if kind not in capable:
+        raise GatewayError(400, f"The model `{model.slug}` cannot serve this endpoint: its provider is "
+                           f"{model.provider.kind}, whose API has no {endpoint} endpoint.", param="model",
+                           code=ErrorCode.UNSUPPORTED_FOR_PROVIDER)
 
 
 def _version_number(prompt: PromptInfo, ref: str) -> int | None:

@@ -129,10 +129,15 @@ def upstream_body(model: ModelInfo, body: dict, endpoint: str) -> tuple[dict, bo
     return sent, strip
 
 
+# The model endpoint an adapter endpoint needs (messages, responses and token counts need a chat model).
+NEEDS = {"completion": "completions", "embedding": "embeddings"}
+
+
 def _supports(endpoint: str):
     def check(model: ModelInfo) -> bool:
         try:
-            return endpoint in get_adapter(model.provider.kind).endpoints and not model.provider.broken
+            return (endpoint in get_adapter(model.provider.kind).endpoints and not model.provider.broken
+                    and NEEDS.get(endpoint, "chat") in model.endpoints)
         except KeyError:
             return False
     return check

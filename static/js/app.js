@@ -38,10 +38,20 @@
 
   var palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"];
 
-  function shortLabel(iso, hourly) {
-    var d = new Date(iso);
-    var opts = hourly ? { hour: "2-digit", minute: "2-digit", day: "numeric", month: "short" } : { day: "numeric", month: "short" };
-    return d.toLocaleString(undefined, opts);
+  // Axis labels in 24-hour UTC, as the range header and the data tables show them (ISO labels end in Z).
+  // Daily buckets show the date, hourly ones (24 h) the time, 6-hour ones (7 days) both.
+  function shortLabel(iso, stepMs) {
+    if (stepMs >= 86400000) { return iso.slice(5, 10); }
+    if (stepMs > 3600000) { return iso.slice(5, 10) + " " + iso.slice(11, 16); }
+    return iso.slice(11, 16);
+  }
+
+  // Dollars as people write them: never 6.00000E-5.
+  function money(v) {
+    if (v === null || v === undefined) { return ""; }
+    if (v === 0 || Math.abs(v) >= 1) { return "$" + v.toFixed(2); }
+    if (Math.abs(v) >= 0.01) { return "$" + v.toFixed(4); }
+    return "$" + v.toFixed(1 - Math.floor(Math.log10(Math.abs(v))));
   }
 
   function drawCharts(root) {
@@ -50,11 +60,12 @@
       if (window.Chart.getChart(canvas)) { return; }
       var spec = JSON.parse(canvas.getAttribute("data-chart"));
       var labels = spec.labels;
-      var hourly = labels.length > 1 && (new Date(labels[1]) - new Date(labels[0])) < 86400000;
+      var step = labels.length > 1 ? new Date(labels[1]) - new Date(labels[0]) : 86400000;
+      var format = spec.money ? money : function (v) { return spec.percent ? v.toFixed(1) + "%" : v; };
       new window.Chart(canvas, {
         type: spec.type,
         data: {
-          labels: labels.map(function (l) { return shortLabel(l, hourly); }),
+          labels: labels.map(function (l) { return shortLabel(l, step); }),
           datasets: spec.series.map(function (s, i) {
             return {
               label: s[0],
@@ -68,8 +79,14 @@
         options: {
           responsive: true, maintainAspectRatio: false, animation: false,
           interaction: { mode: "index", intersect: false },
-          scales: { y: { beginAtZero: true } },
-          plugins: { legend: { display: spec.series.length > 1 } }
+          scales: {
+            x: { ticks: { maxRotation: 0, autoSkip: true, autoSkipPadding: 12 } },
+            y: { beginAtZero: true, ticks: { callback: function (v) { return format(v); } } }
+          },
+          plugins: {
+            legend: { display: spec.series.length > 1 },
+            tooltip: { callbacks: { label: function (c) { return c.dataset.label + ": " + format(c.parsed.y); } } }
+          }
         }
       });
     });

@@ -93,3 +93,35 @@ def admin_web(app, people) -> Web:
 def member_web(app, people) -> Web:
     """A client logged in as the member `mia`."""
     return _logged_in(app, "mia@example.com", MEMBER_PW)
+
+
+# -- a real browser (Debian's chromium driven by Playwright; no browser download) ---------------------------
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    """Chromium driven by Playwright (no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A desktop page that records CSP violations, script errors and every 404 (a missing asset included)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    page.on("response", lambda r: r.status == 404 and page.problems.append("404 " + r.url))
+    context.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error("
+                            "'CSPV ' + e.violatedDirective + ' ' + e.sourceFile + ':' + e.lineNumber))")
+    yield page
+    context.close()

@@ -13,40 +13,12 @@ from promptproxy.extensions import db
 from promptproxy.models import RequestLog, utcnow
 
 from ..conftest import flush_logs
+from .conftest import CHROMIUM
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian's chromium at {CHROMIUM}")]
-
-
-@pytest.fixture
-def browser():
-    """Chromium driven by Playwright (no browser download)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A desktop page that records CSP violations and script errors."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.problems = []
-    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
-    page.on("pageerror", lambda e: page.problems.append(str(e)))
-    page.on("response", lambda r: r.status == 404 and page.problems.append("404 " + r.url))
-    context.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error("
-                            "'CSPV ' + e.violatedDirective + ' ' + e.sourceFile + ':' + e.lineNumber))")
-    yield page
-    context.close()
 
 
 def shot(page, name: str, full: bool = True) -> None:
@@ -138,7 +110,7 @@ def test_first_run_setup_crud_key_api_call_charts_and_member_isolation(app, live
     page.wait_for_selector("text=gpt-4o-mini")
     shot(page, "requests")
     assert not [p for p in page.problems if "Content Security Policy" in p or "CSPV" in p], page.problems
-    assert not [p for p in page.problems if p.startswith("404 ") and "favicon" not in p], page.problems
+    assert not [p for p in page.problems if p.startswith("404 ")], page.problems  # the favicon included
 
     page.click("text=Log out")
     page.wait_for_selector("text=You are logged out.")

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from promptproxy import stats
+from promptproxy.admin.overview import money
 from promptproxy.extensions import db
 from promptproxy.models import RequestLog
 
@@ -111,7 +112,7 @@ def test_overview_page_shows_totals_from_real_gateway_calls(app, live, seeded, a
     assert f'data-stat="requests">{len(logged)}<' in body
     tokens = sum((r.input_tokens or 0) + (r.output_tokens or 0) for r in logged)
     assert f'data-stat="tokens">{tokens}<' in body
-    assert f'${sum(r.cost or 0 for r in logged):.4f}' in body
+    assert f'data-stat="cost">{money(sum(r.cost or 0 for r in logged))}<' in body
     assert 'data-chart=' in body and "alice" in body  # top users
     partial = admin_web.hx_get("/admin/?range=7d", "charts").get_data(as_text=True)
     assert "<html" not in partial and 'data-stat="requests">4<' in partial
