@@ -6,8 +6,8 @@ Revises: 0005_provider_dialects
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0006_dash"
-down_revision = "0005_provider_dialects"
+revision = "0007_endpoints"
+down_revision = "0006_alerts"
 branch_labels = None
 depends_on = None
 
