@@ -1,5 +1,6 @@
 # PromptProxy image: multi-stage, virtualenv, non-root (uid 1001), SQLite data on the /data volume.
-# Build and run (untested in the development sandbox, which has no Docker engine):
+# Build and run (never built in the development sandbox, which has no Docker engine: `make lint` runs hadolint on
+# this file, and tests/ops/test_compose.py runs the entrypoint script with the ENV below, outside Docker):
 #   docker build -t promptproxy .
 #   docker run -p 8090:8090 -v pp-data:/data -e PROMPTPROXY_ENV=production \
 #     -e PROMPTPROXY_SECRET_KEY=... -e PROMPTPROXY_ENCRYPTION_KEY=... promptproxy
