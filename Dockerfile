@@ -1,18 +1,22 @@
 # PromptProxy image: multi-stage, virtualenv, non-root (uid 1001), SQLite data on the /data volume.
-# Build and run (untested in the development sandbox, which has no Docker engine):
+# Build and run (never built in the development sandbox, which has no Docker engine: `make lint` runs hadolint on
+# this file, and tests/ops/test_compose.py runs the entrypoint script with the ENV below, outside Docker):
 #   docker build -t promptproxy .
 #   docker run -p 8090:8090 -v pp-data:/data -e PROMPTPROXY_ENV=production \
 #     -e PROMPTPROXY_SECRET_KEY=... -e PROMPTPROXY_ENCRYPTION_KEY=... promptproxy
-# The entrypoint runs `promptproxy db upgrade`, then execs `promptproxy serve` (SIGTERM drains, then flushes the log).
+# The entrypoint (deploy/docker-entrypoint.sh) runs `promptproxy db upgrade`, then execs `promptproxy serve` (SIGTERM
+# drains, then flushes the log); given a command instead, it runs that: `docker run ... promptproxy create-admin ...`.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-# Dependencies first, in their own layer: a code change does not reinstall them.
+# Dependencies first, in their own layer (a code change does not reinstall them), from the hash-locked file the
+# Makefile installs too: a tampered or substituted package fails the build. The project itself adds none.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
-RUN mkdir promptproxy && touch promptproxy/__init__.py && pip install -e . && rm -rf promptproxy
 # templates/ and static/ sit beside the package: an editable install keeps ROOT=/app so they resolve.
 COPY app.py ./
 COPY promptproxy ./promptproxy
@@ -39,5 +43,5 @@ VOLUME ["/data"]
 EXPOSE 8090
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
-  CMD python -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8090/readyz', timeout=2).status != 200)"
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8090/readyz', timeout=2).status != 200)"]
 ENTRYPOINT ["docker-entrypoint.sh"]

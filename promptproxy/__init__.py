@@ -17,7 +17,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: configuration, extensions, blueprints, hooks."""
     app = Flask(__name__, instance_path=os.environ.get("PROMPTPROXY_INSTANCE_PATH") or str(ROOT / "instance"),
                 template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
-    settings = cfgmod.from_env()
+    # As flaskr does: the instance file, or the test's own settings (so a developer's file never leaks into tests).
+    settings = cfgmod.from_env(file_settings=cfgmod.from_file(Path(app.instance_path)) if test_config is None else None)
     settings.update(test_config or {})
     settings = cfgmod.finalize(settings, Path(app.instance_path))
     app.config.from_mapping(settings)

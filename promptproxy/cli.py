@@ -28,6 +28,13 @@ class Cli(FlaskGroup):
     """Flask's command group without its entry-point scan, which would import Flask-Migrate and Alembic (~11 MB)
     into every command, `serve` included. Flask-Migrate's `db` group is imported only when it is asked for."""
 
+    # Flask's own options (-e/--env-file, -A/--app, --debug): this program has one app and reads its own settings.
+    FLASK_OPTIONS = ("env_file", "app", "debug")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params = [p for p in self.params if p.name not in self.FLASK_OPTIONS]
+
     def _load_plugin_commands(self) -> None:
         """No scan: `db` is the only plugin command we use (see get_command)."""
 
@@ -50,6 +57,7 @@ class Cli(FlaskGroup):
 
 @click.group(cls=Cli, create_app=_create_app, add_default_commands=False, add_version_option=False,
              load_dotenv=False, set_debug_flag=False)
+@click.version_option(package_name="promptproxy", prog_name="promptproxy", message="%(prog)s %(version)s")
 def cli():
     """PromptProxy: an LLM gateway with stored system prompts."""
 
@@ -92,18 +100,43 @@ def say(*fields, err: bool = False) -> None:
     click.echo("\t".join(printable(f) for f in fields), err=err)
 
 
+def to_json(obj) -> str:
+    """One JSON line; database times are naive UTC, so they are written with a `Z` (2026-01-02T03:04:05.678Z)."""
+    return orjson.dumps(obj, default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
+
+
+def utc(when: datetime | None) -> str:
+    """A database time for a person: 2026-01-02T03:04:05Z (always UTC, and saying so)."""
+    return f"{when:%Y-%m-%dT%H:%M:%S}Z" if when else "-"
+
+
 def row(obj: dict, as_json: bool, *fields) -> None:
     """One listed item: a JSON object, or tab-separated plain-text fields."""
     if as_json:
-        click.echo(orjson.dumps(obj, default=str).decode())
+        click.echo(to_json(obj))
     else:
         say(*fields)
+
+
+def table(headers: tuple[str, ...], rows: list[tuple], numeric: tuple[int, ...] = ()) -> None:
+    """Aligned plain-text columns under a header (each cell escaped; the `numeric` columns right-aligned)."""
+    cells = [[printable(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    right = [i in numeric for i in range(len(headers))]
+
+    def line(values) -> str:
+        padded = (v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True))
+        return "  ".join(padded).rstrip()
+
+    click.echo(line(headers))
+    for r in cells:
+        click.echo(line(r))
 
 
 def emit(obj, as_json: bool) -> None:
     """Print a dict as JSON or as aligned `key: value` lines."""
     if as_json:
-        click.echo(orjson.dumps(obj, default=str).decode())
+        click.echo(to_json(obj))
     else:
         for key, value in obj.items():
             say(f"{key}: {value}")
@@ -661,7 +694,7 @@ def prompt_versions(slug, as_json):
     for v in db.session.scalars(query):
         d = {"version": v.version, "live": v.version == live, "labels": sorted(labels.get(v.version, [])),
              "created_at": v.created_at, "created_by": v.created_by, "note": v.note, "text": v.text}
-        row(d, as_json, f"{'*' if d['live'] else ' '} {v.version}", f"{v.created_at:%Y-%m-%d %H:%M}",
+        row(d, as_json, f"{'*' if d['live'] else ' '} {v.version}", utc(v.created_at),
             ",".join(d["labels"]) or "-", repr(v.text[:60]))
 
 
@@ -704,6 +737,23 @@ LOG_FIELDS = ("request_id", "created_at", "user", "key_id", "model", "prompt", "
               "usage_estimated", "cost", "latency_ms", "ttft_ms")
 
 
+LOG_HEADERS = ("TIME (UTC)", "USER", "MODEL", "ENDPOINT", "STATUS", "TOKENS IN/OUT", "COST $", "LATENCY",
+               "ERROR")
+
+
+def log_cells(entry: RequestLog, owner: str | None) -> tuple:
+    """One request as table cells; a dash where there is nothing (no tokens on a refused call, no cost)."""
+    model = entry.model or "-"
+    if entry.prompt:
+        model += f":{entry.prompt}" + (f"@{entry.prompt_version}" if entry.prompt_version else "")
+    tokens = "-" if entry.input_tokens is None and entry.output_tokens is None else \
+        f"{entry.input_tokens or 0}/{entry.output_tokens or 0}" + ("~" if entry.usage_estimated else "")
+    cost = f"{entry.cost:.6f}" if entry.cost is not None else "-"
+    latency = f"{entry.latency_ms:.0f} ms" if entry.latency_ms is not None else "-"
+    return (utc(entry.created_at), owner or "-", model, entry.endpoint or "-", entry.status, tokens, cost, latency,
+            entry.error_type or "-")
+
+
 @cli.command("log")
 @click.option("--user", "user_name")
 @click.option("--limit", type=click.IntRange(1, 100000), default=20)
@@ -711,15 +761,19 @@ LOG_FIELDS = ("request_id", "created_at", "user", "key_id", "model", "prompt", "
 @with_appcontext
 @committed
 def log_cmd(user_name, limit, as_json):
-    """Recent requests, newest first."""
+    """Recent requests, newest first (times in UTC; ~ marks estimated tokens)."""
     query = sa.select(RequestLog, User.name).outerjoin(User, User.id == RequestLog.user_id)
     if user_name:
         query = query.where(RequestLog.user_id == manage.get_user(user_name).id)
     query = query.order_by(RequestLog.created_at.desc(), RequestLog.id.desc()).limit(limit)
-    for entry, owner in db.session.execute(query):
-        d = {f: (owner if f == "user" else getattr(entry, f)) for f in LOG_FIELDS}
-        row(d, as_json, f"{entry.created_at:%Y-%m-%d %H:%M:%S}", entry.status, owner or "-", entry.model or "-",
-            entry.prompt or "-", f"{entry.input_tokens}/{entry.output_tokens}", f"{entry.latency_ms:.0f}ms")
+    found = db.session.execute(query).all()
+    if as_json:
+        for entry, owner in found:
+            click.echo(to_json({f: (owner if f == "user" else getattr(entry, f)) for f in LOG_FIELDS}))
+    elif found:
+        table(LOG_HEADERS, [log_cells(entry, owner) for entry, owner in found], numeric=(4, 5, 6, 7))
+    else:
+        say("no requests logged yet", err=True)
 
 
 # -- retention and roll-ups ---------------------------------------------------------------------------

@@ -1,9 +1,14 @@
-"""Configuration: defaults, then PROMPTPROXY_* environment variables, then test overrides."""
+"""Configuration: defaults, then the instance settings file, then PROMPTPROXY_* variables, then test overrides."""
 from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 from pathlib import Path
+
+# The instance settings file (TOML, the names below without the PROMPTPROXY_ prefix). `make run` writes a
+# development one allowing local upstreams, so the server and every CLI command in another shell agree.
+SETTINGS_FILE = "promptproxy.toml"
 
 DEFAULTS = {
     "DATABASE_URL": None,  # default: SQLite in the instance folder
@@ -96,9 +101,30 @@ def _coerce(default, raw: str):
     return raw
 
 
-def from_env(environ=os.environ) -> dict:
-    """Read PROMPTPROXY_* variables over the defaults, typed like the defaults."""
-    cfg = dict(DEFAULTS)
+def from_file(instance: Path) -> dict:
+    """Settings from the instance folder's promptproxy.toml (none when it does not exist), typed like the defaults."""
+    path = instance / SETTINGS_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    out = {}
+    for name, value in data.items():
+        if name not in DEFAULTS:
+            raise ConfigError(f"{path}: unknown setting {name!r} (names are those of PROMPTPROXY_* without the prefix)")
+        raw = str(value).lower() if isinstance(value, bool) else str(value)
+        try:
+            out[name] = _coerce(DEFAULTS[name], raw)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"{path}: {name}: {exc}") from None
+    return out
+
+
+def from_env(environ=os.environ, file_settings: dict | None = None) -> dict:
+    """Read PROMPTPROXY_* variables over the settings file and the defaults, typed like the defaults."""
+    cfg = {**DEFAULTS, **(file_settings or {})}
     for name, default in DEFAULTS.items():
         raw = environ.get(f"PROMPTPROXY_{name}")
         if raw is None or raw == "":

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import orjson
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from . import manage
 from .crypto import SecretError
 from .extensions import db
 from .manage import ManageError
-from .models import Model, Prompt, PromptLabel, Provider, User
+from .models import Model, Prompt, PromptLabel, PromptVersion, Provider, User
 
 ACTOR = "apply"
 # `api_key_env` and `headers_env` may name only variables with this prefix: a file (reviewed less carefully than
@@ -30,7 +31,9 @@ PROVIDER_KEYS = ("name", "kind", "base_url", "api_key", "api_key_env", "headers"
 MODEL_KEYS = ("slug", "provider", "upstream_model", "kind", "endpoints", *manage.PRICE_FIELDS, "fallbacks",
               "enabled")
 PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "params", "note", "labels",
-               "live_version")
+               "live_version", "versions")
+# One entry of a prompt's `versions` (its whole history, as `export` writes it).
+VERSION_KEYS = ("version", "text", "variables", "tools", "params", "note", "created_by", "created_at")
 LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
 USER_KEYS = ("name", "email", "role", "active", "all_models", "all_prompts", "allowed_models", "allowed_prompts",
              *LIMIT_KEYS)
@@ -46,7 +49,8 @@ TYPES = {
     "cached_input_price": NUM, "cache_write_price": NUM, "fallbacks": list, "endpoints": list, "description": str,
     "mode": str,
     "text": str, "variables": dict, "tools": list, "params": dict, "note": str, "labels": dict,
-    "live_version": int, "email": str, "role": str, "active": bool, "all_models": bool, "all_prompts": bool,
+    "live_version": int, "versions": list, "version": int, "created_by": str, "created_at": (str, datetime),
+    "email": str, "role": str, "active": bool, "all_models": bool, "all_prompts": bool,
     "allowed_models": list, "allowed_prompts": list, "rpm": int, "tpm": int, "max_concurrent": int,
     "budget_usd": NUM, "budget_period": str,
 }
@@ -106,6 +110,8 @@ def load(text: str) -> dict:
         for i, entry in enumerate(entries):
             where = f"{section}[{i}]"
             _check_entry(entry, where, ident, keys)
+            if section == "prompts":
+                _check_versions(entry.get("versions") or [], f"{where} ({entry[ident]})")
             if entry[ident] in seen:
                 raise ConfigFileError(f"{where}: `{entry[ident]}` appears twice")
             seen.add(entry[ident])
@@ -126,6 +132,14 @@ def _check_entry(entry, where: str, ident: str, keys: tuple) -> None:
             continue
         if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
             raise ConfigFileError(f"{where} ({entry[ident]}): `{key}` has the wrong type")
+
+
+def _check_versions(versions: list, where: str) -> None:
+    """A prompt's history: mappings with text, numbered 1, 2, 3... in order."""
+    for i, version in enumerate(versions, start=1):
+        if not isinstance(version, dict) or version.get("version") != i:
+            raise ConfigFileError(f"{where}: versions must be numbered 1, 2, 3... in order (entry {i})")
+        _check_entry(version, f"{where} versions[{i - 1}]", "text", VERSION_KEYS)
 
 
 # -- applying ----------------------------------------------------------------------------------------
@@ -280,14 +294,17 @@ def _version_fields(entry: Mapping) -> dict:
 
 def _prompt(entry: Mapping, result: Result) -> None:
     slug = entry["slug"]
-    if not isinstance(entry.get("text"), str):
-        raise ConfigFileError("a prompt needs `text`")
-    wanted = {"text": entry["text"], **_version_fields(entry)}
+    history = entry.get("versions") or []
+    if not history and not isinstance(entry.get("text"), str):
+        raise ConfigFileError("a prompt needs `text` or `versions`")
     found = db.session.scalar(sa.select(Prompt).where(Prompt.slug == slug))
     if found is None:
-        found = manage.create_prompt(ACTOR, slug, entry["text"], mode=entry.get("mode") or "prepend",
-                                     description=entry.get("description") or "", note=entry.get("note") or "",
-                                     **_version_fields(entry))
+        first = history[0] if history else entry
+        found = manage.create_prompt(ACTOR, slug, first["text"], mode=entry.get("mode") or "prepend",
+                                     description=entry.get("description") or "", note=first.get("note") or "",
+                                     **_version_fields(first))
+        if history:
+            _stamp(manage.get_version(found, 1), first)
         result.add("create", "prompt", slug, [f"mode {found.mode}", "version 1"])
     else:
         meta = _changed(found, entry, ("mode", "description"))
@@ -295,8 +312,47 @@ def _prompt(entry: Mapping, result: Result) -> None:
             notes = _describe(found, meta)
             manage.update_prompt(ACTOR, found, **meta)
             result.add("update", "prompt", slug, notes)
+    for version in history:
+        _history_version(found, version, result)
+    if isinstance(entry.get("text"), str):
+        wanted = {"text": entry["text"], **_version_fields(entry)}
         _new_version(found, wanted, entry.get("note") or "", result)
     _labels(found, entry, result)
+
+
+def _snapshot(version) -> dict:
+    """What makes two versions the same: text, variables, tools and params (empty means none)."""
+    get = version.get if isinstance(version, Mapping) else lambda key: getattr(version, key)
+    return {"text": get("text"), "variables": get("variables") or None, "tools": get("tools") or None,
+            "params": get("params") or None}
+
+
+def _history_version(prompt: Prompt, entry: Mapping, result: Result) -> None:
+    """Add one version of the file's history that the database lacks; a stored one must be the same."""
+    number = entry["version"]
+    if number <= prompt.latest_version:
+        if _snapshot(manage.get_version(prompt, number)) != _snapshot(entry):
+            raise ConfigFileError(f"version {number} differs from the stored version {number}; versions never "
+                                  "change (put the change in `text` to save it as a new version, or drop "
+                                  "`versions` to apply only `text`)")
+        return
+    version = manage.add_version(ACTOR, prompt, entry["text"], note=entry.get("note") or "", **_version_fields(entry))
+    _stamp(version, entry)
+    result.add("update", "prompt", prompt.slug, [f"version {number} added from the history"])
+
+
+def _stamp(version: PromptVersion, entry: Mapping) -> None:
+    """Keep who saved a version and when, as the exporting server recorded them."""
+    if entry.get("created_by"):
+        version.created_by = entry["created_by"][:64]
+    when = entry.get("created_at")
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when)
+        except ValueError:
+            raise ConfigFileError(f"version {entry['version']}: created_at {when!r} is not an ISO 8601 time") from None
+    if when is not None:
+        version.created_at = when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
 
 
 def _new_version(prompt: Prompt, wanted: dict, note: str, result: Result) -> None:
@@ -418,12 +474,24 @@ def _export_prompt(p: Prompt) -> dict:
     for key in ("variables", "tools", "params"):
         if getattr(latest, key):
             entry[key] = getattr(latest, key)
+    history = db.session.scalars(sa.select(PromptVersion).where(PromptVersion.prompt_id == p.id)
+                                 .order_by(PromptVersion.version))
+    entry["versions"] = [_export_version(v) for v in history]
     labels = {lab.label: lab.version for lab in db.session.scalars(
         sa.select(PromptLabel).where(PromptLabel.prompt_id == p.id).order_by(PromptLabel.label))}
     if labels:
         entry["labels"] = labels
     if p.live_version is not None:
         entry["live_version"] = p.live_version
+    return entry
+
+
+def _export_version(v: PromptVersion) -> dict:
+    """One version of the history, with who saved it and when (UTC)."""
+    entry = {"version": v.version, "text": v.text}
+    entry.update({key: getattr(v, key) for key in ("variables", "tools", "params", "note", "created_by")
+                  if getattr(v, key)})
+    entry["created_at"] = v.created_at.replace(tzinfo=UTC)
     return entry
 
 

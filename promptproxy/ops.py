@@ -170,14 +170,16 @@ def access_line(call=None, status: int | None = None, method: str | None = None,
     """One JSON line per request on `promptproxy.access` (request id, method, path, status, latency, model)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
+    now = time.time()  # ISO 8601 UTC with milliseconds, like every timestamp the CLI prints
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     if call is not None:
-        line = {"request_id": call.request_id, "method": method or "POST", "path": call.endpoint,
+        line = {"time": stamp, "request_id": call.request_id, "method": method or "POST", "path": call.endpoint,
                 "status": call.status, "latency_ms": round((time.perf_counter() - call.t0) * 1000, 2),
                 "model": call.serving.slug if call.model is not None else call.model_name,
                 "prompt": call.prompt.slug if call.prompt is not None else None, "stream": call.stream,
                 "user_id": call.principal.user_id if call.principal else None, "error": call.error_type}
     else:
-        line = {"request_id": None, "method": method, "path": path, "status": status,
+        line = {"time": stamp, "request_id": None, "method": method, "path": path, "status": status,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2) if started else None}
     access_log.info(orjson.dumps(line).decode())
 

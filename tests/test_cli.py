@@ -3,15 +3,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import openai
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
+
+from promptproxy import manage
+from promptproxy.cli import cli
+from promptproxy.extensions import db
+from promptproxy.models import RequestLog, User
 
 from .conftest import free_port
 
@@ -183,3 +191,69 @@ def test_audit_events_for_cli_changes(cli_env, db_url):
         events = conn.execute(sa.text("SELECT actor, action, target FROM audit_events ORDER BY id")).all()
     engine.dispose()
     assert [tuple(e) for e in events] == [("cli", "create", "u1"), ("cli", "update", "u1")]
+
+
+def test_version_and_help_show_only_this_program():
+    runner = CliRunner()
+    version = runner.invoke(cli, ["--version"])
+    assert version.exit_code == 0 and re.fullmatch(r"promptproxy \d+\.\d+\.\d+\S*\n", version.output)
+    shown = runner.invoke(cli, ["--help"])
+    assert shown.exit_code == 0
+    options = shown.output.split("Options:")[1].split("Commands:")[0]
+    assert re.findall(r"^\s+(-\S+)", options, re.M) == ["--version", "--help"]
+    for leftover in ("--env-file", "dotenv", "--app", "--debug", "FLASK"):
+        assert leftover not in shown.output
+    for command in ("serve", "create-admin", "provider", "model", "prompt", "user", "key", "log", "apply", "export",
+                    "db"):
+        assert re.search(rf"^  {command} ", shown.output, re.M), command
+    refused = runner.invoke(cli, ["-A", "other:app", "user", "list"])
+    assert refused.exit_code == 2 and "No such option '-A'" in refused.output
+
+
+def _log_rows(app) -> None:
+    """A served call with a stored prompt, an estimate on a stream, and a refusal with no tokens or cost."""
+    with app.app_context():
+        manage.create_user("t", "alice", all_models=True)
+        alice = db.session.scalar(sa.select(User).where(User.name == "alice"))
+        db.session.add_all([
+            RequestLog(request_id="r1", created_at=datetime(2026, 3, 4, 5, 6, 7, 890000), user_id=alice.id,
+                       model="gpt-4o-mini", prompt="translator", prompt_version=2, endpoint="/v1/chat/completions",
+                       status=200, input_tokens=23, output_tokens=16, cost=0.0000129, latency_ms=12.4),
+            RequestLog(request_id="r2", created_at=datetime(2026, 3, 4, 5, 6, 8), user_id=alice.id,
+                       model="gpt-4o-mini", endpoint="/v1/messages", stream=True, status=200, input_tokens=5,
+                       output_tokens=0, usage_estimated=True, cost=0.0, latency_ms=30.0),
+            RequestLog(request_id="r3", created_at=datetime(2026, 3, 4, 5, 6, 9), user_id=None, model="nope\x1b[2J",
+                       endpoint="/v1/chat/completions", status=404, error_type="model_not_found", latency_ms=0.6),
+        ])
+        db.session.commit()
+
+
+def test_log_is_a_table_with_a_header_and_utc_times(app):
+    _log_rows(app)
+    out = app.test_cli_runner().invoke(cli, ["log"]).output
+    lines = out.splitlines()
+    assert lines[0].split() == ["TIME", "(UTC)", "USER", "MODEL", "ENDPOINT", "STATUS", "TOKENS", "IN/OUT", "COST",
+                                "$", "LATENCY", "ERROR"]
+    assert lines[1].split() == ["2026-03-04T05:06:09Z", "-", "nope\\x1b[2J", "/v1/chat/completions", "404", "-", "-",
+                                "1", "ms", "model_not_found"]
+    assert lines[2].split() == ["2026-03-04T05:06:08Z", "alice", "gpt-4o-mini", "/v1/messages", "200", "5/0~",
+                                "0.000000", "30", "ms", "-"]
+    assert lines[3].split() == ["2026-03-04T05:06:07Z", "alice", "gpt-4o-mini:translator@2", "/v1/chat/completions",
+                                "200", "23/16", "0.000013", "12", "ms", "-"]
+    assert "None" not in out
+    # columns line up: every row's status sits under the header's STATUS
+    status_end = lines[0].index("STATUS") + len("STATUS")
+    assert all(line[status_end - 3:status_end] in ("404", "200") for line in lines[1:])
+
+
+def test_log_json_times_say_utc(app):
+    _log_rows(app)
+    rows = [json.loads(x) for x in app.test_cli_runner().invoke(cli, ["log", "--json"]).output.splitlines()]
+    assert [r["created_at"] for r in rows] == ["2026-03-04T05:06:09Z", "2026-03-04T05:06:08Z",
+                                               "2026-03-04T05:06:07.890000Z"]
+    assert rows[0]["input_tokens"] is None and rows[0]["error_type"] == "model_not_found"
+
+
+def test_log_with_no_requests_says_so(app):
+    result = app.test_cli_runner().invoke(cli, ["log"])
+    assert result.exit_code == 0 and result.output == "no requests logged yet\n"

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from datetime import UTC, datetime
 
 import openai
 import pytest
@@ -138,6 +140,7 @@ def test_metrics_token(app):
 
 def test_access_log_one_json_line_per_request_without_the_key(app, live, seeded, caplog):
     caplog.set_level(logging.INFO, logger="promptproxy.access")
+    before = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     client = openai.OpenAI(base_url=live + "/v1", api_key=seeded.key, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini:translator",
                                                            messages=[{"role": "user", "content": "hi"}])
@@ -151,6 +154,10 @@ def test_access_log_one_json_line_per_request_without_the_key(app, live, seeded,
         "POST", "/v1/chat/completions", 200, "gpt-4o-mini", "translator")
     assert first["latency_ms"] > 0
     assert (lines[1]["method"], lines[1]["path"], lines[1]["status"]) == ("GET", "/v1/models", 401)
+    after = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.999Z")
+    for line in lines:  # when, in UTC, saying so
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
+        assert before <= line["time"] <= after
     text = caplog.text
     assert seeded.key not in text and "pp-wrong-key" not in text
 

@@ -289,7 +289,7 @@ def test_log_prints_a_forged_model_name_on_one_line(app, people):  # noqa: F811
                                   endpoint="/v1/chat/completions", status=200, latency_ms=5.0, created_at=utcnow()))
         db.session.commit()
     out = app.test_cli_runner().invoke(cli, ["log"], catch_exceptions=False).output
-    assert out.count("\n") == 1 and "\x1b" not in out and "\r" not in out
+    assert out.count("\n") == 2 and "\x1b" not in out and "\r" not in out  # the header, then one row
     assert "m\\n2099-01-01 00:00:00\\t200\\troot\\tgpt-4o\\x1b[2K" in out
 
 
