@@ -1,7 +1,7 @@
 """models: the endpoints a model serves (NULL = its kind's default: chat models serve chat and completions)
 
-Revision ID: 0006_dash
-Revises: 0005_provider_dialects
+Revision ID: 0007_endpoints
+Revises: 0006_alerts
 """
 from alembic import op
 import sqlalchemy as sa
