@@ -173,7 +173,8 @@ def user_dict(u: User) -> dict:
     """A user as printed by the CLI (never the password hash)."""
     return {"id": u.id, "name": u.name, "email": u.email, "role": u.role, "active": u.active,
             "all_models": u.all_models, "all_prompts": u.all_prompts, "allowed_models": u.allowed_models,
-            "allowed_prompts": u.allowed_prompts, "all_mcp": u.all_mcp, "allowed_mcp": u.allowed_mcp, "rpm": u.rpm, "tpm": u.tpm, "max_concurrent": u.max_concurrent,
+            "allowed_prompts": u.allowed_prompts, "all_mcp": u.all_mcp, "allowed_mcp": u.allowed_mcp, "rpm": u.rpm,
+            "tpm": u.tpm, "max_concurrent": u.max_concurrent,
             "budget_usd": u.budget_usd, "budget_period": u.budget_period}
 
 

@@ -60,3 +60,29 @@ def with_session(live: str, key: str | None, fn):
     return asyncio.run(_session(f"{live}/mcp", key, fn))
 
 
+
+
+def rpc(live: str, key: str | None, message, session: str | None = None, headers: dict | None = None,
+        method: str = "POST"):
+    """One raw HTTP exchange with /mcp (for what the SDK would never send)."""
+    import orjson
+    import requests
+
+    sent = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json", **(headers or {})}
+    if key:
+        sent["Authorization"] = f"Bearer {key}"
+    if session:
+        sent["Mcp-Session-Id"] = session
+    data = message if isinstance(message, bytes) else orjson.dumps(message)
+    return requests.request(method, f"{live}/mcp", data=data, headers=sent, timeout=30)
+
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+
+def open_session(live: str, key: str) -> str:
+    """Initialize over raw HTTP; returns the session id."""
+    resp = rpc(live, key, INIT)
+    assert resp.status_code == 200, resp.text
+    return resp.headers["Mcp-Session-Id"]

@@ -5,6 +5,7 @@ import threading
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 from ..conftest import free_port, wait_for
 
@@ -33,12 +34,12 @@ class ToolServer:
         @mcp.tool()
         def fail(reason: str) -> str:
             """Always fails."""
-            raise ValueError(f"failed: {reason}")
+            raise ToolError(f"failed: {reason}")
 
         @mcp.tool()
         def leak() -> str:
             """Fails with the server's own secret in the message."""
-            raise ValueError(f"bad credentials {SECRET}")
+            raise ToolError(f"bad credentials {SECRET}")
 
         @mcp.prompt()
         def review(code: str) -> str:
