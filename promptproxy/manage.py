@@ -176,8 +176,11 @@ def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, peri
     if allow_mcp:
         from .mcp.servers import check_grant
 
-        current = list(obj.allowed_mcp or [])
-        obj.allowed_mcp = current + [g for g in map(check_grant, allow_mcp) if g not in current]
+        grants = list(obj.allowed_mcp or [])
+        for grant in map(check_grant, allow_mcp):
+            if grant not in grants:
+                grants.append(grant)
+        obj.allowed_mcp = grants
         changed["allowed_mcp"] = obj.allowed_mcp
     return changed
 
