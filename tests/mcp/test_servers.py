@@ -119,3 +119,28 @@ def test_delete(app, run):
     assert server(app) is None
     code, out = run("mcp", "delete", "gh")
     assert code == 1 and "no MCP server `gh`" in out
+
+
+def test_apply_and_export_round_trip_without_secrets(app, run, tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSTREAM_GH_MCP_API_KEY", SECRET)
+    path = tmp_path / "pp.yaml"
+    path.write_text("mcp_servers:\n  - name: gh\n    url: http://127.0.0.1:9/mcp\n"
+                    "    api_key_env: UPSTREAM_GH_MCP_API_KEY\n    description: GitHub\n"
+                    "users:\n  - name: uma\n    allowed_mcp: [gh/search]\n")
+    code, out = run("apply", str(path))
+    assert code == 0 and "+ mcp_server gh: url http://127.0.0.1:9/mcp; api_key set" in out, out
+    stored = server(app)
+    assert stored.api_key_hint == "sk-…3456" and stored.description == "GitHub"
+    with app.app_context():
+        assert db.session.scalar(sa.select(User.allowed_mcp).where(User.name == "uma")) == ["gh/search"]
+    code, exported = run("export")
+    assert code == 0 and SECRET not in exported
+    assert "api_key_env: UPSTREAM_GH_MCP_API_KEY" in exported and "- gh/search" in exported
+    path.write_text(exported)
+    assert run("apply", str(path)) == (0, "no changes\n")
+    path.write_text("mcp_servers:\n  - name: gh\n    url: http://127.0.0.1:9/mcp\n    headers: {X-A: b}\n")
+    code, out = run("apply", str(path))
+    assert code == 0 and "headers changed" in out
+    path.write_text("mcp_servers:\n  - name: new\n")
+    code, out = run("apply", str(path))
+    assert code == 1 and "a new MCP server needs `url`" in out
