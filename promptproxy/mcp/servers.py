@@ -84,9 +84,12 @@ def create_server(actor: str, name: str, url: str, api_key: str | None = None, h
 
 def update_server(actor: str, server: McpServer, url: str | None = None, api_key: str | None = None,
                   headers: dict | None = None, description: str | None = None, timeout: float | None = None,
-                  enabled: bool | None = None) -> dict:
+                  enabled: bool | None = None, name: str | None = None) -> dict:
     """Change a server; a new host without new credentials drops the old ones (never sent to another host)."""
     changed = _options(server, description, timeout, enabled)
+    if name is not None and name != server.name:
+        _unique(McpServer, McpServer.name, check_name(name), "MCP server", server.id)
+        server.name = changed["name"] = name
     if url is not None:
         url = _check_url(url)
         if urlhost(url) != urlhost(server.url):
