@@ -5,10 +5,11 @@ import sqlalchemy as sa
 
 from .crypto import Box, SecretError
 from .extensions import db
-from .models import Provider
+from .models import McpServer, Provider
 
 # (model, primary-key attribute used in messages, encrypted columns); new secret columns are added here.
-ENCRYPTED = ((Provider, "name", ("api_key_encrypted", "extra_headers_encrypted")),)
+ENCRYPTED = ((Provider, "name", ("api_key_encrypted", "extra_headers_encrypted")),
+             (McpServer, "name", ("api_key_encrypted", "headers_encrypted")))
 
 
 class RotationError(RuntimeError):

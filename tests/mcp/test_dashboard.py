@@ -71,3 +71,15 @@ def test_csrf_is_required_and_members_are_refused(admin_web, member_web, app):  
     assert member_web.get("/admin/mcp").status_code == 403
     resp = member_web.post("/admin/mcp", FORM)
     assert resp.status_code == 403 and one(app, name="gh") is None
+
+
+def test_the_request_log_filter_finds_tool_calls(admin_web, app, live, mcp_seed):  # noqa: F811
+    from ..conftest import rows_when
+    from .conftest import with_session
+
+    with_session(live, mcp_seed.ann, lambda s: s.call_tool("tools__echo", {"text": "hi"}))
+    assert len(rows_when(app, 1)) == 1
+    found = admin_web.get("/admin/requests?model=tools__echo").get_data(as_text=True)
+    assert '<td data-label="Model">tools__echo</td>' in found and "1 shown" in found
+    other = admin_web.get("/admin/requests?model=tools__add").get_data(as_text=True)
+    assert "No requests match." in other

@@ -144,3 +144,19 @@ def test_apply_and_export_round_trip_without_secrets(app, run, tmp_path, monkeyp
     path.write_text("mcp_servers:\n  - name: new\n")
     code, out = run("apply", str(path))
     assert code == 1 and "a new MCP server needs `url`" in out
+
+
+def test_rotate_encryption_key_re_encrypts_mcp_secrets(app, run):
+    from promptproxy.crypto import Box
+
+    run("mcp", "create", "gh", "--url", "http://127.0.0.1:9/mcp", "--api-key", SECRET, "--header", "X-A=b")
+    app.config["OLD_ENCRYPTION_KEYS"] = (app.config["ENCRYPTION_KEY"],)
+    app.config["ENCRYPTION_KEY"] = "a-brand-new-encryption-key-0123456789"
+    new = Box(app.config["ENCRYPTION_KEY"], app.config["OLD_ENCRYPTION_KEYS"])
+    app.extensions["promptproxy"].box = new
+    code, out = run("rotate-encryption-key")
+    assert code == 0 and "re-encrypted 2 secret(s)" in out
+    stored = server(app)
+    only_new = Box(app.config["ENCRYPTION_KEY"])
+    assert only_new.decrypt(stored.api_key_encrypted) == SECRET
+    assert orjson.loads(only_new.decrypt(stored.headers_encrypted)) == {"X-A": "b"}

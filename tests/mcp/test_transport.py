@@ -96,3 +96,11 @@ def test_get_is_405_and_oversized_bodies_413_both_json(app, live, mcp_seed):
     assert resp.json()["error"]["code"] == -32601
     big = rpc(live, mcp_seed.ann, b"{" + b" " * (app.config["MAX_BODY_BYTES"] + 10) + b"}")
     assert big.status_code == 413 and big.headers["Content-Type"] == "application/json"
+
+
+def test_a_2026_client_probing_server_discover_is_told_to_use_initialize(live, mcp_seed):
+    probe = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
+    resp = rpc(live, mcp_seed.ann, probe, headers={"MCP-Protocol-Version": "2026-07-28"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == -32600  # the SDK then falls back
+    resp = rpc(live, mcp_seed.ann, probe)
+    assert resp.status_code == 400 and "send `initialize` first" in resp.json()["error"]["message"]
