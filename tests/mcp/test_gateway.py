@@ -97,13 +97,13 @@ def test_a_key_narrowed_to_no_server_gets_no_tools_capability_and_a_clear_error(
     _narrow(app, mcp_seed.ann, [])  # ann still has stored prompts, so she may connect for them
 
     async def run(s):
-        caps = s.initialize_result.capabilities if hasattr(s, "initialize_result") else None
+        caps = s.initialize_result.capabilities
         with pytest.raises(MCPError) as refused:
             await s.list_tools()
         return caps, refused.value, await s.list_prompts()
 
     caps, refused, prompts = with_session(live, mcp_seed.ann, run)
-    assert caps is None or caps.tools is None
+    assert caps.tools is None and caps.prompts is not None
     assert "may use no MCP server" in str(refused)
     assert [p.name for p in prompts.prompts] == ["greeter"]
 
