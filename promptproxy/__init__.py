@@ -60,6 +60,10 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp, url_prefix="/v1")
     hooks.install(app)
     app.register_blueprint(openapi_bp)  # GET /openapi.json
+    from .api.mcp import bp as mcp_bp
+
+    csrf.exempt(mcp_bp)
+    app.register_blueprint(mcp_bp)  # /mcp: the MCP gateway
     try:
         from .admin import bp as admin_bp
     except ModuleNotFoundError as exc:  # a missing dashboard is tolerated; a broken one must fail loudly

@@ -190,6 +190,9 @@ def limit_options(fn):
         click.option("--allow-prompt", "allow_prompts", multiple=True, help="Add a prompt to the allow-list."),
         click.option("--clear-models", is_flag=True, help="Empty the model allow-list first."),
         click.option("--clear-prompts", is_flag=True, help="Empty the prompt allow-list first."),
+        click.option("--allow-mcp", "allow_mcp", multiple=True,
+                     help="Add an MCP server (SERVER) or one of its tools (SERVER/TOOL) to the allow-list."),
+        click.option("--clear-mcp", is_flag=True, help="Empty the MCP allow-list first."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -199,6 +202,7 @@ def limit_options(fn):
 def all_options(fn):
     """--all-models/--no-all-models and the same for prompts (on a key: no narrowing of its user's lists)."""
     fn = click.option("--all-prompts/--no-all-prompts", default=None, help="Every prompt, present and future.")(fn)
+    fn = click.option("--all-mcp/--no-all-mcp", default=None, help="Every MCP server and tool, present and future.")(fn)
     return click.option("--all-models/--no-all-models", default=None, help="Every model, present and future.")(fn)
 
 
@@ -206,7 +210,8 @@ def user_dict(u: User) -> dict:
     """A user as printed by the CLI (never the password hash)."""
     return {"id": u.id, "name": u.name, "email": u.email, "role": u.role, "active": u.active,
             "all_models": u.all_models, "all_prompts": u.all_prompts, "allowed_models": u.allowed_models,
-            "allowed_prompts": u.allowed_prompts, "rpm": u.rpm, "tpm": u.tpm, "max_concurrent": u.max_concurrent,
+            "allowed_prompts": u.allowed_prompts, "all_mcp": u.all_mcp, "allowed_mcp": u.allowed_mcp, "rpm": u.rpm,
+            "tpm": u.tpm, "max_concurrent": u.max_concurrent,
             "budget_usd": u.budget_usd, "budget_period": u.budget_period}
 
 
@@ -224,6 +229,8 @@ def user():
 @click.option("--all-prompts", is_flag=True, default=None, help="Allow every prompt.")
 @click.option("--allow-model", "allow_models", multiple=True)
 @click.option("--allow-prompt", "allow_prompts", multiple=True)
+@click.option("--all-mcp", is_flag=True, default=None, help="Allow every MCP server and tool.")
+@click.option("--allow-mcp", "allow_mcp", multiple=True, help="Allow an MCP server (SERVER) or tool (SERVER/TOOL).")
 @with_appcontext
 @committed
 def user_create(name, email, role, password, **access):
@@ -291,7 +298,8 @@ def key_dict(k: ApiKey, user_name: str) -> dict:
     """A key as printed (prefix and last 4 only)."""
     return {"id": k.id, "key": k.display, "name": k.name, "user": user_name, "created_at": k.created_at,
             "expires_at": k.expires_at, "revoked": k.revoked_at is not None, "last_used_at": k.last_used_at,
-            "allowed_models": k.allowed_models, "allowed_prompts": k.allowed_prompts, "rpm": k.rpm, "tpm": k.tpm,
+            "allowed_models": k.allowed_models, "allowed_prompts": k.allowed_prompts, "allowed_mcp": k.allowed_mcp,
+            "rpm": k.rpm, "tpm": k.tpm,
             "max_concurrent": k.max_concurrent, "budget_usd": k.budget_usd, "budget_period": k.budget_period}
 
 
@@ -483,6 +491,92 @@ def provider_delete(name):
     """Delete a provider no model uses."""
     manage.delete_provider(ACTOR, manage.get_provider(name))
     say(f"deleted provider {name}")
+
+
+# -- MCP servers ------------------------------------------------------------------------------------
+def mcp_options(fn):
+    """Options shared by mcp create and update."""
+    options = [
+        click.option("--header", "headers", multiple=True, help="Header NAME=VALUE sent upstream (stored encrypted)."),
+        click.option("--description"),
+        click.option("--timeout", type=float, help="Seconds to wait for an answer (default: first-byte timeout)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.group()
+def mcp():
+    """MCP tool servers served at /mcp."""
+
+
+@mcp.command("create")
+@click.argument("name")
+@click.option("--url", required=True, help="The server's streamable HTTP endpoint, e.g. https://tools.example/mcp")
+@click.option("--api-key", help="Sent as `Authorization: Bearer` (stored encrypted, never shown again).")
+@mcp_options
+@with_appcontext
+@committed
+def mcp_create(name, url, api_key, headers, **options):
+    """Register an MCP server; grant it with `user update NAME --allow-mcp SERVER[/TOOL]`."""
+    from .mcp.servers import create_server
+
+    s = create_server(ACTOR, name, url, api_key=api_key, headers=parse_headers(headers), **options)
+    say(f"created MCP server {s.name} (id {s.id}); its tools appear at /mcp as {s.name}__TOOL")
+
+
+@mcp.command("list")
+@json_option
+@with_appcontext
+def mcp_list(as_json):
+    """List MCP servers."""
+    from .mcp.servers import server_dict
+    from .models import McpServer
+
+    for s in db.session.scalars(sa.select(McpServer).order_by(McpServer.name)):
+        row(server_dict(s), as_json, s.id, s.name, s.url, "enabled" if s.enabled else "disabled")
+
+
+@mcp.command("show")
+@click.argument("name")
+@json_option
+@with_appcontext
+@committed
+def mcp_show(name, as_json):
+    """Show one MCP server (the key as a hint, header names only)."""
+    from .mcp.servers import get_server, server_dict
+
+    emit(server_dict(get_server(name)), as_json)
+
+
+@mcp.command("update")
+@click.argument("name")
+@click.option("--url")
+@click.option("--api-key", help="Replace the key ('' clears it).")
+@click.option("--enabled/--disabled", default=None)
+@mcp_options
+@with_appcontext
+@committed
+def mcp_update(name, url, api_key, headers, **options):
+    """Change an MCP server (a new host drops the stored credentials unless new ones are given)."""
+    from .mcp.servers import get_server, update_server
+
+    s = get_server(name)
+    changed = update_server(ACTOR, s, url=url, api_key=api_key, headers=parse_headers(headers), **options)
+    say(f"updated MCP server {s.name}: {', '.join(changed) or 'nothing changed'}")
+
+
+@mcp.command("delete")
+@click.argument("name")
+@with_appcontext
+@committed
+def mcp_delete(name):
+    """Delete an MCP server."""
+    from .mcp.servers import delete_server, get_server
+
+    delete_server(ACTOR, get_server(name))
+    say(f"deleted MCP server {name}")
 
 
 # -- models -------------------------------------------------------------------------------------------

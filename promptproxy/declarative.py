@@ -36,9 +36,10 @@ PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "par
 VERSION_KEYS = ("version", "text", "variables", "tools", "params", "note", "created_by", "created_at")
 LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
 USER_KEYS = ("name", "email", "role", "active", "all_models", "all_prompts", "allowed_models", "allowed_prompts",
-             *LIMIT_KEYS)
+             "all_mcp", "allowed_mcp", *LIMIT_KEYS)
+MCP_KEYS = ("name", "url", "description", "api_key", "api_key_env", "headers", "headers_env", "timeout", "enabled")
 SECTIONS = {"providers": ("name", PROVIDER_KEYS), "models": ("slug", MODEL_KEYS),
-            "prompts": ("slug", PROMPT_KEYS), "users": ("name", USER_KEYS)}
+            "prompts": ("slug", PROMPT_KEYS), "mcp_servers": ("name", MCP_KEYS), "users": ("name", USER_KEYS)}
 # Expected types; None (YAML null) is accepted for every field except the identifying one and `text`.
 TYPES = {
     "name": str, "slug": str, "kind": str, "base_url": str, "api_key": str, "api_key_env": str, "headers": dict,
@@ -52,7 +53,7 @@ TYPES = {
     "live_version": int, "versions": list, "version": int, "created_by": str, "created_at": (str, datetime),
     "email": str, "role": str, "active": bool, "all_models": bool, "all_prompts": bool,
     "allowed_models": list, "allowed_prompts": list, "rpm": int, "tpm": int, "max_concurrent": int,
-    "budget_usd": NUM, "budget_period": str,
+    "budget_usd": NUM, "budget_period": str, "url": str, "timeout": NUM, "all_mcp": bool, "allowed_mcp": list,
 }
 
 
@@ -149,7 +150,7 @@ def apply(data: Mapping, environ: Mapping | None = None) -> Result:
     result = Result()
     steps = (("providers", lambda e: _provider(e, result, environ)), ("models", lambda e: _model(e, result)),
              ("models", lambda e: _fallbacks(e, result)), ("prompts", lambda e: _prompt(e, result)),
-             ("users", lambda e: _user(e, result)))
+             ("mcp_servers", lambda e: _mcp_server(e, result, environ)), ("users", lambda e: _user(e, result)))
     for section, step in steps:
         ident = SECTIONS[section][0]
         for i, entry in enumerate(data.get(section) or []):
@@ -389,9 +390,48 @@ def _labels(prompt: Prompt, entry: Mapping, result: Result) -> None:
                                                      f"{entry['live_version'] or 'newest'}"])
 
 
+def _mcp_server(entry: Mapping, result: Result, environ: Mapping) -> None:
+    """An MCP server, created or updated like a provider (secrets literally or from UPSTREAM_* variables)."""
+    from .mcp import servers
+    from .models import McpServer
+
+    name = entry["name"]
+    api_key, headers = _provider_secrets(entry, environ, result)
+    options = {f: entry[f] for f in ("description", "timeout", "enabled") if entry.get(f) is not None}
+    found = db.session.scalar(sa.select(McpServer).where(McpServer.name == name))
+    if found is None:
+        if not entry.get("url"):
+            raise ConfigFileError("a new MCP server needs `url`")
+        servers.create_server(ACTOR, name, entry["url"], api_key=api_key, headers=headers, **options)
+        result.add("create", "mcp_server", name, [f"url {entry['url']}"] + (["api_key set"] if api_key else [])
+                   + (["headers set"] if headers else []))
+        return
+    kwargs = _changed(found, options, options)
+    notes = _describe(found, kwargs)
+    url = (entry.get("url") or "").strip().rstrip("/")
+    if url and url != found.url:
+        kwargs["url"] = url
+        notes.append(f"url {found.url} -> {url}")
+    box = current_app.extensions["promptproxy"].box
+    try:
+        key_now = box.decrypt(found.api_key_encrypted) if found.api_key_encrypted else None
+        headers_now = orjson.loads(box.decrypt(found.headers_encrypted)) if found.headers_encrypted else {}
+    except SecretError:
+        key_now, headers_now = "\0unreadable", {"\0": "unreadable"}
+    if api_key is not None and (api_key != key_now or "url" in kwargs):
+        kwargs["api_key"] = api_key
+        notes.append("api_key changed")
+    if headers is not None and (headers != headers_now or "url" in kwargs):
+        kwargs["headers"] = headers
+        notes.append("headers changed")
+    if kwargs:
+        servers.update_server(ACTOR, found, **kwargs)
+        result.add("update", "mcp_server", name, notes)
+
+
 # manage.apply_limits argument -> User attribute
 LIMIT_ATTRS = {"budget": "budget_usd", "period": "budget_period", "allow_models": "allowed_models",
-               "allow_prompts": "allowed_prompts"}
+               "allow_prompts": "allowed_prompts", "allow_mcp": "allowed_mcp"}
 
 
 def _user_limits(entry: Mapping, user: User | None) -> dict:
@@ -402,10 +442,10 @@ def _user_limits(entry: Mapping, user: User | None) -> dict:
             out["budget" if key == "budget_usd" else key] = entry[key] or 0  # 0 and null = no limit
     if entry.get("budget_period") is not None and (user is None or entry["budget_period"] != user.budget_period):
         out["period"] = entry["budget_period"]
-    for key in ("all_models", "all_prompts"):
+    for key in ("all_models", "all_prompts", "all_mcp"):
         if entry.get(key) is not None and (user is None or entry[key] != getattr(user, key)):
             out[key] = entry[key]
-    for key, kind in (("allowed_models", "models"), ("allowed_prompts", "prompts")):
+    for key, kind in (("allowed_models", "models"), ("allowed_prompts", "prompts"), ("allowed_mcp", "mcp")):
         if key in entry and (user is None or list(entry[key] or []) != list(getattr(user, key) or [])):
             out[f"clear_{kind}"] = True
             out[f"allow_{kind}"] = list(entry[key] or [])
@@ -419,6 +459,7 @@ def _user(entry: Mapping, result: Result) -> None:
     if found is None:
         limits.pop("clear_models", None)
         limits.pop("clear_prompts", None)
+        limits.pop("clear_mcp", None)
         user = manage.create_user(ACTOR, name, email=entry.get("email"), role=entry.get("role") or "member",
                                   **limits)
         if entry.get("active") is False:
@@ -465,7 +506,26 @@ def export_data() -> tuple[dict, list[str]]:
     prompts = [_export_prompt(p) for p in db.session.scalars(sa.select(Prompt).order_by(Prompt.slug))
                if p.latest_version]
     users = [_export_user(u) for u in db.session.scalars(sa.select(User).order_by(User.name))]
-    return {"providers": providers, "models": models, "prompts": prompts, "users": users}, notes
+    mcp_servers = _export_mcp_servers(notes)
+    return {"providers": providers, "models": models, "prompts": prompts, "mcp_servers": mcp_servers,
+            "users": users}, notes
+
+
+def _export_mcp_servers(notes: list) -> list:
+    """MCP servers, their secrets named as UPSTREAM_<NAME>_MCP_API_KEY / _MCP_HEADERS variables."""
+    from .models import McpServer
+
+    out = []
+    for s in db.session.scalars(sa.select(McpServer).order_by(McpServer.name)):
+        entry = {"name": s.name, "url": s.url, "description": s.description, "timeout": s.timeout,
+                 "enabled": s.enabled}
+        for key, encrypted, what in (("api_key_env", s.api_key_encrypted, "MCP_API_KEY"),
+                                     ("headers_env", s.headers_encrypted, "MCP_HEADERS")):
+            if encrypted:
+                entry[key] = env_name(s.name, what)
+                notes.append(f"MCP server {s.name}: export {entry[key]} before applying")
+        out.append(entry)
+    return out
 
 
 def _export_prompt(p: Prompt) -> dict:
@@ -498,7 +558,8 @@ def _export_version(v: PromptVersion) -> dict:
 def _export_user(u: User) -> dict:
     entry = {"name": u.name, "email": u.email, "role": u.role, "active": u.active, "all_models": u.all_models,
              "all_prompts": u.all_prompts, "allowed_models": list(u.allowed_models or []),
-             "allowed_prompts": list(u.allowed_prompts or [])}
+             "allowed_prompts": list(u.allowed_prompts or []), "all_mcp": u.all_mcp,
+             "allowed_mcp": list(u.allowed_mcp or [])}
     entry.update({k: getattr(u, k) for k in LIMIT_KEYS})
     return entry
 

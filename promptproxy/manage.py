@@ -133,7 +133,7 @@ def _public(values: dict) -> dict:
 
 def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, period=None, allow_models=(),
                  allow_prompts=(), all_models=None, all_prompts=None, clear_models=False,
-                 clear_prompts=False) -> dict:
+                 clear_prompts=False, allow_mcp=(), all_mcp=None, clear_mcp=False) -> dict:
     """Set limits and allow-lists on a user or key; returns what changed."""
     changed = {}
     for attr, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrent", max_concurrent)):
@@ -153,7 +153,8 @@ def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, peri
         obj.budget_period = period
         changed["budget_period"] = period
     for flag, attr, listed in ((all_models, "all_models", "allowed_models"),
-                               (all_prompts, "all_prompts", "allowed_prompts")):
+                               (all_prompts, "all_prompts", "allowed_prompts"),
+                               (all_mcp, "all_mcp", "allowed_mcp")):
         if flag is not None:
             if hasattr(obj, attr):
                 setattr(obj, attr, flag)
@@ -162,7 +163,8 @@ def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, peri
             elif getattr(obj, listed) is None:
                 setattr(obj, listed, [])  # a key: only what it lists (nothing until --allow-*)
             changed[attr] = flag
-    for clear, attr in ((clear_models, "allowed_models"), (clear_prompts, "allowed_prompts")):
+    for clear, attr in ((clear_models, "allowed_models"), (clear_prompts, "allowed_prompts"),
+                        (clear_mcp, "allowed_mcp")):
         if clear:
             setattr(obj, attr, None)
             changed[attr] = None
@@ -175,6 +177,15 @@ def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, peri
             current = list(getattr(obj, attr) or [])
             setattr(obj, attr, current + [v for v in values if v not in current])
             changed[attr] = getattr(obj, attr)
+    if allow_mcp:
+        from .mcp.servers import check_grant
+
+        grants = list(obj.allowed_mcp or [])
+        for grant in map(check_grant, allow_mcp):
+            if grant not in grants:
+                grants.append(grant)
+        obj.allowed_mcp = grants
+        changed["allowed_mcp"] = obj.allowed_mcp
     return changed
 
 

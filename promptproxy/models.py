@@ -30,6 +30,7 @@ class LimitsMixin:
     # None = no list; for users that means no access unless all_* is set, for keys "inherit".
     allowed_models: so.Mapped[list | None] = so.mapped_column(sa.JSON)
     allowed_prompts: so.Mapped[list | None] = so.mapped_column(sa.JSON)
+    allowed_mcp: so.Mapped[list | None] = so.mapped_column(sa.JSON)  # "SERVER" or "SERVER/TOOL" entries
 
 
 class User(LimitsMixin, db.Model):
@@ -45,6 +46,7 @@ class User(LimitsMixin, db.Model):
     password_hash: so.Mapped[str | None] = so.mapped_column(sa.String(256))
     all_models: so.Mapped[bool] = so.mapped_column(default=False)
     all_prompts: so.Mapped[bool] = so.mapped_column(default=False)
+    all_mcp: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
     session_version: so.Mapped[int] = so.mapped_column(default=0)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     keys: so.WriteOnlyMapped[ApiKey] = so.relationship(back_populates="user", passive_deletes=True)
@@ -119,6 +121,24 @@ class Provider(db.Model):
     default_max_tokens: so.Mapped[int | None]
     responses_api: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
     reasoning_effort: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
+    enabled: so.Mapped[bool] = so.mapped_column(default=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+
+class McpServer(db.Model):
+    """An upstream MCP tool server (streamable HTTP); its API key and headers are stored encrypted."""
+
+    __tablename__ = "mcp_servers"
+    __table_args__ = NO_ID_REUSE
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    url: so.Mapped[str] = so.mapped_column(sa.String(512))
+    description: so.Mapped[str] = so.mapped_column(sa.Text, default="")
+    api_key_encrypted: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    api_key_hint: so.Mapped[str | None] = so.mapped_column(sa.String(16))
+    headers_encrypted: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    header_names: so.Mapped[list | None] = so.mapped_column(sa.JSON)  # shown instead of the values
+    timeout: so.Mapped[float | None]
     enabled: so.Mapped[bool] = so.mapped_column(default=True)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 

@@ -5,11 +5,12 @@ import sqlalchemy as sa
 
 from .crypto import Box, SecretError
 from .extensions import db
-from .models import Provider, Webhook
+from .models import McpServer, Provider, Webhook
 
 # (model, primary-key attribute used in messages, encrypted columns); new secret columns are added here.
 ENCRYPTED = ((Provider, "name", ("api_key_encrypted", "extra_headers_encrypted")),
-             (Webhook, "name", ("secret_encrypted",)))
+             (Webhook, "name", ("secret_encrypted",)),
+             (McpServer, "name", ("api_key_encrypted", "headers_encrypted")))
 
 
 class RotationError(RuntimeError):

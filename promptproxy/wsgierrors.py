@@ -29,12 +29,15 @@ class JsonErrorTask(ErrorTask):
         error = self.request.error
         # For 431 waitress never parsed the request line (it substitutes `GET /`): the path is unknown.
         path = "" if error.code == 431 else (getattr(self.request, "path", None) or "")
-        if path and not (path == "/v1" or path.startswith("/v1/")):
+        mcp = path == "/mcp"
+        if path and not (path == "/v1" or path.startswith("/v1/") or mcp):
             return super().execute()
         message, code = MESSAGES.get(error.code, (error.reason, "invalid_request"))
         err = GatewayError(error.code, message, code=code)
         anthropic = path.startswith("/v1/messages")
         body = orjson.dumps(anthropic_body(err) if anthropic else openai_body(err))
+        if mcp:  # the MCP gateway answers in JSON-RPC
+            body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}})
         request_id = "req_" + uuid.uuid4().hex[:24]
         self.status = f"{error.code} {error.reason}"
         self.response_headers.extend([("Content-Type", "application/json"), ("x-request-id", request_id)])

@@ -11,8 +11,9 @@ SHARED = ("promptproxy.core", "promptproxy.proxy.catalog", "promptproxy.proxy.us
           "promptproxy.proxy.grammar", "promptproxy.proxy.prompts", "promptproxy.models", "promptproxy.extensions",
           "promptproxy.crypto", "promptproxy.netguard", "promptproxy.config")
 # Lower rank = lower layer. A module may import its own rank or lower, never higher.
-RANKS = [(0, SHARED), (1, ("promptproxy.providers",)),
-         (2, ("promptproxy.proxy", "promptproxy.rollups", "promptproxy.alerts")), (3, ("promptproxy.dialects",)),
+RANKS = [(0, SHARED), (1, ("promptproxy.providers", "promptproxy.mcp.client")),
+         (2, ("promptproxy.proxy", "promptproxy.rollups", "promptproxy.alerts", "promptproxy.mcp")),
+         (3, ("promptproxy.dialects",)),
          (4, ("promptproxy.api", "promptproxy.admin", "promptproxy.cli", "promptproxy.cli_webhook"))]
 
 

@@ -13,6 +13,7 @@ from . import (  # noqa: E402, F401
     auth,
     keys,
     llm_models,
+    mcp_servers,
     overview,
     prompts,
     providers,

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from ..crypto import Box, SecretError, hash_key
 from ..extensions import db
-from ..models import ApiKey, Model, Prompt, PromptLabel, PromptVersion, Provider, Setting, User, utcnow
+from ..models import ApiKey, McpServer, Model, Prompt, PromptLabel, PromptVersion, Provider, Setting, User, utcnow
 
 log = logging.getLogger("promptproxy.catalog")
 REVISION_KEY = "revision"
-WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel)
+WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel, McpServer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,24 @@ class PromptInfo:
     mode: str
     live: int
     labels: dict
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class McpServerInfo:
+    """An MCP tool server as /mcp needs it, secrets decrypted."""
+
+    id: int
+    name: str
+    url: str
+    api_key: str | None
+    headers: dict
+    timeout: float
+    broken: str | None = None  # why its secrets cannot be used
+
+    def secrets(self) -> list[str]:
+        """Every credential value, to scrub from anything shown to a client."""
+        return [s for s in (self.api_key, *self.headers.values()) if s]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +115,7 @@ class Principal:
     models: frozenset | None  # None = all
     prompts: frozenset | None
     limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}}
+    mcp: tuple = (None, frozenset())  # (user's grants or None = all, key's grants or None = inherit)
 
     def may_use_model(self, slug: str) -> bool:
         """True if the model is on the effective allow-list."""
@@ -105,6 +124,14 @@ class Principal:
     def may_use_prompt(self, slug: str) -> bool:
         """True if the prompt is on the effective allow-list."""
         return self.prompts is None or slug in self.prompts
+
+    def may_use_tool(self, server: str, tool: str) -> bool:
+        """True if both the user and the key grant the server (whole, or this one tool)."""
+        return all(grants is None or server in grants or f"{server}/{tool}" in grants for grants in self.mcp)
+
+    def may_use_server(self, server: str) -> bool:
+        """True if the user and the key grant at least some of the server."""
+        return all(grants is None or any(g.split("/", 1)[0] == server for g in grants) for grants in self.mcp)
 
 
 def effective_list(all_flag: bool, user_list: list | None, key_list: list | None) -> frozenset | None:
@@ -130,6 +157,8 @@ def principal_from(key: ApiKey, user: User) -> Principal:
         models=effective_list(user.all_models, user.allowed_models, key.allowed_models),
         prompts=effective_list(user.all_prompts, user.allowed_prompts, key.allowed_prompts),
         limits={"user": _limits(user), "key": _limits(key)},
+        mcp=(None if user.all_mcp else frozenset(user.allowed_mcp or ()),
+             None if key.allowed_mcp is None else frozenset(key.allowed_mcp)),
     )
 
 
@@ -150,6 +179,7 @@ class Catalog:
         self._versions: dict[tuple[int, str, int], PromptVersionInfo] = {}
         self._generation = 0  # bumped by every reload; a version read before a reload is not cached after it
         self._keys: dict[str, Principal | None] = {}
+        self.mcp_servers: dict[str, McpServerInfo] = {}
 
     # -- freshness -------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
@@ -193,6 +223,18 @@ class Catalog:
             responses_api=p.responses_api, reasoning_effort=p.reasoning_effort,
         )
 
+    def _mcp_server(self, s: McpServer, defaults: dict) -> McpServerInfo:
+        broken = secret = headers = None
+        try:
+            secret = self.box.decrypt(s.api_key_encrypted) if s.api_key_encrypted else None
+            headers = self.box.decrypt(s.headers_encrypted) if s.headers_encrypted else None
+        except SecretError as exc:
+            broken = str(exc)
+            log.error("MCP server %s is unusable: %s", s.name, broken)  # fail closed, as providers do
+        return McpServerInfo(id=s.id, name=s.name, url=s.url, api_key=secret,
+                             headers=orjson.loads(headers) if headers else {},
+                             timeout=s.timeout or defaults["FIRST_BYTE_TIMEOUT"], broken=broken)
+
     def _load(self) -> None:
         from flask import current_app
 
@@ -219,10 +261,12 @@ class Catalog:
             if not p.latest_version:
                 continue
             info = PromptInfo(id=p.id, slug=p.slug, mode=p.mode, live=p.live_version or p.latest_version,
-                              labels=labels.get(p.id, {}))
+                              labels=labels.get(p.id, {}), description=p.description or "")
             prompts[p.slug] = info
             p_by_id[str(p.id)] = info
         self.models, self.models_by_id = models, by_id
+        self.mcp_servers = {s.name: self._mcp_server(s, cfg) for s in db.session.scalars(sa.select(McpServer))
+                            if s.enabled}
         self.prompts, self.prompts_by_id = prompts, p_by_id
         self._keys = {}
         # Versions are immutable, but a prompt is not forever: after a delete its id (a restored backup, a reset

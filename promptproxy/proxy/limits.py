@@ -378,6 +378,8 @@ class Limiter:
         part. Output: max_tokens (or the default cap) for every answer asked for: `n` (or `best_of`) of them.
         """
         model = call.model
+        if model is None:  # an MCP tool call: no tokens, so only an exhausted budget refuses it
+            return 0.0
         if not (model.input_price or model.output_price or model.cached_input_price):
             return 0.0
         tokens_in = prompt_tokens(body) + image_tokens(body)  # the built body: the stored prompt is in it
