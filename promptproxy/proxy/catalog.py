@@ -96,6 +96,7 @@ class Principal:
     models: frozenset | None  # None = all
     prompts: frozenset | None
     limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}}
+    tags: tuple = ()  # the key's default tags
 
     def may_use_model(self, slug: str) -> bool:
         """True if the model is on the effective allow-list."""
@@ -128,7 +129,7 @@ def principal_from(key: ApiKey, user: User) -> Principal:
         expires_at=key.expires_at, revoked=key.revoked_at is not None,
         models=effective_list(user.all_models, user.allowed_models, key.allowed_models),
         prompts=effective_list(user.all_prompts, user.allowed_prompts, key.allowed_prompts),
-        limits={"user": _limits(user), "key": _limits(key)},
+        limits={"user": _limits(user), "key": _limits(key)}, tags=tuple(key.tags or ()),
     )
 
 

@@ -7,6 +7,7 @@ from .catalog import Catalog
 from .logwriter import LogWriter
 from .resilience import Breakers, RetryPolicy
 from .sse import MAX_EVENT_BYTES
+from .tracing import make_tracer
 from .upstream import Upstreams
 
 
@@ -38,6 +39,7 @@ class Gateway:
         self.retry = RetryPolicy.from_config(cfg)
         self.breakers = Breakers.from_config(cfg)
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
+        self.tracer = make_tracer(self.log_bodies)  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     def record(self, call) -> None:
         """Queue the call's log row exactly once."""
@@ -47,8 +49,12 @@ class Gateway:
         self.logs.submit(call.row())
         for hook in self.record_hooks:
             hook(call)
+        if self.tracer is not None:
+            self.tracer.finish(call)
 
     def close(self) -> None:
-        """Flush the log and close upstream pools (graceful shutdown)."""
+        """Flush the log and the traces, close upstream pools (graceful shutdown)."""
         self.logs.close()
+        if self.tracer is not None:
+            self.tracer.close()
         self.upstreams.close()
