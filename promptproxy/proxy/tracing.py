@@ -97,10 +97,10 @@ class Tracer:
         operation = OPERATIONS.get(call.endpoint, endpoint)
         provider = model.provider
         url = urlsplit(provider.base_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
         attrs = {"gen_ai.operation.name": operation, "gen_ai.request.model": model.upstream_model,
                  "gen_ai.provider.name": provider.kind, "gen_ai.system": provider.kind,
-                 "server.address": url.hostname or "", "server.port": url.port or (443 if url.scheme == "https"
-                                                                                   else 80),
+                 "server.address": url.hostname or "", "server.port": port,
                  "promptproxy.deployment": provider.name, "promptproxy.model": model.slug}
         span = self.tracer.start_span(f"{operation} {model.upstream_model}", kind=self._kinds.CLIENT,
                                       context=self._trace.set_span_in_context(call.trace.span), attributes=attrs)
@@ -128,6 +128,12 @@ class Tracer:
         state, call.trace = call.trace, False  # False: finished, never started again
         if not state:
             return
+        try:
+            self._finish(call, state)
+        except Exception:  # a tracing fault must never fail or lose the call it describes
+            log.exception("could not finish the trace of request %s", call.request_id)
+
+    def _finish(self, call, state: _Trace) -> None:
         attrs = self._attributes(call)
         operation = OPERATIONS.get(call.endpoint)
         if operation and attrs.get("gen_ai.request.model"):  # the model is known only once resolved
