@@ -15,7 +15,7 @@ from . import create_app, manage
 from .config import ConfigError
 from .extensions import db
 from .manage import ManageError
-from .models import ApiKey, Model, Prompt, PromptVersion, Provider, RequestLog, User
+from .models import ApiKey, Model, Prompt, PromptVersion, Provider, RequestLog, User, tagged
 
 ACTOR = "cli"
 
@@ -300,7 +300,8 @@ def key_dict(k: ApiKey, user_name: str) -> dict:
             "expires_at": k.expires_at, "revoked": k.revoked_at is not None, "last_used_at": k.last_used_at,
             "allowed_models": k.allowed_models, "allowed_prompts": k.allowed_prompts, "allowed_mcp": k.allowed_mcp,
             "rpm": k.rpm, "tpm": k.tpm,
-            "max_concurrent": k.max_concurrent, "budget_usd": k.budget_usd, "budget_period": k.budget_period}
+            "max_concurrent": k.max_concurrent, "budget_usd": k.budget_usd, "budget_period": k.budget_period,
+            "tags": k.tags or []}
 
 
 @cli.group()
@@ -322,12 +323,13 @@ def parse_date(ctx, param, value):
 @click.option("--user", "user_name", required=True)
 @click.option("--name", default="")
 @click.option("--expires", callback=parse_date, help="YYYY-MM-DD (UTC midnight).")
+@click.option("--tag", "tags", multiple=True, help="A default tag on every request made with the key (repeat).")
 @with_appcontext
 @committed
-def key_create(user_name, name, expires):
+def key_create(user_name, name, expires, tags):
     """Create a key; the secret is printed once, alone on the last line."""
     u = manage.get_user(user_name)
-    k, raw = manage.create_key(ACTOR, u, name=name, expires_at=expires)
+    k, raw = manage.create_key(ACTOR, u, name=name, expires_at=expires, tags=tags)
     say(f"created key {k.id} ({k.display}) for {u.name}; it is shown only now:")
     click.echo(raw)
 
@@ -372,14 +374,18 @@ def key_revoke(key_id):
 @key.command("update")
 @click.argument("key_id")
 @click.option("--name")
+@click.option("--tag", "tags", multiple=True, help="Replace the key's default tags (repeat).")
+@click.option("--no-tags", is_flag=True, help="Remove the key's default tags.")
 @all_options
 @limit_options
 @with_appcontext
 @committed
-def key_update(key_id, name, **limits):
-    """Narrow a key's limits and lists (they can never widen its user's)."""
+def key_update(key_id, name, tags, no_tags, **limits):
+    """Narrow a key's limits and lists (they can never widen its user's); set its default tags."""
+    if tags and no_tags:
+        raise click.UsageError("--tag and --no-tags cannot be combined")
     k = manage.get_key(key_id)
-    changed = manage.update_key(ACTOR, k, name=name, **limits)
+    changed = manage.update_key(ACTOR, k, name=name, tags=() if no_tags else (tags or None), **limits)
     say(f"updated key {k.id}: {', '.join(changed) or 'nothing changed'}")
 
 
@@ -828,7 +834,7 @@ def prompt_delete(slug):
 # -- request log --------------------------------------------------------------------------------------
 LOG_FIELDS = ("request_id", "created_at", "user", "key_id", "model", "prompt", "prompt_version", "endpoint",
               "inbound_format", "stream", "status", "error_type", "input_tokens", "output_tokens", "cached_tokens",
-              "usage_estimated", "cost", "latency_ms", "ttft_ms")
+              "usage_estimated", "cost", "latency_ms", "ttft_ms", "tags")
 
 
 LOG_HEADERS = ("TIME (UTC)", "USER", "MODEL", "ENDPOINT", "STATUS", "TOKENS IN/OUT", "COST $", "LATENCY",
@@ -850,15 +856,18 @@ def log_cells(entry: RequestLog, owner: str | None) -> tuple:
 
 @cli.command("log")
 @click.option("--user", "user_name")
+@click.option("--tag", help="Only requests carrying this tag.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=20)
 @json_option
 @with_appcontext
 @committed
-def log_cmd(user_name, limit, as_json):
+def log_cmd(user_name, tag, limit, as_json):
     """Recent requests, newest first (times in UTC; ~ marks estimated tokens)."""
     query = sa.select(RequestLog, User.name).outerjoin(User, User.id == RequestLog.user_id)
     if user_name:
         query = query.where(RequestLog.user_id == manage.get_user(user_name).id)
+    if tag:
+        query = query.where(tagged(tag))
     query = query.order_by(RequestLog.created_at.desc(), RequestLog.id.desc()).limit(limit)
     found = db.session.execute(query).all()
     if as_json:

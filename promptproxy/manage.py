@@ -29,6 +29,7 @@ from .models import (
 )
 from .netguard import UnsafeURL, validate_base_url
 from .providers import get_adapter
+from .proxy import tags as tag_rules
 from .proxy.grammar import valid_label, valid_slug
 from .proxy.prompts import variables_in
 
@@ -272,16 +273,26 @@ def generate_key() -> str:
     return "pp-" + secrets.token_urlsafe(32)
 
 
-def create_key(actor: str, user: User, name: str = "", expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+def key_tags(values) -> list[str] | None:
+    """A key's default tags, checked as request tags are (None or empty = none)."""
+    try:
+        return tag_rules.check(values) or None
+    except tag_rules.TagError as exc:
+        raise ManageError(str(exc).replace("per request", "per key")) from None
+
+
+def create_key(actor: str, user: User, name: str = "", expires_at: datetime | None = None,
+               tags=()) -> tuple[ApiKey, str]:
     """A new key; the raw secret is returned once and never stored."""
     raw = generate_key()
     if expires_at is not None and expires_at <= utcnow():
         raise ManageError("expiry must be in the future")
     key = ApiKey(user_id=user.id, name=(name or "")[:64], key_hash=hash_key(raw), prefix=raw[:7], last4=raw[-4:],
-                 expires_at=expires_at)
+                 expires_at=expires_at, tags=key_tags(tags))
     db.session.add(key)
     db.session.flush()
-    audit(actor, "create", "key", f"{key.id} ({key.display}) for {user.name}", {"name": key.name})
+    details = {"name": key.name, **({"tags": key.tags} if key.tags else {})}
+    audit(actor, "create", "key", f"{key.id} ({key.display}) for {user.name}", details)
     return key, raw
 
 
@@ -300,12 +311,15 @@ def revoke_key(actor: str, key: ApiKey) -> None:
     audit(actor, "revoke", "key", f"{key.id} ({key.display})")
 
 
-def update_key(actor: str, key: ApiKey, name: str | None = None, **limits) -> dict:
-    """Narrow a key's limits and lists (never wider than its user's, enforced at request time)."""
+def update_key(actor: str, key: ApiKey, name: str | None = None, tags=None, **limits) -> dict:
+    """Narrow a key's limits and lists (never wider than its user's, enforced at request time); `tags` replaces."""
     changed = apply_limits(key, **limits)
     if name is not None:
         key.name = name[:64]
         changed["name"] = key.name
+    if tags is not None:
+        key.tags = key_tags(tags)
+        changed["tags"] = key.tags
     audit(actor, "update", "key", f"{key.id} ({key.display})", changed)
     return changed
 

@@ -92,6 +92,7 @@ class ApiKey(LimitsMixin, db.Model):
     expires_at: so.Mapped[datetime | None]
     revoked_at: so.Mapped[datetime | None]
     last_used_at: so.Mapped[datetime | None]
+    tags: so.Mapped[list | None] = so.mapped_column(sa.JSON)  # default tags on every request made with the key
     user: so.Mapped[User] = so.relationship(back_populates="keys")
 
     @property
@@ -255,6 +256,23 @@ class RequestLog(db.Model):
     client_ip: so.Mapped[str | None] = so.mapped_column(sa.String(64))
     request_body: so.Mapped[str | None] = so.mapped_column(sa.Text)
     response_body: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    tags: so.Mapped[str | None] = so.mapped_column(sa.Text)  # "a,b" for display and CSV; filters use RequestTag
+
+
+class RequestTag(db.Model):
+    """One tag of one request-log row: an indexed (tag, time) lookup that works alike on SQLite and PostgreSQL."""
+
+    __tablename__ = "request_tags"
+    __table_args__ = (sa.Index("ix_request_tags_tag_created", "tag", "created_at"),)
+    id: so.Mapped[int] = so.mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    request_id: so.Mapped[str] = so.mapped_column(sa.String(64))  # RequestLog.request_id (no FK: batch inserts)
+    tag: so.Mapped[str] = so.mapped_column(sa.String(64))
+    created_at: so.Mapped[datetime] = so.mapped_column(index=True)  # the row's time, for retention
+
+
+def tagged(tag: str):
+    """A request-log filter: rows carrying `tag` (an indexed lookup in request_tags)."""
+    return RequestLog.request_id.in_(sa.select(RequestTag.request_id).where(RequestTag.tag == tag))
 
 
 class AuditEvent(db.Model):

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from .models import LATENCY_EDGES_MS, RequestLog, StoredResponse, UsageRollup, delete_before, utcnow
+from .models import LATENCY_EDGES_MS, RequestLog, RequestTag, StoredResponse, UsageRollup, delete_before, utcnow
 
 log = logging.getLogger("promptproxy.rollups")
 TABLE = UsageRollup.__table__
@@ -22,7 +22,7 @@ HIST_COLS = tuple(f"lat_{i}" for i in range(len(LATENCY_EDGES_MS) + 1))
 SUM_COLS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cost", "latency_count",
             "latency_sum", "ttft_count", "ttft_sum", *HIST_COLS)
 ROW_COLS = ("created_at", "user_id", "key_id", "model", "prompt", "status", "input_tokens", "output_tokens",
-            "cached_tokens", "cost", "latency_ms", "ttft_ms")
+            "cached_tokens", "cost", "latency_ms", "ttft_ms", "tags")
 
 
 def hour_of(when: datetime) -> datetime:
@@ -43,7 +43,8 @@ _HIST0 = SUM_COLS.index(HIST_COLS[0])
 def aggregate(rows, out: dict | None = None) -> dict:
     """Fold log rows (dicts with ROW_COLS) into {key tuple: sums list} per hour, per user and per dimension.
 
-    Each row counts under its own user and under EVERYONE, in the "all" row and in its model, prompt and key rows.
+    Each row counts under its own user and under EVERYONE, in the "all" row and in its model, prompt and key rows,
+    and in one "tag" row per tag (so spend by tag is summed like spend by model).
     Sums are lists in SUM_COLS order (this runs in the writer thread for every row, so it stays lean).
     """
     out = {} if out is None else out
@@ -59,6 +60,8 @@ def aggregate(rows, out: dict | None = None) -> dict:
             value = row.get(name)
             if value is not None and value != "":
                 values.append((dim, str(value)))
+        if row.get("tags"):
+            values.extend(("tag", tag) for tag in row["tags"].split(","))
         for user in (row.get("user_id") or 0, EVERYONE):
             for dim, value in values:
                 key = ("h", dim, hour, user, value)
@@ -132,7 +135,8 @@ def rebuild(conn, batch: int = 50_000) -> int:
     """Recompute every roll-up from the request-log rows still present; returns the rows read."""
     conn.execute(sa.delete(TABLE))
     table = RequestLog.__table__
-    cols = [table.c[c] for c in ROW_COLS]
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}  # a migration may run it on an older schema
+    cols = [table.c[c] for c in ROW_COLS if c in present]
     last, total = 0, 0
     while True:
         chunk = conn.execute(sa.select(table.c.id, *cols).where(table.c.id > last).order_by(table.c.id)
@@ -151,6 +155,7 @@ def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) 
     deleted = delete_before(session, RequestLog.__table__, cutoff, batch)
     if deleted:
         log.info("pruned %d request-log rows older than %s (roll-ups kept)", deleted, cutoff)
+    delete_before(session, RequestTag.__table__, cutoff, batch)  # the pruned rows' tags
     # Stored Responses API answers hold conversation text too, so they follow the same retention.
     stored = delete_before(session, StoredResponse.__table__, cutoff, batch)
     if stored:

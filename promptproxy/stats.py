@@ -16,14 +16,14 @@ import sqlalchemy as sa
 from flask import current_app
 
 from .extensions import db
-from .models import LATENCY_EDGES_MS, Model, RequestLog, UsageRollup, User, utcnow
+from .models import LATENCY_EDGES_MS, Model, RequestLog, RequestTag, UsageRollup, User, utcnow
 from .rollups import EVERYONE, HIST_COLS
 
 RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
           "7d": (timedelta(days=7), timedelta(hours=6)),
           "30d": (timedelta(days=30), timedelta(days=1))}
 DIMENSIONS = {"user": RequestLog.user_id, "model": RequestLog.model, "prompt": RequestLog.prompt,
-              "key": RequestLog.key_id}
+              "key": RequestLog.key_id, "tag": RequestTag.tag}
 PERCENTILES = (50, 95)
 EPOCH = datetime(2000, 1, 1)
 HOUR = timedelta(hours=1)
@@ -203,8 +203,9 @@ def overview(since: datetime, until: datetime, bucket: timedelta, user_id: int |
             "totals": totals(since, until, user_id)}
 
 
-def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, limit: int = 10) -> list[dict]:
-    """The busiest users, models, prompts or keys: requests, errors, tokens and cost each."""
+def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, limit: int = 10,
+        by: str = "requests") -> list[dict]:
+    """The busiest (or, by="cost", costliest) users, models, prompts, keys or tags: requests, errors, tokens, cost."""
     period = _period(since, until, None)
     if period is None:
         column = DIMENSIONS[dim]
@@ -212,9 +213,11 @@ def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, 
             column, sa.func.count().label("requests"),
             sa.func.sum(sa.case((RequestLog.status >= 400, 1), else_=0)),
             sa.func.sum(sa.func.coalesce(RequestLog.input_tokens, 0) + sa.func.coalesce(RequestLog.output_tokens, 0)),
-            sa.func.sum(sa.func.coalesce(RequestLog.cost, 0.0)),
+            sa.func.sum(sa.func.coalesce(RequestLog.cost, 0.0)).label("cost"),
         ).where(*_where(since, until, user_id), column.is_not(None)).group_by(column).order_by(
-            sa.desc("requests"), column).limit(limit)
+            sa.desc(by), column).limit(limit)
+        if dim == "tag":
+            query = query.join(RequestTag, RequestTag.request_id == RequestLog.request_id)
     else:
         column = UsageRollup.user_id if dim == "user" else UsageRollup.value
         if dim == "user":  # per-user "all" rows (everyone's row and requests without a user left out)
@@ -226,8 +229,9 @@ def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, 
             conds = _r_where(period, since, until, user_id, dim)
         query = sa.select(
             column, sa.func.sum(UsageRollup.requests).label("requests"), sa.func.sum(UsageRollup.errors),
-            sa.func.sum(UsageRollup.input_tokens + UsageRollup.output_tokens), sa.func.sum(UsageRollup.cost),
-        ).where(*conds).group_by(column).order_by(sa.desc("requests"), column).limit(limit)
+            sa.func.sum(UsageRollup.input_tokens + UsageRollup.output_tokens),
+            sa.func.sum(UsageRollup.cost).label("cost"),
+        ).where(*conds).group_by(column).order_by(sa.desc(by), column).limit(limit)
     rows = [{"key": int(k) if dim == "key" else k, "label": str(k), "requests": int(n), "errors": int(e or 0),
              "tokens": int(t or 0), "cost": float(c or 0.0)} for k, n, e, t, c in db.session.execute(query)]
     if dim == "user" and rows:

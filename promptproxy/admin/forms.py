@@ -88,6 +88,8 @@ class KeyForm(FlaskForm):
     name = StringField("Name", validators=[Optional(), Length(max=64)], description="What it is for.")
     user = SelectField("User", choices=[], validate_choice=False)
     expires = DateField("Expires", validators=[Optional()], description="Optional, UTC.")
+    tags = StringField("Default tags", validators=[Optional(), Length(max=1000)],
+                       description="Comma-separated; added to every request made with this key.")
 
 
 class ProviderForm(FlaskForm):

@@ -10,6 +10,7 @@ from flask_login import current_user
 from .. import manage
 from ..extensions import db
 from ..models import ApiKey, User
+from ..proxy.tags import split as split_tags
 from . import bp
 from .auth import actor, login_required
 from .forms import KeyForm, options
@@ -63,7 +64,8 @@ def key_create():
     if owner is None:
         return form_error(FOLDER, "Choose a user.", create_form=form)
     expires = datetime.combine(form.expires.data, time.max.replace(microsecond=0)) if form.expires.data else None
-    result, error = save(lambda: manage.create_key(actor(), owner, form.name.data or "", expires))
+    tags = split_tags(form.tags.data or "")
+    result, error = save(lambda: manage.create_key(actor(), owner, form.name.data or "", expires, tags))
     if error:
         return form_error(FOLDER, error, create_form=form)
     key, raw = result

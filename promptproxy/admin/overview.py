@@ -24,9 +24,11 @@ def overview():
     dims = ("user", "model", "prompt") if current_user.is_admin else ("model", "prompt")
     tops = {dim: stats.top(dim, since, until, user_id=user_id, limit=50 if dim == "model" else 10) for dim in dims}
     tops["model"], unknown = stats.split_unknown_models(tops["model"], since, until, user_id)
+    tag_spend = stats.top("tag", since, until, user_id=user_id, by="cost")
     template = "admin/_charts.html" if hx_target() == "charts" else "admin/overview.html"
     return render_template(template, data=data, tops=tops, range_name=name, ranges=list(stats.RANGES),
-                           since=since, until=until, unknown=unknown)
+                           since=since, until=until, unknown=unknown,
+                           tag_spend=tag_spend)
 
 
 @bp.app_template_filter("money")

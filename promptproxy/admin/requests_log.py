@@ -10,15 +10,15 @@ from flask import Response, abort, render_template, request, stream_with_context
 from flask_login import current_user
 
 from ..extensions import db
-from ..models import ApiKey, RequestLog, User
+from ..models import ApiKey, RequestLog, RequestTag, User, tagged
 from . import bp
 from .auth import login_required
 from .views import PER_PAGE, hx_target
 
-FILTERS = ("user", "key", "model", "prompt", "status", "since", "until")
+FILTERS = ("user", "key", "model", "prompt", "status", "since", "until", "tag", "group")
 CSV_COLUMNS = ("created_at", "request_id", "user_id", "key_id", "model", "upstream_model", "prompt",
                "prompt_version", "endpoint", "stream", "status", "error_type", "input_tokens", "output_tokens",
-               "cached_tokens", "usage_estimated", "cost", "latency_ms", "ttft_ms", "client_ip")
+               "cached_tokens", "usage_estimated", "cost", "latency_ms", "ttft_ms", "client_ip", "tags")
 
 
 def parse_time(value: str) -> datetime | None:
@@ -42,6 +42,8 @@ def filtered() -> tuple[sa.Select, dict, list[str]]:
     for name, column in (("model", RequestLog.model), ("prompt", RequestLog.prompt)):
         if args[name]:
             query = query.where(column == args[name])
+    if args["tag"]:
+        query = query.where(tagged(args["tag"]))
     status = args["status"]
     if status == "ok":
         query = query.where(RequestLog.status < 400)
@@ -60,6 +62,19 @@ def filtered() -> tuple[sa.Select, dict, list[str]]:
     return query, args, errors
 
 
+def by_tag(query: sa.Select, limit: int = 50) -> list:
+    """Requests, errors, tokens and cost per tag over the filtered rows, most spent first."""
+    rows = query.with_only_columns(RequestLog.request_id, RequestLog.status, RequestLog.input_tokens,
+                                   RequestLog.output_tokens, RequestLog.cost).subquery()
+    return db.session.execute(
+        sa.select(RequestTag.tag, sa.func.count().label("requests"),
+                  sa.func.sum(sa.case((rows.c.status >= 400, 1), else_=0)).label("errors"),
+                  sa.func.sum(sa.func.coalesce(rows.c.input_tokens, 0) + sa.func.coalesce(rows.c.output_tokens, 0))
+                  .label("tokens"), sa.func.sum(sa.func.coalesce(rows.c.cost, 0.0)).label("cost"))
+        .join(rows, rows.c.request_id == RequestTag.request_id).group_by(RequestTag.tag)
+        .order_by(sa.desc("cost"), RequestTag.tag).limit(limit)).all()
+
+
 def user_names(ids) -> dict[int, str]:
     """User names for display."""
     ids = {i for i in ids if i is not None}
@@ -76,7 +91,8 @@ def requests_log():
     users = db.session.execute(sa.select(User.id, User.name).order_by(User.name)).all() \
         if current_user.is_admin else []
     template = "admin/requests/_rows.html" if hx_target() == "rows" else "admin/requests/index.html"
-    return render_template(template, page=page, args=args, errors=errors, users=users,
+    groups = by_tag(query) if args["group"] == "tag" and not errors else None
+    return render_template(template, page=page, args=args, errors=errors, users=users, groups=groups,
                            names=user_names(r.user_id for r in page.items))
 
 

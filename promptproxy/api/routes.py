@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from ..core.errors import ErrorCode, GatewayError, model_not_found
 from ..dialects.openai import OpenAIDialect
-from ..proxy import pipeline
+from ..proxy import pipeline, tags
 from .auth import authenticate
 
 bp = Blueprint("api", __name__)
@@ -48,6 +48,7 @@ def serve(dialect, body: dict | None = None) -> Response:
     gw, call = gateway(), g.call
     gw.catalog.refresh()
     call.principal = authenticate(gw.catalog)
+    call.tag_header = request.headers.get(tags.HEADER)
     out = pipeline.run(gw, call, dialect, json_body() if body is None else body)
     if isinstance(out, dict):
         return json_response(out)

@@ -45,6 +45,10 @@ class Call:
     strip_usage: bool = False  # we asked the upstream for stream usage the client did not want
     deadline: float | None = None  # perf_counter time by which the whole call must end
     note: str | None = None  # e.g. which fallback served the call and why
+    tags: tuple = ()  # the key's default tags and the client's (proxy/tags.py)
+    tag_header: str | None = None  # the x-promptproxy-tags header as received
+    trace_headers: dict | None = None  # incoming W3C trace context, read only when tracing is on
+    trace: object = None  # the tracer's spans for this call (proxy/tracing.py); None when tracing is off
 
     def fail(self, err: GatewayError) -> None:
         """Note an error outcome."""
@@ -83,4 +87,5 @@ class Call:
             "usage_estimated": self.usage_estimated, "cost": self.cost,
             "latency_ms": round((time.perf_counter() - self.t0) * 1000, 3), "ttft_ms": self.ttft_ms,
             "client_ip": self.client_ip, "request_body": self.request_body, "response_body": self.response_body,
+            "tags": ",".join(self.tags) or None,
         }

@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     UNSUPPORTED_FOR_PROVIDER = "unsupported_for_provider"
     INVALID_PROMPT_REQUEST = "invalid_prompt_request"
+    INVALID_TAGS = "invalid_tags"
     INVALID_API_KEY = "invalid_api_key"
     USER_DISABLED = "user_disabled"
     RATE_LIMITED = "rate_limit_exceeded"

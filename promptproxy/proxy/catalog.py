@@ -116,6 +116,7 @@ class Principal:
     prompts: frozenset | None
     limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}}
     mcp: tuple = (None, frozenset())  # (user's grants or None = all, key's grants or None = inherit)
+    tags: tuple = ()  # the key's default tags
 
     def may_use_model(self, slug: str) -> bool:
         """True if the model is on the effective allow-list."""
@@ -156,7 +157,7 @@ def principal_from(key: ApiKey, user: User) -> Principal:
         expires_at=key.expires_at, revoked=key.revoked_at is not None,
         models=effective_list(user.all_models, user.allowed_models, key.allowed_models),
         prompts=effective_list(user.all_prompts, user.allowed_prompts, key.allowed_prompts),
-        limits={"user": _limits(user), "key": _limits(key)},
+        limits={"user": _limits(user), "key": _limits(key)}, tags=tuple(key.tags or ()),
         mcp=(None if user.all_mcp else frozenset(user.allowed_mcp or ()),
              None if key.allowed_mcp is None else frozenset(key.allowed_mcp)),
     )

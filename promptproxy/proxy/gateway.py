@@ -8,6 +8,7 @@ from .catalog import Catalog
 from .logwriter import LogWriter
 from .resilience import Breakers, RetryPolicy
 from .sse import MAX_EVENT_BYTES
+from .tracing import make_tracer
 from .upstream import Upstreams
 
 
@@ -43,6 +44,7 @@ class Gateway:
         self.alerts = AlertWorker(app, self.box)
         self.breakers.listener = self.alerts.events.put
         self.limiter.alerts = self.alerts.events
+        self.tracer = make_tracer(self.log_bodies)  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     def record(self, call) -> None:
         """Queue the call's log row exactly once."""
@@ -52,9 +54,13 @@ class Gateway:
         self.logs.submit(call.row())
         for hook in self.record_hooks:
             hook(call)
+        if self.tracer is not None:
+            self.tracer.finish(call)
 
     def close(self) -> None:
-        """Flush the log, stop the alerts thread and close upstream pools (graceful shutdown)."""
+        """Flush the log and the traces, stop the alerts thread and close upstream pools (graceful shutdown)."""
         self.logs.close()
         self.alerts.close()
+        if self.tracer is not None:
+            self.tracer.close()
         self.upstreams.close()

@@ -16,10 +16,11 @@ import sqlalchemy as sa
 
 from .. import rollups
 from ..extensions import db
-from ..models import ApiKey, RequestLog, utcnow
+from ..models import ApiKey, RequestLog, RequestTag, utcnow
 
 log = logging.getLogger("promptproxy.logwriter")
 LOG_TABLE = RequestLog.__table__
+TAG_TABLE = RequestTag.__table__
 PRUNE_EVERY = 3600.0  # seconds between retention passes in each process
 
 
@@ -149,6 +150,12 @@ def reduced_row(row: dict) -> dict:
     """The form a refused row is stored in: ids, time, endpoint, status, and why the rest is missing."""
     kept = {name: row.get(name) for name in REDUCED_FIELDS}
     return fit_row({**kept, "error_type": "row_not_storable", "error_message": NOT_STORABLE})
+
+
+def tag_rows(rows: list[dict]) -> list[dict]:
+    """One request_tags row per tag of each log row (tags arrive checked, joined by commas)."""
+    return [{"request_id": row["request_id"], "tag": tag, "created_at": row["created_at"]}
+            for row in rows if row.get("tags") for tag in row["tags"].split(",")]
 
 
 def transient(exc: BaseException) -> bool:
@@ -313,6 +320,9 @@ class LogWriter:
             try:
                 # Core executemany on the table: a fraction of the ORM bulk path's CPU.
                 db.session.execute(sa.insert(LOG_TABLE), rows)
+                tagged = tag_rows(rows)
+                if tagged:
+                    db.session.execute(sa.insert(TAG_TABLE), tagged)
                 rollups.upsert(db.session, rollups.aggregate(rows))
                 used = {}
                 for row in rows:

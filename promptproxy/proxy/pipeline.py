@@ -11,7 +11,7 @@ from typing import Protocol
 
 from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
-from . import send
+from . import send, tags
 from .resolve import check_routing_keys, resolve
 
 
@@ -64,8 +64,11 @@ def run(gw, call, dialect: Dialect, body: dict) -> dict | Iterator[bytes]:
     Errors before the first byte raise GatewayError (recorded); later ones are encoded in the stream.
     """
     call.in_pipeline = True
+    if gw.tracer is not None:
+        gw.tracer.start(call)
     admission, owner = None, True
     try:
+        tags.apply(call, body, call.tag_header)
         dialect.validate(body)
         check_routing_keys(body)
         resolve(gw, call, body, dialect.kind)

@@ -159,7 +159,7 @@ def open_upstream(gw, call, endpoint: str, body: dict):
         raise GatewayError(502, "This provider's stored secret cannot be used; an administrator must re-enter it.",
                            code=ErrorCode.PROVIDER_MISCONFIGURED, type="server_error")
     model, (adapter, resp, headers, strip), failures = resilience.send_with_fallbacks(
-        gw, models, call.deadline, lambda model, remaining: _attempt(gw, model, endpoint, body, remaining))
+        gw, models, call.deadline, lambda model, remaining: _attempt(gw, call, model, endpoint, body, remaining))
     for name, value in headers.items():
         # Our own limit headers win; the upstream's same-named ones stay visible as x-upstream-*.
         call.headers["x-upstream-" + name[2:] if name in call.headers and name.startswith("x-") else name] = value
@@ -171,7 +171,7 @@ def open_upstream(gw, call, endpoint: str, body: dict):
     return adapter, resp
 
 
-def _attempt(gw, model: ModelInfo, endpoint: str, body: dict, remaining: float):
+def _attempt(gw, call, model: ModelInfo, endpoint: str, body: dict, remaining: float):
     """One upstream request: (adapter, response, headers to pass on, strip usage) or an UpstreamError."""
     provider = model.provider
     adapter = get_adapter(provider.kind)
@@ -180,6 +180,18 @@ def _attempt(gw, model: ModelInfo, endpoint: str, body: dict, remaining: float):
         req = adapter.build(provider, endpoint, sent)
     except TranslationError as exc:  # a request the provider's wire format cannot express
         raise GatewayError(400, exc.message, param=exc.param, code=ErrorCode.UNSUPPORTED_FOR_PROVIDER) from None
+    if gw.tracer is None:
+        return _exchange(gw, adapter, provider, req, sent, strip, remaining)
+    span = gw.tracer.upstream(call, model, endpoint, req)  # adds the traceparent header
+    try:
+        return _exchange(gw, adapter, provider, req, sent, strip, remaining)
+    except BaseException as exc:
+        gw.tracer.attempt_failed(call, span, exc)
+        raise
+
+
+def _exchange(gw, adapter, provider, req, sent: dict, strip: bool, remaining: float):
+    """Send a built request and check its status and content type (see _attempt)."""
     resp = gw.upstreams.send(provider, req, min(provider.first_byte_timeout, remaining),
                              min(provider.connect_timeout, remaining))
     headers = upstream_headers(resp)
