@@ -135,20 +135,23 @@ def test_an_embedding_model_serves_embeddings_only(app, seeded):
             manage.update_model("t", manage.get_model("embed"), endpoints=["embeddings", "chat"])
 
 
+REFUSED = r"the provider `anthropic` \(anthropic\) cannot serve completions"
+
+
 def test_an_anthropic_provider_cannot_be_told_to_serve_completions(app, seeded, claude_model):
     with app.app_context():
         anthropic = manage.get_provider("anthropic")
-        with pytest.raises(manage.ManageError, match=r"the provider `anthropic` \(anthropic\) cannot serve completions"):
+        with pytest.raises(manage.ManageError, match=REFUSED):
             manage.create_model("t", "claude-2", anthropic, "c", endpoints=["chat", "completions"])
         db.session.rollback()
-        with pytest.raises(manage.ManageError, match=r"the provider `anthropic` \(anthropic\) cannot serve completions"):
+        with pytest.raises(manage.ManageError, match=REFUSED):
             manage.update_model("t", manage.get_model("claude"), endpoints=["chat", "completions"])
         db.session.rollback()
         manage.update_model("t", manage.get_model("gpt-4o-mini"), endpoints=["chat", "completions", "chat"])
         assert manage.get_model("gpt-4o-mini").endpoints is None  # the default, stored as such
         manage.update_model("t", manage.get_model("text-davinci"), endpoints=["completions", "chat"])
         db.session.commit()
-        with pytest.raises(manage.ManageError, match=r"the provider `anthropic` \(anthropic\) cannot serve completions"):
+        with pytest.raises(manage.ManageError, match=REFUSED):
             manage.update_model("t", manage.get_model("text-davinci"), provider=anthropic)
         db.session.rollback()
         assert manage.get_model("text-davinci").provider.name == "local"
