@@ -6,7 +6,10 @@ supervisor exits; it holds only counters, never secrets or request data.
 """
 from __future__ import annotations
 
+import mmap
+import os
 import sqlite3
+import struct
 import threading
 import time
 
@@ -37,6 +40,26 @@ class SharedFile:
             conn.execute("PRAGMA synchronous=OFF")
             self._local.conn = conn
         return conn
+
+    def _generation_map(self) -> mmap.mmap:
+        found = getattr(self, "_map", None)
+        if found is None:
+            fd = os.open(self.path + ".gen", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < 8:
+                    os.ftruncate(fd, 8)
+                found = self._map = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+        return found
+
+    def generation(self) -> int:
+        """A number every worker sees change when one of them changes shared state (a read costs no syscall)."""
+        return struct.unpack_from("Q", self._generation_map())[0]
+
+    def bump(self) -> None:
+        """Move the generation on; call inside tx() so two writers cannot lose a step."""
+        struct.pack_into("Q", self._generation_map(), 0, self.generation() + 1)
 
     def tx(self) -> _Tx:
         """`with store.tx() as conn:` one IMMEDIATE transaction (committed, or rolled back on an exception)."""
