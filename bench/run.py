@@ -308,8 +308,8 @@ class Bench:
             "127.0.0.1",
             "--port",
             str(self.gateway_port),
-            "--threads",
-            str(self.args.threads),
+            *(["--threads", str(self.args.threads)] if self.args.threads else []),
+            *(["--workers", str(self.args.workers)] if getattr(self.args, "workers", None) else []),
         ]
         self.gateway = self.children.start(argv, self.workdir / "gateway.log", env=self.env)
         t0 = time.perf_counter()
@@ -342,7 +342,8 @@ class Bench:
     def run_gateway(self) -> None:
         """S1-S4 through the gateway, with its CPU and memory read from /proc."""
         p, r, pid = self.profile, self.results, self.gateway.pid
-        print(f"Through the gateway (pid {pid}, {self.args.threads} threads):", flush=True)
+        print(f"Through the gateway (pid {pid}, threads {self.args.threads or 'default'}, "
+              f"workers {getattr(self.args, 'workers', None) or 'default'}):", flush=True)
 
         def through(stream: bool, c: int, label: str, seconds: float) -> dict:
             cpu0 = procs.cpu_seconds(pid)
@@ -384,6 +385,7 @@ class Bench:
         async def sample(stop: asyncio.Event) -> None:
             while pid is not None and not stop.is_set():
                 peak["rss_kb"] = max(peak["rss_kb"], procs.status_kb(pid, "VmRSS"))
+                peak["pss_kb"] = max(peak.get("pss_kb", 0), procs.pss_kb(pid))
                 peak["threads"] = max(peak["threads"], procs.threads(pid))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.1)
@@ -406,6 +408,7 @@ class Bench:
         if pid is not None:
             summary |= {
                 "peak_rss_mb": round(peak["rss_kb"] / 1024, 1),
+                "peak_pss_mb": round(peak.get("pss_kb", 0) / 1024, 1),
                 "vmhwm_mb": round(procs.status_kb(pid, "VmHWM") / 1024, 1),
                 "peak_threads": peak["threads"],
                 "gateway_cpu_frac": round((procs.cpu_seconds(pid) - peak["cpu0"]) / summary["elapsed_s"], 3),
@@ -472,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 70 s)")
     parser.add_argument("--direct-only", action="store_true", help="measure the mock only, no gateway")
     parser.add_argument("--no-responses", action="store_true", help="skip the chat vs Responses A/B")
-    parser.add_argument("--threads", type=int, default=600, help="waitress threads for `promptproxy serve`")
+    parser.add_argument("--threads", type=int, default=600, help="waitress threads per worker (0: serve's default)")
+    parser.add_argument("--workers", default=None, help="`serve --workers` (default: serve's own default, auto)")
     parser.add_argument("--promptproxy", default=default_cli(), help="command that runs the CLI")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON results")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp instance and logs")

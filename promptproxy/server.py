@@ -44,7 +44,7 @@ def serve_one(app, threads: int, host: str | None = None, port: int | None = Non
 
     # SIGTERM/SIGINT: stop accepting, let requests and streams finish (PROMPTPROXY_SHUTDOWN_GRACE), flush the log.
     shutdown = GracefulShutdown(server, gw, grace=float(app.config.get("SHUTDOWN_GRACE", 30.0)))
-    shutdown.install()
+    shutdown.install(worker=sock is not None)
     configure_logging()
     if announce:
         announce_setup(app)

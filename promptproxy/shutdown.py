@@ -27,10 +27,29 @@ class GracefulShutdown:
         self.begun = False
         self.done = False
 
-    def install(self) -> None:
-        """Handle SIGTERM and SIGINT."""
+    def install(self, worker: bool = False) -> None:
+        """Handle SIGTERM and SIGINT; a worker of `serve --workers N` drains on SIGTERM and stops on SIGQUIT.
+
+        A worker may get SIGTERM twice (from the supervisor and from a service manager signalling the whole
+        group, as systemd does), so a repeated SIGTERM must not cut its streams short; the supervisor sends
+        SIGQUIT for "stop now", and Ctrl-C reaches the workers only through the supervisor.
+        """
+        if worker:
+            signal.signal(signal.SIGTERM, self.begin_once)
+            signal.signal(signal.SIGQUIT, self.stop_now)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
         signal.signal(signal.SIGTERM, self.begin)
         signal.signal(signal.SIGINT, self.begin)
+
+    def begin_once(self, signum, frame) -> None:
+        """A worker's SIGTERM: start draining; a repeat changes nothing (the drain thread's own signal ends it)."""
+        if not self.begun or self.done:
+            self.begin(signum, frame)
+
+    def stop_now(self, signum, frame) -> None:
+        """A worker's SIGQUIT: leave the event loop now; serve() then flushes the log."""
+        raise SystemExit(0)
 
     def begin(self, signum, frame) -> None:
         """Signal handler (main thread): start draining, or stop the loop when draining is over."""

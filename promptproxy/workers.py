@@ -46,7 +46,7 @@ class Supervisor:
 
     SIGTERM or SIGINT: the listening socket is closed here, every worker gets SIGTERM and drains as a single
     process does (streams finish, its request log is flushed); the supervisor exits when all have. A second
-    signal is passed on, which makes the workers stop at once.
+    signal sends SIGQUIT, which makes the workers stop at once (their logs are still flushed).
     """
 
     def __init__(self, sock: socket.socket, count: int, run_worker, grace: float = 30.0):
@@ -80,7 +80,7 @@ class Supervisor:
         if pid == 0:  # the worker: never returns into the supervisor's loop
             code = 1
             try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the worker installs its own handlers
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which passes it on
                 os.environ["PROMPTPROXY_WORKER"] = str(slot)
                 self.run_worker(slot, self.sock)
@@ -123,7 +123,7 @@ class Supervisor:
             self.sock.close()  # the workers close their copies as they start draining
             self.deadline = time.monotonic() + self.grace + 15.0
         self.stopping += 1
-        self._send(signal.SIGTERM)
+        self._send(signal.SIGTERM if self.stopping == 1 else signal.SIGQUIT)  # a second signal: stop now
 
     def _send(self, signum) -> None:
         for pid in list(self.children):

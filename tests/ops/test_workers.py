@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -120,7 +121,7 @@ def test_a_killed_worker_is_restarted_and_the_gateway_keeps_serving(app, seeded,
     assert len(rows_when(app, 16)) == 16
 
 
-def test_sigterm_drains_a_stream_and_every_worker_flushes_its_rows(app, seeded, upstream, db_url, tmp_path):
+def test_sigterm_to_the_group_drains_a_stream_and_every_worker_flushes_rows(app, seeded, upstream, db_url, tmp_path):
     server = start(db_url, tmp_path, PROMPTPROXY_LOG_FLUSH_INTERVAL="3600", PROMPTPROXY_SHUTDOWN_GRACE="20")
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -138,13 +139,21 @@ def test_sigterm_drains_a_stream_and_every_worker_flushes_its_rows(app, seeded, 
             return 200, {"Content-Type": "text/event-stream"}, gen()
 
         upstream.handler = slow_stream
-        resp = chat(server.url, seeded.key, stream=True)
+        resp = requests.post(server.url + "/v1/chat/completions", stream=True, timeout=30,
+                             headers={"Authorization": f"Bearer {seeded.key}"},
+                             json={"model": "gpt-4o-mini", "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]})
         assert resp.status_code == 200
         assert started.wait(15)
         server.proc.terminate()
+        for pid in pids(server).values():  # a service manager signalling the whole group, as systemd does
+            os.kill(pid, signal.SIGTERM)
         assert wait_for(lambda: "stopping 2 workers" in server.output(), 10)
         with pytest.raises(requests.ConnectionError):  # nobody accepts any more, on any worker
             requests.get(server.url + "/healthz", timeout=2)
+        # Outlast waitress's 5 s wait for worker threads: a worker that took the second SIGTERM as "stop now"
+        # would have cut the stream by then.
+        time.sleep(6)
         assert server.proc.poll() is None  # still draining the stream
         release.set()
         assert "jour" in resp.text
