@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
 
-.PHONY: install install-test lock run test lint audit agents bench bench-quick bench-floor clean
+.PHONY: install install-test lock run test lint audit agents bench bench-quick bench-floor bench-workers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: install-test
 
 bench-quick: install-test
 	$(BIN)/python bench/run.py --quick
+
+# `serve --workers 1` against the default (auto) side by side in one run: S1, S2 c=32, S4, idle memory.
+bench-workers: install-test
+	$(BIN)/python bench/workers.py $(BENCH_ARGS)
 
 # CPU per request of waitress alone, + Flask, + one upstream call: what the stack costs before gateway logic.
 bench-floor: install-test

@@ -76,13 +76,17 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         if threading.active_count() > 1:  # a thread would not survive the fork and could hold a lock
             log.warning("forking with %d threads running", threading.active_count())
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a signal now must not run our handler in the child
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's loop
             code = 1
             try:
+                self.children.clear()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the worker installs its own handlers
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which passes it on
-                os.environ["PROMPTPROXY_WORKER"] = str(slot)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+                watch_parent(os.getppid())
                 self.run_worker(slot, self.sock)
                 code = 0
             except SystemExit as exc:
@@ -94,6 +98,7 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         self.children[pid] = (slot, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         log.info("worker %d started (pid %d)", slot, pid)
 
     def _reap(self) -> None:
@@ -131,6 +136,17 @@ class Supervisor:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def watch_parent(parent: int, every: float = 1.0) -> None:
+    """A worker whose supervisor was killed (SIGKILL, OOM) drains and exits instead of serving on unsupervised."""
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        log.warning("supervisor (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=run, name="promptproxy-parent-watch", daemon=True).start()
 
 
 def _fast_tmp() -> str | None:

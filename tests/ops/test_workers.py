@@ -215,3 +215,24 @@ def test_workers_must_be_a_positive_number_or_auto(db_url, tmp_path):
     out = subprocess.run([sys.executable, "-m", "promptproxy.cli", "serve"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "not 'many'" in out.stderr
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_stop_when_their_supervisor_is_killed(app, seeded, upstream, db_url, tmp_path):
+    server = start(db_url, tmp_path)
+    try:
+        workers = list(pids(server).values())
+        assert all(running(pid) for pid in workers)
+        server.proc.kill()  # SIGKILL: no chance to stop its workers
+        assert wait_for(lambda: not any(running(pid) for pid in workers), 20)
+        assert "supervisor (pid" in server.output() and "is gone; stopping" in server.output()
+    finally:
+        server.stop()
