@@ -32,10 +32,16 @@ def worker_count(value) -> int:
     return count
 
 
-def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """The listening socket every worker accepts on (bound once, so no worker can race another for the port)."""
+def bind(host: str, port: int) -> socket.socket:
+    """The socket every worker accepts on, bound once (so no worker races another for the port).
+
+    It is not listening yet: the first worker's waitress calls listen(), so until a worker serves, a client is
+    refused at once (as with one process) instead of waiting in a backlog nobody reads.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
     sock.set_inheritable(True)
     sock.setblocking(False)
     return sock
