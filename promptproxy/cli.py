@@ -115,7 +115,7 @@ def json_option(fn):
 @click.option("--host", default=None, help="Interface (default PROMPTPROXY_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default PROMPTPROXY_PORT or 8090).")
 @click.option("--threads", type=click.IntRange(1, 4096), default=None,
-              help="Threads per worker process; each live stream holds one (default PROMPTPROXY_THREADS or 256).")
+              help="Threads per worker process; each live stream holds one (default PROMPTPROXY_THREADS or 512).")
 @click.option("--workers", default=None, metavar="N|auto",
               help="Worker processes on one socket (default PROMPTPROXY_WORKERS or auto = one per CPU).")
 @with_appcontext

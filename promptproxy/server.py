@@ -36,7 +36,7 @@ def serve(app, host: str | None = None, port: int | None = None, threads: int | 
 
 
 def serve_one(app, threads: int, host: str | None = None, port: int | None = None, sock=None,
-              announce: bool = True, label: str = "") -> None:
+              announce: bool = True, label: str = "", banner: str = "") -> None:
     """One waitress process (the only one, or a worker on the supervisor's socket)."""
     gw = app.extensions["promptproxy"]
     server = make_server(app, host, port, threads, sock=sock)
@@ -51,6 +51,8 @@ def serve_one(app, threads: int, host: str | None = None, port: int | None = Non
         print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
     else:
         log.info("%s serving (pid %d, threads=%d)", label, os.getpid(), threads)
+        if banner:  # the first worker to listen, so "serving on" means it (scripts wait for the line)
+            print(banner, flush=True)
     server.run()
     shutdown.finish()
 
@@ -68,14 +70,16 @@ def supervise(app, host: str, port: int, threads: int, count: int) -> None:
     app.extensions["promptproxy"].close()
     overrides = {"HOST": app.config["HOST"]}
 
-    def run_worker(slot: int, sock) -> None:
+    banner = f"PromptProxy serving on http://{host}:{port} (workers={count}, threads={threads} each)"
+
+    def run_worker(slot: int, sock, first: bool) -> None:
         from . import create_app, ops
 
         ops.WORKER = slot
         worker_app = create_app(overrides)  # a fresh app: its own engine, Redis client, log writer, pools
-        serve_one(worker_app, threads, sock=sock, announce=False, label=f"worker {slot}")
+        serve_one(worker_app, threads, sock=sock, announce=False, label=f"worker {slot}",
+                  banner=banner if slot == 1 and first else "")
 
-    print(f"PromptProxy serving on http://{host}:{port} (workers={count}, threads={threads} each)", flush=True)
     grace = float(app.config.get("SHUTDOWN_GRACE", 30.0))
     raise SystemExit(Supervisor(sock, count, run_worker, grace=grace).run())
 

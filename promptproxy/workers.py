@@ -48,7 +48,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class Supervisor:
-    """Forks `count` workers running `run_worker(slot, sock)`, restarts any that dies, stops them all on a signal.
+    """Forks `count` workers running `run_worker(slot, sock, first)`, restarts any that dies, stops all on a signal.
 
     SIGTERM or SIGINT: the listening socket is closed here, every worker gets SIGTERM and drains as a single
     process does (streams finish, its request log is flushed); the supervisor exits when all have. A second
@@ -58,6 +58,7 @@ class Supervisor:
     def __init__(self, sock: socket.socket, count: int, run_worker, grace: float = 30.0):
         self.sock, self.count, self.run_worker, self.grace = sock, count, run_worker, grace
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started at)
+        self.started: set[int] = set()  # slots started at least once (a restart is not announced again)
         self.stopping = 0
         self.store_dir = tempfile.mkdtemp(prefix="promptproxy-shared-", dir=_fast_tmp())
 
@@ -93,7 +94,7 @@ class Supervisor:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which passes it on
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
                 watch_parent(os.getppid())
-                self.run_worker(slot, self.sock)
+                self.run_worker(slot, self.sock, slot not in self.started)
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
@@ -104,6 +105,7 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         self.children[pid] = (slot, time.monotonic())
+        self.started.add(slot)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         log.info("worker %d started (pid %d)", slot, pid)
 
