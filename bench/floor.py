@@ -19,7 +19,7 @@ import procs
 
 HERE = Path(__file__).resolve().parent
 BODY = b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}'
-LAYERS = ("waitress", "flask", "flask+requests")
+LAYERS = ("waitress", "flask", "flask+requests", "flask+urllib3")
 
 
 def serve(layer: str, port: int, upstream: str) -> None:
@@ -38,22 +38,34 @@ def serve(layer: str, port: int, upstream: str) -> None:
         from flask import Flask, Response, request
 
         app = Flask(__name__)
-        session = None
-        if layer == "flask+requests":
+        session = pools = None
+        if layer == "flask+requests":  # what the gateway used before it called urllib3 directly
+            import requests
             from requests.adapters import HTTPAdapter
 
-            from promptproxy.proxy.upstream import LeanSession
-
-            session = LeanSession()
+            session = requests.Session()
             session.trust_env = False
             session.mount("http://", HTTPAdapter(pool_maxsize=64, max_retries=0))
+        elif layer == "flask+urllib3":  # the gateway's upstream client (promptproxy.proxy.upstream.Upstreams)
+            from types import SimpleNamespace
+
+            from promptproxy.providers.base import UpstreamRequest
+            from promptproxy.proxy.upstream import Upstreams
+
+            pools = Upstreams(pool_size=64)
+            provider = SimpleNamespace(id=1, base_url=upstream, connect_timeout=5.0)
 
         @app.post("/v1/chat/completions")
         def chat():
             data = request.get_data()
-            if session is None:
+            if session is not None:
+                resp = session.post(upstream, data=data, headers={"Content-Type": "application/json"},
+                                    timeout=(5, 30), stream=True)
+            elif pools is not None:
+                req = UpstreamRequest(url=upstream, headers={"Content-Type": "application/json"}, body=data)
+                resp = pools.send(provider, req, 30.0)
+            else:
                 return Response(BODY, mimetype="application/json")
-            resp = session.post(upstream, data=data, headers={"Content-Type": "application/json"}, timeout=(5, 30))
             out = resp.raw.read()
             resp.close()
             return Response(out, mimetype="application/json")

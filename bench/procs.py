@@ -151,3 +151,16 @@ def machine() -> dict:
         "executable": sys.executable,
         "load_average_at_start": load_average(),
     }
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of pid and its descendants: pages shared by forked workers counted once in total
+    (summing VmRSS counts them once per process)."""
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total

@@ -241,7 +241,8 @@ class Bench:
         db_path = self.workdir / "pp.db"
         self.gateway_port = procs.free_port()
         self.env = os.environ | {
-            "PROMPTPROXY_DATABASE_URL": f"sqlite:///{db_path}",
+            "PROMPTPROXY_DATABASE_URL": self.args.database_url or f"sqlite:///{db_path}",
+            **({"PROMPTPROXY_REDIS_URL": self.args.redis_url} if self.args.redis_url else {}),
             "PROMPTPROXY_SECRET_KEY": secrets.token_urlsafe(32),
             "PROMPTPROXY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
             "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1",
@@ -297,7 +298,10 @@ class Bench:
         if not self.key or " " in self.key:
             raise RuntimeError(f"could not read the new key from `key create` output: {lines[-3:]!r}")
         self.results["setup_s"] = round(time.perf_counter() - t0, 2)
-        self.results["db_path"] = str(db_path)
+        if not self.args.database_url:  # the checks count log rows in the SQLite file
+            self.results["db_path"] = str(db_path)
+        self.results["database"] = "postgresql" if self.args.database_url else "sqlite"
+        self.results["redis"] = bool(self.args.redis_url)
 
     def start_gateway(self) -> None:
         """`promptproxy serve` on a free loopback port; S5 reads its RSS once it listens."""
@@ -308,8 +312,8 @@ class Bench:
             "127.0.0.1",
             "--port",
             str(self.gateway_port),
-            "--threads",
-            str(self.args.threads),
+            *(["--threads", str(self.args.threads)] if self.args.threads else []),
+            *(["--workers", str(self.args.workers)] if getattr(self.args, "workers", None) else []),
         ]
         self.gateway = self.children.start(argv, self.workdir / "gateway.log", env=self.env)
         t0 = time.perf_counter()
@@ -342,7 +346,8 @@ class Bench:
     def run_gateway(self) -> None:
         """S1-S4 through the gateway, with its CPU and memory read from /proc."""
         p, r, pid = self.profile, self.results, self.gateway.pid
-        print(f"Through the gateway (pid {pid}, {self.args.threads} threads):", flush=True)
+        print(f"Through the gateway (pid {pid}, threads {self.args.threads or 'default'}, "
+              f"workers {getattr(self.args, 'workers', None) or 'default'}):", flush=True)
 
         def through(stream: bool, c: int, label: str, seconds: float) -> dict:
             cpu0 = procs.cpu_seconds(pid)
@@ -384,6 +389,7 @@ class Bench:
         async def sample(stop: asyncio.Event) -> None:
             while pid is not None and not stop.is_set():
                 peak["rss_kb"] = max(peak["rss_kb"], procs.status_kb(pid, "VmRSS"))
+                peak["pss_kb"] = max(peak.get("pss_kb", 0), procs.pss_kb(pid))
                 peak["threads"] = max(peak["threads"], procs.threads(pid))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.1)
@@ -406,6 +412,7 @@ class Bench:
         if pid is not None:
             summary |= {
                 "peak_rss_mb": round(peak["rss_kb"] / 1024, 1),
+                "peak_pss_mb": round(peak.get("pss_kb", 0) / 1024, 1),
                 "vmhwm_mb": round(procs.status_kb(pid, "VmHWM") / 1024, 1),
                 "peak_threads": peak["threads"],
                 "gateway_cpu_frac": round((procs.cpu_seconds(pid) - peak["cpu0"]) / summary["elapsed_s"], 3),
@@ -472,10 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 70 s)")
     parser.add_argument("--direct-only", action="store_true", help="measure the mock only, no gateway")
     parser.add_argument("--no-responses", action="store_true", help="skip the chat vs Responses A/B")
-    parser.add_argument("--threads", type=int, default=600, help="waitress threads for `promptproxy serve`")
+    parser.add_argument("--threads", type=int, default=600, help="waitress threads per worker (0: serve's default)")
+    parser.add_argument("--workers", default=None, help="`serve --workers` (default: serve's own default, auto)")
     parser.add_argument("--promptproxy", default=default_cli(), help="command that runs the CLI")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON results")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp instance and logs")
+    parser.add_argument("--database-url", default=None, help="an empty PostgreSQL database instead of SQLite")
+    parser.add_argument("--redis-url", default=None, help="PROMPTPROXY_REDIS_URL for the gateway (limits store)")
     return parser
 
 

@@ -152,16 +152,23 @@ def json_option(fn):
 @click.option("--host", default=None, help="Interface (default PROMPTPROXY_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default PROMPTPROXY_PORT or 8090).")
 @click.option("--threads", type=click.IntRange(1, 4096), default=None,
-              help="Worker threads; each live stream holds one (default PROMPTPROXY_THREADS or 256).")
+              help="Threads per worker process; each live stream holds one (default PROMPTPROXY_THREADS or 512).")
+@click.option("--workers", default=None, metavar="N|auto",
+              help="Worker processes on one socket (default PROMPTPROXY_WORKERS or auto = one per CPU).")
 @with_appcontext
-def serve_cmd(host, port, threads):
+def serve_cmd(host, port, threads, workers):
     """Serve the gateway and dashboard with waitress."""
     from . import server
+    from .workers import worker_count
 
     app = current_app._get_current_object()
     if host:
         app.config["HOST"] = host  # what /metrics judges (open without a token on loopback only)
-    server.serve(app, host, port, threads)
+    try:
+        count = worker_count(workers if workers is not None else app.config.get("WORKERS"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workers / PROMPTPROXY_WORKERS") from None
+    server.serve(app, host, port, threads, count)
 
 
 @cli.command("create-admin")

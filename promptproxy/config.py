@@ -18,7 +18,9 @@ DEFAULTS = {
     "REDIS_URL": None,
     "HOST": "127.0.0.1",
     "PORT": 8090,
-    "THREADS": 256,
+    "THREADS": 512,  # per worker process (started as needed): a burst of streams may split unevenly over workers
+    "WORKERS": "auto",  # `serve` processes on one socket: a number, or auto = the CPUs this process may use
+    "SHARED_STORE": "",  # set by the supervisor: SQLite file shared by its workers (limits, breakers, throttle)
     "MAX_BODY_BYTES": 10 * 1024 * 1024,
     "CONNECT_TIMEOUT": 5.0,
     "FIRST_BYTE_TIMEOUT": 60.0,

@@ -165,6 +165,9 @@ def readiness(app: Flask) -> tuple[dict, int]:
 
 
 # -- access log --------------------------------------------------------------------------------------
+WORKER = 0  # this process's worker number under `serve --workers N` (N > 1), added to its access-log lines
+
+
 def access_line(call=None, status: int | None = None, method: str | None = None, path: str | None = None,
                 started: float | None = None) -> None:
     """One JSON line per request on `promptproxy.access` (request id, method, path, status, latency, model)."""
@@ -181,6 +184,8 @@ def access_line(call=None, status: int | None = None, method: str | None = None,
     else:
         line = {"time": stamp, "request_id": None, "method": method, "path": path, "status": status,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2) if started else None}
+    if WORKER:
+        line["worker"] = WORKER
     access_log.info(orjson.dumps(line).decode())
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import _thread
 import atexit
 import logging
+import os
 import secrets
+import sys
 import warnings
 
 import sqlalchemy as sa
@@ -17,35 +19,91 @@ from .shutdown import GracefulShutdown
 log = logging.getLogger("promptproxy.server")
 
 
-def serve(app, host: str | None = None, port: int | None = None, threads: int | None = None) -> None:
-    """Run waitress until SIGTERM/SIGINT, then flush what is queued."""
+def serve(app, host: str | None = None, port: int | None = None, threads: int | None = None,
+          workers=None) -> None:
+    """Run waitress until SIGTERM/SIGINT, then flush what is queued; with workers > 1, under a supervisor."""
+    from .workers import worker_count
+
     cfg = app.config
     host = host or cfg["HOST"]
     port = int(port or cfg["PORT"])
     threads = int(threads or cfg["THREADS"])
+    count = worker_count(workers if workers is not None else cfg.get("WORKERS"))
+    if count == 1:
+        serve_one(app, threads, host=host, port=port)
+        return
+    supervise(app, host, port, threads, count)
+
+
+def serve_one(app, threads: int, host: str | None = None, port: int | None = None, sock=None,
+              announce: bool = True, label: str = "", banner: str = "") -> None:
+    """One waitress process (the only one, or a worker on the supervisor's socket)."""
     gw = app.extensions["promptproxy"]
-    server = make_server(app, host, port, threads)
+    server = make_server(app, host, port, threads, sock=sock)
     atexit.register(gw.close)
 
     # SIGTERM/SIGINT: stop accepting, let requests and streams finish (PROMPTPROXY_SHUTDOWN_GRACE), flush the log.
-    shutdown = GracefulShutdown(server, gw, grace=float(cfg.get("SHUTDOWN_GRACE", 30.0)))
-    shutdown.install()
+    shutdown = GracefulShutdown(server, gw, grace=float(app.config.get("SHUTDOWN_GRACE", 30.0)))
+    shutdown.install(worker=sock is not None)
     configure_logging()
-    announce_setup(app)
     gw.alerts.start()  # webhook deliveries, error-rate and key-expiry checks (docs/alerts.md)
-    print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
+    if announce:
+        announce_setup(app)
+        print(f"PromptProxy serving on http://{host}:{port} (threads={threads})", flush=True)
+    else:
+        log.info("%s serving (pid %d, threads=%d)", label, os.getpid(), threads)
+        if banner:  # the first worker to listen, so "serving on" means it (scripts wait for the line)
+            print(banner, flush=True)
     server.run()
     shutdown.finish()
 
 
-def make_server(app, host: str, port: int, threads: int):
+def supervise(app, host: str, port: int, threads: int, count: int) -> None:
+    """Bind once, announce the set-up token once, then fork `count` workers that each build their own app."""
+    from .extensions import db
+    from .workers import Supervisor, bind
+
+    sock = bind(host, port)
+    configure_supervisor_logging()
+    announce_setup(app)
+    with app.app_context():
+        db.engine.dispose()  # no pooled database connection may be shared with a forked worker
+    app.extensions["promptproxy"].close()
+    overrides = {"HOST": app.config["HOST"]}
+
+    banner = f"PromptProxy serving on http://{host}:{port} (workers={count}, threads={threads} each)"
+
+    def run_worker(slot: int, sock, first: bool) -> None:
+        from . import create_app, ops
+
+        ops.WORKER = slot
+        worker_app = create_app(overrides)  # a fresh app: its own engine, Redis client, log writer, pools
+        serve_one(worker_app, threads, sock=sock, announce=False, label=f"worker {slot}",
+                  banner=banner if slot == 1 and first else "")
+
+    grace = float(app.config.get("SHUTDOWN_GRACE", 30.0))
+    raise SystemExit(Supervisor(sock, count, run_worker, grace=grace).run())
+
+
+def configure_supervisor_logging() -> None:
+    """Plain lines for promptproxy.* (no writer thread: the supervisor forks, and threads do not survive it)."""
+    root = logging.getLogger("promptproxy")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def make_server(app, host: str | None, port: int | None, threads: int, sock=None):
     """A waitress server with our options and channel (JSON errors, streams flushed per event)."""
     from .wsgierrors import json_errors
 
+    where = {"sockets": [sock]} if sock is not None else {"host": host, "port": port}
     with warnings.catch_warnings():
         # send_bytes is deprecated in waitress 3 but still the only switch for one send per whole response.
         warnings.filterwarnings("ignore", "send_bytes", DeprecationWarning)
-        server = create_server(app, host=host, port=port, _dispatcher=GrowingDispatcher(threads),
+        server = create_server(app, _dispatcher=GrowingDispatcher(threads), **where,
                                **waitress_options(app.config, threads))
     json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
     return server

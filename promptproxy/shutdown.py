@@ -26,16 +26,39 @@ class GracefulShutdown:
         self.poll = poll
         self.begun = False
         self.done = False
+        self.leaving = False
 
-    def install(self) -> None:
-        """Handle SIGTERM and SIGINT."""
+    def install(self, worker: bool = False) -> None:
+        """Handle SIGTERM and SIGINT; a worker of `serve --workers N` drains on SIGTERM and stops on SIGQUIT.
+
+        A worker may get SIGTERM twice (from the supervisor and from a service manager signalling the whole
+        group, as systemd does), so a repeated SIGTERM must not cut its streams short; the supervisor sends
+        SIGQUIT for "stop now", and Ctrl-C reaches the workers only through the supervisor.
+        """
+        if worker:
+            signal.signal(signal.SIGTERM, self.begin_once)
+            signal.signal(signal.SIGQUIT, self.stop_now)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
         signal.signal(signal.SIGTERM, self.begin)
         signal.signal(signal.SIGINT, self.begin)
+
+    def begin_once(self, signum, frame) -> None:
+        """A worker's SIGTERM: start draining; a repeat changes nothing (the drain thread's own signal ends it)."""
+        if not self.begun or (self.done and not self.leaving):
+            self.begin(signum, frame)
+
+    def stop_now(self, signum, frame) -> None:
+        """A worker's SIGQUIT: leave the event loop now; serve() then flushes the log."""
+        if not self.leaving:
+            self.leaving = True
+            raise SystemExit(0)
 
     def begin(self, signum, frame) -> None:
         """Signal handler (main thread): start draining, or stop the loop when draining is over."""
         if self.done or self.begun:
             # draining finished (or a second signal): leave the event loop; serve() then flushes the log
+            self.leaving = True  # a worker ignores signals from now on, so nothing cuts the flush short
             raise SystemExit(0)
         self.begun = True
         self.gateway.draining = True  # /readyz answers 503 from now on

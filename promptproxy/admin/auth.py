@@ -35,7 +35,13 @@ def _configure(state) -> None:
     """Session lifetimes (idle via the permanent cookie, absolute via login_at) and the login view."""
     app = state.app
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=app.config.get("SESSION_IDLE_MINUTES", 30))
-    app.extensions["admin_login_throttle"] = Throttle(app.config.get("LOGIN_MAX_FAILURES", 10), 15 * 60)
+    limit = app.config.get("LOGIN_MAX_FAILURES", 10)
+    if app.config.get("SHARED_STORE"):  # `serve --workers N`: one count for all workers, not N
+        from ..core.sharedstore import SharedThrottle, shared_file
+
+        app.extensions["admin_login_throttle"] = SharedThrottle(shared_file(app.config["SHARED_STORE"]), limit, 15 * 60)
+    else:
+        app.extensions["admin_login_throttle"] = Throttle(limit, 15 * 60)
     app.extensions["admin_hash_slots"] = HashSlots(app.config.get("LOGIN_HASH_CONCURRENCY", 2))
 
 

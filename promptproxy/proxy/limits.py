@@ -1,8 +1,10 @@
-"""Rate limits, concurrency caps and budgets per user and per key, shared between instances through Redis."""
+"""Rate limits, concurrency caps and budgets per user and per key, shared between instances through Redis (or
+between the worker processes of one `serve --workers N` through their shared file)."""
 from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -251,6 +253,13 @@ class Limiter:
             self.storage = storage_from_string(self.redis_url, key_prefix=f"{prefix}:limits", wrap_exceptions=True,
                                                socket_connect_timeout=1.0, socket_timeout=1.0)
             self.counters = RedisCounters(self.storage.get_connection(), f"{prefix}:slots")
+        elif cfg.get("SHARED_STORE"):  # workers of one `serve --workers N`: one file all of them count in
+            from ..core.sharedstore import SharedCounters, SharedStorage, shared_file
+
+            self.store_errors = (*STORE_ERRORS, sqlite3.Error)
+            shared = shared_file(cfg["SHARED_STORE"])
+            self.storage = SharedStorage(wrap_exceptions=True, shared=shared)
+            self.counters = SharedCounters(shared)
         else:
             self.storage = MemoryStorage()
             self.counters = MemoryCounters()

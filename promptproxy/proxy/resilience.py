@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import math
 import random
@@ -129,9 +130,14 @@ class Breakers:
         volume = int(cfg.get("BREAKER_MIN_REQUESTS", 10))
         if int(cfg.get("BREAKER_THRESHOLD", 1)) == 0:
             volume = 0
-        return cls(volume, float(cfg.get("BREAKER_COOLDOWN", 30.0)),
-                   failure_rate=float(cfg.get("BREAKER_FAILURE_RATE", 0.5)),
-                   window=float(cfg.get("BREAKER_WINDOW", 30.0)))
+        options = {"failure_rate": float(cfg.get("BREAKER_FAILURE_RATE", 0.5)),
+                   "window": float(cfg.get("BREAKER_WINDOW", 30.0))}
+        if cfg.get("SHARED_STORE") and cls is Breakers:  # `serve --workers N`: one breaker per provider, not N
+            from ..core.sharedstore import shared_file
+
+            return SharedBreakers(shared_file(cfg["SHARED_STORE"]), volume, float(cfg.get("BREAKER_COOLDOWN", 30.0)),
+                                  **options)
+        return cls(volume, float(cfg.get("BREAKER_COOLDOWN", 30.0)), **options)
 
     def _get(self, provider) -> _State:
         found = self._states.get(provider.id)
@@ -255,6 +261,174 @@ class Breakers:
                 start = st.opened_at if st.state == "open" else st.probe_at
                 retry_in = max(self.cooldown - (now - start), 0.0) if st.state != "closed" else 0.0
                 out[pid] = {"name": st.name, "state": st.state, "failures": st.failures(),
+                            "retry_in": round(retry_in, 1), "last_error": st.last_error}
+            return out
+
+
+class SharedBreakers(Breakers):
+    """Breakers whose state and counts live in the workers' shared file (`serve --workers N`).
+
+    State changes (open, half-open probe, close, an upstream's Retry-After) are made in one transaction on the
+    file and seen by every worker on its next call (a shared generation number tells it to reload). Failures are
+    written at once; successes are added in one write per second per worker, so a worker deciding to open sees
+    the other workers' successes up to a second late. The clock must be system-wide (time.monotonic is on Linux).
+    """
+
+    def __init__(self, shared, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shared = shared
+        self._lock = threading.RLock()  # the base methods run inside our locked sections
+        self._generation = -1
+        self._pending: dict[tuple[int, int], int] = {}  # (provider id, second) -> successes not yet written
+        self._flushed_at = 0
+
+    # -- the file ----------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        """Reload every provider's state when another worker changed one."""
+        generation = self.shared.generation()
+        if generation == self._generation:
+            return
+        rows = self.shared._conn().execute("SELECT key, value FROM state WHERE key LIKE 'breaker:%'").fetchall()
+        for key, value in rows:
+            self._apply(int(key.split(":")[1]), value)
+        self._generation = generation
+
+    def _apply(self, pid: int, value: str) -> _State:
+        data = json.loads(value)
+        st = self._states.get(pid) or self._states.setdefault(pid, _State(data["name"]))
+        st.state, st.opened_at, st.probe_at = data["state"], data["opened_at"], data["probe_at"]
+        st.busy_until, st.last_error = data["busy_until"], data["last_error"]
+        return st
+
+    def _load(self, conn, provider) -> _State:
+        row = conn.execute("SELECT value FROM state WHERE key = ?", (f"breaker:{provider.id}",)).fetchone()
+        return self._apply(provider.id, row[0]) if row else self._get(provider)
+
+    def _save(self, conn, pid: int, st: _State, reset: bool = False) -> None:
+        value = json.dumps({"name": st.name, "state": st.state, "opened_at": st.opened_at, "probe_at": st.probe_at,
+                            "busy_until": st.busy_until, "last_error": st.last_error})
+        conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                     "excluded.value", (f"breaker:{pid}", value))
+        if reset:  # closed just now: the window starts empty, as in memory
+            conn.execute("DELETE FROM counters WHERE key >= ? AND key < ?", (f"breaker:{pid}:", f"breaker:{pid};"))
+        self.shared.bump()
+
+    def _add(self, conn, pid: int, second: int, kind: str, amount: int) -> None:
+        conn.execute("INSERT INTO counters (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                     "value = value + excluded.value", (f"breaker:{pid}:{second}:{kind}", amount,
+                                                        second + self.window + 1))
+
+    def _flush(self, conn) -> None:
+        pending, self._pending = self._pending, {}
+        for (pid, second), amount in pending.items():
+            self._add(conn, pid, second, "ok", amount)
+        self._flushed_at = int(self.clock())
+
+    def _window(self, conn, pid: int, now: float) -> tuple[int, int]:
+        """(answers, failures) counted by all workers in the last `window` seconds."""
+        conn.execute("DELETE FROM counters WHERE key >= ? AND key < ? AND expires <= ?",
+                     (f"breaker:{pid}:", f"breaker:{pid};", now))
+        total = failures = 0
+        for key, value in conn.execute("SELECT key, value FROM counters WHERE key >= ? AND key < ?",
+                                       (f"breaker:{pid}:", f"breaker:{pid};")):
+            _, _, second, kind = key.split(":")
+            if now - int(second) <= self.window:
+                total += value
+                failures += value if kind == "fail" else 0
+        return total, failures
+
+    def _changing(self, provider, fn):
+        """Run a base-class method on the provider's current shared state and write back what it changed."""
+        with self._lock, self.shared.tx() as conn:
+            st = self._load(conn, provider)
+            before = (st.state, st.opened_at, st.probe_at, st.busy_until, st.last_error)
+            result = fn(provider)
+            if (st.state, st.opened_at, st.probe_at, st.busy_until, st.last_error) != before:
+                self._save(conn, provider.id, st, reset=st.state == "closed" and before[0] != "closed")
+            return result
+
+    # -- the Breakers interface --------------------------------------------------------------------
+    def allow(self, provider) -> bool:
+        """As Breakers.allow; only the open/half-open path takes the file lock (one probe among all workers)."""
+        if self.min_requests <= 0:
+            return True
+        with self._lock:
+            self._sync()
+            st = self._get(provider)
+            if st.state == "closed" and self.clock() >= st.busy_until:
+                return True
+        return self._changing(provider, super().allow)
+
+    def busy(self, provider) -> bool:
+        """As Breakers.busy, on the shared state."""
+        with self._lock:
+            self._sync()
+            return super().busy(provider)
+
+    def retry_after(self, provider) -> float:
+        """As Breakers.retry_after, on the shared state."""
+        with self._lock:
+            self._sync()
+            return super().retry_after(provider)
+
+    def neutral(self, provider) -> None:
+        """As Breakers.neutral, written to the file when it closes a half-open breaker."""
+        if self.min_requests > 0:
+            self._changing(provider, super().neutral)
+
+    def throttle(self, provider, seconds: float | None) -> None:
+        """As Breakers.throttle, for every worker."""
+        if self.min_requests > 0 and seconds:
+            self._changing(provider, lambda p: Breakers.throttle(self, p, seconds))
+
+    def _record(self, provider, failed: bool, kind: str | None) -> None:
+        if self.min_requests <= 0:
+            return
+        now = self.clock()
+        if not failed:
+            with self._lock:
+                self._sync()
+                if self._get(provider).state == "closed":
+                    key = (provider.id, int(now))
+                    self._pending[key] = self._pending.get(key, 0) + 1
+                    if int(now) == self._flushed_at:
+                        return
+                    with self.shared.tx() as conn:  # at most once a second per worker
+                        self._flush(conn)
+                    return
+        with self._lock, self.shared.tx() as conn:
+            self._flush(conn)
+            st = self._load(conn, provider)
+            if not failed:
+                self._close(st)  # a successful probe
+                self._save(conn, provider.id, st, reset=True)
+                return
+            st.last_error = kind
+            if st.state == "half_open":
+                st.state, st.opened_at = "open", now
+                log.warning("circuit breaker for provider %s: probe failed (%s), open again", st.name, kind)
+            else:
+                self._add(conn, provider.id, int(now), "fail", 1)
+                total, failures = self._window(conn, provider.id, now)
+                if st.state == "closed" and total >= self.min_requests and failures >= self.failure_rate * total:
+                    st.state, st.opened_at = "open", now
+                    log.warning("circuit breaker for provider %s opened: %d of %d answers failed in %.0f s (%s)",
+                                st.name, failures, total, self.window, kind)
+                    self._changed(st, "open", f"{failures} of {total} answers failed in {self.window:.0f} s ({kind})")
+            self._save(conn, provider.id, st)
+
+    def states(self) -> dict:
+        """As Breakers.states, with failures counted by all workers."""
+        with self._lock, self.shared.tx() as conn:
+            self._flush(conn)
+            self._generation = -1
+            self._sync()
+            now = self.clock()
+            out = {}
+            for pid, st in self._states.items():
+                start = st.opened_at if st.state == "open" else st.probe_at
+                retry_in = max(self.cooldown - (now - start), 0.0) if st.state != "closed" else 0.0
+                out[pid] = {"name": st.name, "state": st.state, "failures": self._window(conn, pid, now)[1],
                             "retry_in": round(retry_in, 1), "last_error": st.last_error}
             return out
 

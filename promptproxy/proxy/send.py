@@ -5,7 +5,6 @@ import re
 import time
 
 import orjson
-import requests
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
@@ -17,7 +16,7 @@ from ..providers.wire_common import UpstreamStreamError as WireStreamError
 from . import resilience
 from .catalog import ModelInfo
 from .sse import SSEParser
-from .upstream import drain, iter_raw, read_body, set_idle_timeout
+from .upstream import UpstreamResponse, drain, iter_raw, read_body, set_idle_timeout
 from .usage import cost, count_tokens, estimate_input
 
 PASS_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
@@ -105,7 +104,7 @@ def _redact_runs(text: str, secrets: list[str]) -> str:
     return "".join(out)
 
 
-def upstream_headers(resp: requests.Response) -> dict:
+def upstream_headers(resp: UpstreamResponse) -> dict:
     """Upstream rate-limit headers to pass on (upstream-prefixed where our own limits use the name)."""
     return {name: resp.headers[name] for name in PASS_HEADERS if name in resp.headers}
 
@@ -198,7 +197,7 @@ def _exchange(gw, adapter, provider, req, sent: dict, strip: bool, remaining: fl
     if resp.status_code >= 300:
         try:
             raw = read_body(resp, 1024 * 1024, time.perf_counter() + remaining)
-        except (GatewayError, HTTPError, OSError, requests.RequestException):
+        except (GatewayError, HTTPError, OSError):
             raw = b""
         finally:
             resp.close()
@@ -214,7 +213,7 @@ def _exchange(gw, adapter, provider, req, sent: dict, strip: bool, remaining: fl
     return adapter, resp, headers, strip
 
 
-def _is_event_stream(resp: requests.Response) -> bool:
+def _is_event_stream(resp: UpstreamResponse) -> bool:
     return resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
 
 
@@ -223,10 +222,10 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
     adapter, resp = open_upstream(gw, call, endpoint, body)
     try:
         raw = read_body(resp, gw.max_response_bytes, call.deadline)
-    except (ReadTimeoutError, TimeoutError, requests.exceptions.ReadTimeout):
+    except (ReadTimeoutError, TimeoutError):
         raise GatewayError(504, "The upstream did not answer in time.", code=ErrorCode.UPSTREAM_TIMEOUT,
                            type="server_error") from None
-    except (HTTPError, OSError, requests.RequestException):
+    except (HTTPError, OSError):
         raise GatewayError(502, "The upstream connection failed mid-response.", code=ErrorCode.UPSTREAM_DISCONNECT,
                            type="server_error") from None
     finally:
@@ -367,7 +366,7 @@ def _answer_text(out: dict, text: list[str]) -> None:
 def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
     if isinstance(exc, GatewayError):
         return exc
-    timed_out = isinstance(exc, ReadTimeoutError | TimeoutError | requests.exceptions.Timeout)
+    timed_out = isinstance(exc, ReadTimeoutError | TimeoutError)
     if timed_out and time.perf_counter() >= deadline - 0.01:  # the read wait was cut to the deadline
         return GatewayError(504, "The upstream stream exceeded the total time limit.",
                             code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
@@ -378,7 +377,7 @@ def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
     if timed_out:
         return GatewayError(504, "The upstream stopped sending in the middle of the stream.",
                             code=ErrorCode.UPSTREAM_TIMEOUT, type="server_error")
-    if isinstance(exc, HTTPError | requests.RequestException | OSError):
+    if isinstance(exc, HTTPError | OSError):
         return GatewayError(502, "The upstream connection failed in the middle of the stream.",
                             code=ErrorCode.UPSTREAM_DISCONNECT, type="server_error")
     return GatewayError(502, "The upstream sent a stream the gateway could not understand.",

@@ -1,17 +1,16 @@
-"""Pooled HTTP sessions per provider and the one place that sends upstream requests."""
+"""Pooled upstream connections per provider (urllib3, no requests on the hot path) and the one place that sends."""
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 import time
 
-import requests
-from requests.adapters import HTTPAdapter
-from requests.utils import check_header_validity
+from urllib3 import PoolManager, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..netguard import is_public
@@ -20,87 +19,88 @@ from .catalog import ProviderInfo
 
 log = logging.getLogger("promptproxy.upstream")
 
+# What requests sent by default (the upstreams saw these before the switch to urllib3); a provider's own win.
+DEFAULT_HEADERS = {"User-Agent": "promptproxy", "Accept-Encoding": "gzip, deflate", "Accept": "*/*"}
+# requests' header checks (an admin-set header with CR, LF or NUL must never reach the wire): refused with a 502.
+VALID_NAME = re.compile(r"^[^:\s][^:\r\n\x00]*$")
+VALID_VALUE = re.compile(r"^\S[^\r\n\x00]*$|^$")
+
+
+class UpstreamResponse:
+    """The parts of an upstream answer the pipeline uses: status, headers, the urllib3 response to read from."""
+
+    __slots__ = ("raw", "status_code", "headers")
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.status_code = raw.status
+        self.headers = raw.headers  # case-insensitive
+
+    def close(self) -> None:
+        """Close the body and give the connection back to its pool (a connection not read to the end is closed)."""
+        self.raw.close()
+        self.raw.release_conn()
+
 
 class Upstreams:
-    """One requests.Session per provider, sized for the server's thread pool."""
+    """One urllib3 pool manager per provider, sized for the server's thread pool; no redirects, no retries."""
 
     def __init__(self, pool_size: int, allow_private: bool = True):
         self.pool_size = pool_size
         self.allow_private = allow_private
-        self._sessions: dict[tuple, requests.Session] = {}
+        self._pools: dict[tuple, PoolManager] = {}
         self._lock = threading.Lock()
 
-    def session(self, provider: ProviderInfo) -> requests.Session:
-        """The pooled session for a provider (a new one if its base URL changed)."""
+    def pool(self, provider: ProviderInfo) -> PoolManager:
+        """The pool manager for a provider (a new one if its base URL changed)."""
         key = (provider.id, provider.base_url)
-        found = self._sessions.get(key)
+        found = self._pools.get(key)
         if found is None:
             with self._lock:
-                found = self._sessions.get(key)
+                found = self._pools.get(key)
                 if found is None:
-                    found = LeanSession()
-                    found.trust_env = False  # never route through environment proxies or .netrc
-                    adapter_cls = HTTPAdapter if self.allow_private else PublicOnlyAdapter
-                    adapter = adapter_cls(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
-                    found.mount("http://", adapter)
-                    found.mount("https://", adapter)
-                    self._sessions[key] = found
+                    # block=False: a burst beyond pool_size opens extra connections instead of waiting for one.
+                    found = PoolManager(num_pools=4, maxsize=self.pool_size, block=False, retries=False)
+                    if not self.allow_private:
+                        found.pool_classes_by_scheme = {"http": PublicHTTPConnectionPool,
+                                                        "https": PublicHTTPSConnectionPool}
+                    self._pools[key] = found
         return found
 
     def send(self, provider: ProviderInfo, req: UpstreamRequest, first_byte_timeout: float,
-             connect_timeout: float | None = None) -> requests.Response:
+             connect_timeout: float | None = None) -> UpstreamResponse:
         """POST and return once headers arrive; network failures become 502/504 UpstreamErrors."""
+        headers = dict(DEFAULT_HEADERS)
+        if req.headers:
+            for name, value in req.headers.items():
+                if not VALID_NAME.match(name) or not VALID_VALUE.match(str(value)):
+                    raise UpstreamError(502, "The upstream could not be reached.",
+                                        code=ErrorCode.UPSTREAM_UNAVAILABLE, fault=Fault.CONNECT)
+            headers.update(req.headers)
+        timeout = Timeout(connect=connect_timeout or provider.connect_timeout, read=first_byte_timeout)
         try:
-            return self.session(provider).post(
-                req.url, data=req.body, headers=req.headers, stream=True, allow_redirects=False,
-                timeout=(connect_timeout or provider.connect_timeout, first_byte_timeout),
-            )
-        except requests.exceptions.ConnectTimeout:
-            raise UpstreamError(504, "The upstream did not accept the connection in time.",
-                                code=ErrorCode.UPSTREAM_TIMEOUT, fault=Fault.CONNECT) from None
-        except requests.exceptions.ReadTimeout:
-            raise UpstreamError(504, "The upstream did not answer in time.", code=ErrorCode.UPSTREAM_TIMEOUT,
-                                fault=Fault.FIRST_BYTE) from None
-        except requests.exceptions.RequestException:
+            raw = self.pool(provider).urlopen("POST", req.url, body=req.body, headers=headers, redirect=False,
+                                              retries=False, preload_content=False, decode_content=False,
+                                              timeout=timeout)
+        except NewConnectionError:  # a subclass of ConnectTimeoutError in urllib3 2: refused, unresolvable
             raise UpstreamError(502, "The upstream could not be reached.", code=ErrorCode.UPSTREAM_UNAVAILABLE,
                                 fault=Fault.CONNECT) from None
+        except ConnectTimeoutError:
+            raise UpstreamError(504, "The upstream did not accept the connection in time.",
+                                code=ErrorCode.UPSTREAM_TIMEOUT, fault=Fault.CONNECT) from None
+        except ReadTimeoutError:
+            raise UpstreamError(504, "The upstream did not answer in time.", code=ErrorCode.UPSTREAM_TIMEOUT,
+                                fault=Fault.FIRST_BYTE) from None
+        except (HTTPError, OSError, ValueError):
+            raise UpstreamError(502, "The upstream could not be reached.", code=ErrorCode.UPSTREAM_UNAVAILABLE,
+                                fault=Fault.CONNECT) from None
+        return UpstreamResponse(raw)
 
     def close(self) -> None:
         """Close every pooled connection."""
-        for session in self._sessions.values():
-            session.close()
-        self._sessions.clear()
-
-
-class LeanSession(requests.Session):
-    """A Session whose `post` skips requests' per-call merging of settings, cookies, proxies and redirects.
-
-    Profiling showed Session.request spending more CPU than the HTTP exchange itself (settings merge, URL
-    re-encoding, environment look-ups). The gateway sends pre-built bodies, never follows redirects, keeps no
-    cookies between callers and ignores environment proxies, so it hands a PreparedRequest straight to the
-    mounted adapter (the same adapter, pool, timeouts and exceptions as before).
-    """
-
-    def post(self, url, data=None, headers=None, stream=True, allow_redirects=False, timeout=None, **kwargs):
-        """POST through the mounted adapter; falls back to requests' full path for anything unusual."""
-        if kwargs or allow_redirects or not isinstance(data, bytes | None) or not url.isascii():
-            return super().post(url, data=data, headers=headers, stream=stream, allow_redirects=allow_redirects,
-                                timeout=timeout, **kwargs)
-        prepared = requests.PreparedRequest()
-        prepared.method = "POST"
-        prepared.url = url
-        merged = requests.structures.CaseInsensitiveDict(self.headers)
-        if headers:
-            for header in headers.items():
-                check_header_validity(header)  # CR/LF in an admin-set header must fail as before (502)
-            merged.update(headers)
-        merged["Content-Length"] = str(len(data or b""))
-        prepared.headers = merged
-        prepared.body = data
-        prepared.hooks = {"response": []}
-        prepared._cookies = None
-        return self.get_adapter(url).send(prepared, stream=stream, timeout=timeout, verify=self.verify,
-                                          cert=self.cert, proxies={})
+        for pool in self._pools.values():
+            pool.clear()
+        self._pools.clear()
 
 
 # -- DNS rebinding guard ---------------------------------------------------------------------------
@@ -146,17 +146,7 @@ class PublicHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = PublicHTTPSConnection
 
 
-class PublicOnlyAdapter(HTTPAdapter):
-    """A requests adapter whose connections refuse private peers (used unless ALLOW_PRIVATE_UPSTREAMS)."""
-
-    def init_poolmanager(self, *args, **kwargs):
-        """Swap the pool classes after the pool manager is built."""
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": PublicHTTPConnectionPool,
-                                                   "https": PublicHTTPSConnectionPool}
-
-
-def set_idle_timeout(resp: requests.Response, seconds: float) -> None:
+def set_idle_timeout(resp: UpstreamResponse, seconds: float) -> None:
     """After the headers, later reads wait at most the idle gap (not the first-byte timeout)."""
     conn = getattr(resp.raw, "_connection", None) or getattr(resp.raw, "connection", None)
     sock = getattr(conn, "sock", None)
@@ -164,7 +154,7 @@ def set_idle_timeout(resp: requests.Response, seconds: float) -> None:
         sock.settimeout(seconds)
 
 
-def read_body(resp: requests.Response, limit: int, deadline: float | None = None) -> bytes:
+def read_body(resp: UpstreamResponse, limit: int, deadline: float | None = None) -> bytes:
     """Read a whole response body, refusing one larger than the limit or slower than the deadline.
 
     Each read takes what one socket read gives and waits at most until the deadline (perf_counter time), so
@@ -191,7 +181,7 @@ def read_body(resp: requests.Response, limit: int, deadline: float | None = None
         chunks.append(chunk)
 
 
-def iter_raw(resp: requests.Response, chunk_size: int = 65536):
+def iter_raw(resp: UpstreamResponse, chunk_size: int = 65536):
     """Yield bytes as they arrive (read1 returns whatever one socket read gives)."""
     raw = resp.raw
     while True:

@@ -26,20 +26,21 @@ def server_env(db_url: str, instance: Path, **extra: str) -> dict:
 class Server:
     """One gateway process; stderr goes to a file the test can read."""
 
-    def __init__(self, env: dict, log_path: Path, threads: int = 16):
+    def __init__(self, env: dict, log_path: Path, threads: int = 16, workers: int | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "promptproxy.cli", "serve", "--port", str(self.port), "--threads", str(threads)],
+            [sys.executable, "-m", "promptproxy.cli", "serve", "--port", str(self.port), "--threads", str(threads),
+             *(["--workers", str(workers)] if workers else [])],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
                 requests.get(self.url + "/healthz", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # workers bind late: the socket is bound first
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError("gateway did not start:\n" + log_path.read_text()) from None

@@ -329,7 +329,7 @@ def test_metrics_with_a_token_need_it_wherever_the_server_listens(app):
 
 def test_serve_host_option_is_what_metrics_judge(app, monkeypatch):
     seen = {}
-    monkeypatch.setattr("promptproxy.server.serve", lambda a, host, port, threads: seen.update(
+    monkeypatch.setattr("promptproxy.server.serve", lambda a, host, port, threads, workers=None: seen.update(
         host=a.config["HOST"]))
     app.test_cli_runner().invoke(cli, ["serve", "--host", "0.0.0.0"], catch_exceptions=False)
     assert seen == {"host": "0.0.0.0"}

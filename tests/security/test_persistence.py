@@ -75,7 +75,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "promptproxy.cli", "serve", "--port", str(self.port), "--threads", "16"],
+            # One process: kill -9 here is a crash of the gateway itself (with --workers N it would only kill the
+            # supervisor, whose workers then drain and flush; tests/ops/test_workers.py covers that).
+            [sys.executable, "-m", "promptproxy.cli", "serve", "--port", str(self.port), "--threads", "16",
+             "--workers", "1"],
             cwd=ROOT, env=cli_env(app, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

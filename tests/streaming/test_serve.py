@@ -62,7 +62,7 @@ def served(app, seeded, db_url, tmp_path):
 
 def test_serve_streams_200_at_once(served, seeded, upstream, app):
     url, banner = served
-    assert "threads=256" in banner
+    assert "threads=512" in banner
     entered, release = [], threading.Event()
 
     def handler(req):
