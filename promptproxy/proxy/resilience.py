@@ -295,7 +295,7 @@ class SharedBreakers(Breakers):
 
     def _apply(self, pid: int, value: str) -> _State:
         data = json.loads(value)
-        st = self._states.get(pid) or self._states.setdefault(pid, _State(data["name"]))
+        st = self._states.get(pid) or self._states.setdefault(pid, _State(data["name"], pid))
         st.state, st.opened_at, st.probe_at = data["state"], data["opened_at"], data["probe_at"]
         st.busy_until, st.last_error = data["busy_until"], data["last_error"]
         return st
