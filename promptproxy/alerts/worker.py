@@ -6,16 +6,14 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-import requests
 import sqlalchemy as sa
-from requests.adapters import HTTPAdapter
 
 from ..config import ConfigError
 from ..crypto import SecretError
 from ..extensions import db
 from ..models import ApiKey, BudgetUsage, RequestLog, User, Webhook, WebhookDelivery, utcnow
 from ..netguard import UnsafeURL, validate_base_url
-from ..proxy.upstream import PublicOnlyAdapter
+from ..proxy.guarded_http import guarded_session
 from . import delivery, outbox
 from .events import BudgetSettled, CircuitChanged, EventQueue
 
@@ -63,11 +61,7 @@ class AlertWorker:
         self.timeout = float(cfg.get("ALERT_TIMEOUT", 10.0))
         self.lease = 2 * self.timeout + 10  # a claim older than this belongs to an instance that died mid-send
         self.allow_private = bool(cfg.get("ALLOW_PRIVATE_UPSTREAMS"))
-        self.session = requests.Session()
-        self.session.trust_env = False  # never through environment proxies or .netrc
-        adapter = HTTPAdapter(max_retries=0) if self.allow_private else PublicOnlyAdapter(max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = guarded_session(self.allow_private)
         self._remembered: set[str] = set()
         self._added: list[str] = []  # keys queued in the current pass (remembered once committed)
         self._checked_at: float | None = None

@@ -10,14 +10,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from ..core.call import Call
 from ..core.errors import GatewayError
 from ..proxy import prompts as P
 from ..proxy.catalog import McpServerInfo, Principal
-from ..proxy.upstream import PublicOnlyAdapter
+from ..proxy.guarded_http import guarded_session
 from .client import LATEST, PROTOCOL_VERSIONS, McpClient, McpError, UpstreamSession
 
 log = logging.getLogger("promptproxy.mcp")
@@ -43,11 +40,7 @@ class Hub:
     def __init__(self, app):
         self.secret = hashlib.sha256(b"promptproxy mcp sessions\0" + app.config["SECRET_KEY"].encode()).digest()
         self.connect_timeout = app.config["CONNECT_TIMEOUT"]
-        self.http = requests.Session()
-        self.http.trust_env = False  # never environment proxies or .netrc credentials
-        adapter = (HTTPAdapter if app.config["ALLOW_PRIVATE_UPSTREAMS"] else PublicOnlyAdapter)(max_retries=0)
-        self.http.mount("http://", adapter)
-        self.http.mount("https://", adapter)
+        self.http = guarded_session(app.config["ALLOW_PRIVATE_UPSTREAMS"])
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()

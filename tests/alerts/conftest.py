@@ -12,8 +12,7 @@ from promptproxy.alerts import webhooks
 from promptproxy.extensions import db
 from promptproxy.models import WebhookDelivery
 
-from ..admin.conftest import admin_web, member_web, people  # noqa: F401 - the dashboard fixtures, for test_admin
-from ..admin.test_browser import browser, page  # noqa: F401 - Chromium fixtures, for test_browser
+from ..admin.conftest import admin_web, browser, member_web, page, people  # noqa: F401 - dashboard and Chromium fixtures
 
 
 class Receiver:

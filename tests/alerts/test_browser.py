@@ -8,7 +8,8 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..admin.test_browser import CHROMIUM, login
+from ..admin.conftest import CHROMIUM
+from ..admin.test_browser import login
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian's chromium at {CHROMIUM}")]
