@@ -15,6 +15,7 @@ from .models import (
     AuditEvent,
     BudgetUsage,
     Model,
+    ModelDeployment,
     Prompt,
     PromptLabel,
     PromptVersion,
@@ -32,6 +33,8 @@ ROLES = ("admin", "member")
 MODEL_KINDS = ("chat", "completion", "embedding")
 PROMPT_MODES = ("prepend", "replace", "reject")
 PERIODS = ("day", "week", "month")
+STRATEGIES = ("weighted", "least-busy")
+CACHE_SCOPES = ("user", "shared")
 
 
 class ManageError(ValueError):
@@ -412,12 +415,26 @@ def create_model(actor: str, slug: str, provider: Provider, upstream_model: str,
     _model_fields(model, upstream_model=upstream_model, kind=kind, **options)
     db.session.add(model)
     db.session.flush()
+    db.session.add(ModelDeployment(model_id=model.id, provider_id=provider.id, upstream_model=model.upstream_model))
     audit(actor, "create", "model", slug, {"provider": provider.name, "upstream_model": upstream_model})
     return model
 
 
-def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, enabled=None, **prices) -> dict:
+def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, enabled=None, strategy=None,
+                  cache_ttl=None, cache_scope=None, **prices) -> dict:
     changed = {}
+    if strategy is not None:
+        if strategy not in STRATEGIES:
+            raise ManageError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        model.strategy = changed["strategy"] = strategy
+    if cache_ttl is not None:
+        if cache_ttl < 0 or cache_ttl > 30 * 86400:
+            raise ManageError("cache TTL must be 0 (off) to 2592000 seconds")
+        model.cache_ttl = changed["cache_ttl"] = cache_ttl or None
+    if cache_scope is not None:
+        if cache_scope not in CACHE_SCOPES:
+            raise ManageError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
+        model.cache_scope = changed["cache_scope"] = cache_scope
     if upstream_model is not None:
         if not upstream_model.strip() or len(upstream_model) > 256:
             raise ManageError("upstream model name must be 1-256 characters")
@@ -445,11 +462,14 @@ def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, 
 
 
 def update_model(actor: str, model: Model, provider: Provider | None = None, **fields) -> dict:
-    """Change a model's mapping, prices or fallbacks."""
+    """Change a model's mapping, prices or fallbacks; a new mapping moves its first deployment with it."""
+    first = model.deployments[0] if model.deployments else None
     changed = _model_fields(model, **fields)
     if provider is not None:
         model.provider_id = provider.id
         changed["provider"] = provider.name
+    if first is not None and (provider is not None or "upstream_model" in changed):
+        first.provider_id, first.upstream_model = model.provider_id, model.upstream_model
     audit(actor, "update", "model", model.slug, changed)
     return changed
 
@@ -458,6 +478,54 @@ def delete_model(actor: str, model: Model) -> None:
     """Delete a model (its log rows keep the slug)."""
     db.session.delete(model)
     audit(actor, "delete", "model", model.slug)
+
+
+def _deployment_target(model: Model, provider: Provider, upstream_model: str) -> ModelDeployment | None:
+    return next((d for d in model.deployments if d.provider_id == provider.id
+                 and d.upstream_model == upstream_model), None)
+
+
+def deploy(actor: str, model: Model, provider: Provider, upstream_model: str, weight: int | None = None,
+           priority: int | None = None, rpm: int | None = None, tpm: int | None = None) -> ModelDeployment:
+    """Add a deployment to a model, or change the one with this provider and upstream model name."""
+    upstream_model = (upstream_model or "").strip()
+    if not upstream_model or len(upstream_model) > 256:
+        raise ManageError("upstream model name must be 1-256 characters")
+    for name, value, low in (("weight", weight, 0), ("priority", priority, 0), ("rpm", rpm, 1), ("tpm", tpm, 1)):
+        if value is not None and not low <= value <= 1_000_000_000:
+            raise ManageError(f"{name} must be an integer of at least {low}")
+    dep = _deployment_target(model, provider, upstream_model)
+    if dep is None:
+        dep = ModelDeployment(provider_id=provider.id, upstream_model=upstream_model)
+        model.deployments.append(dep)
+    for name, value in (("weight", weight), ("priority", priority), ("rpm", rpm), ("tpm", tpm)):
+        if value is not None:
+            setattr(dep, name, value)
+    if dep.weight is None:
+        dep.weight = 1
+    if dep.priority is None:
+        dep.priority = 0
+    if not any(d.weight > 0 for d in model.deployments):
+        raise ManageError("at least one deployment needs a weight above 0")
+    db.session.flush()
+    audit(actor, "deploy", "model", model.slug, {"provider": provider.name, "upstream_model": upstream_model,
+                                                 "weight": dep.weight, "priority": dep.priority,
+                                                 "rpm": dep.rpm, "tpm": dep.tpm})
+    return dep
+
+
+def undeploy(actor: str, model: Model, provider: Provider, upstream_model: str) -> None:
+    """Remove one deployment; a model keeps at least one, and its own mapping follows its first."""
+    dep = _deployment_target(model, provider, upstream_model)
+    if dep is None:
+        raise ManageError(f"model {model.slug} has no deployment {provider.name} / {upstream_model}")
+    if len(model.deployments) == 1:
+        raise ManageError("a model needs at least one deployment; delete the model instead")
+    model.deployments.remove(dep)
+    first = model.deployments[0]
+    model.provider_id, model.upstream_model = first.provider_id, first.upstream_model
+    db.session.flush()
+    audit(actor, "undeploy", "model", model.slug, {"provider": provider.name, "upstream_model": upstream_model})
 
 
 # -- prompts -----------------------------------------------------------------------------------------

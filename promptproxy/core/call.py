@@ -45,6 +45,8 @@ class Call:
     strip_usage: bool = False  # we asked the upstream for stream usage the client did not want
     deadline: float | None = None  # perf_counter time by which the whole call must end
     note: str | None = None  # e.g. which fallback served the call and why
+    cache_hit: bool = False  # answered from the exact response cache
+    cost_saved: float | None = None  # on a hit: what the upstream call would have cost
 
     def fail(self, err: GatewayError) -> None:
         """Note an error outcome."""
@@ -83,4 +85,6 @@ class Call:
             "usage_estimated": self.usage_estimated, "cost": self.cost,
             "latency_ms": round((time.perf_counter() - self.t0) * 1000, 3), "ttft_ms": self.ttft_ms,
             "client_ip": self.client_ip, "request_body": self.request_body, "response_body": self.response_body,
+            "deployment_id": getattr(model, "deployment_id", None), "cache_hit": self.cache_hit,
+            "cost_saved": self.cost_saved,
         }

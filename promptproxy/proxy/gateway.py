@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..crypto import Box
 from .admission import NullLimiter
 from .catalog import Catalog
+from .deployments import Deployments
 from .logwriter import LogWriter
 from .resilience import Breakers, RetryPolicy
 from .sse import MAX_EVENT_BYTES
@@ -37,6 +38,7 @@ class Gateway:
         self.max_event_bytes = cfg.get("MAX_EVENT_BYTES", MAX_EVENT_BYTES)  # for SSEParser(gw.max_event_bytes)
         self.retry = RetryPolicy.from_config(cfg)
         self.breakers = Breakers.from_config(cfg)
+        self.deployments = Deployments(cfg)
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
 
     def record(self, call) -> None:

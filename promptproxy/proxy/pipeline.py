@@ -129,6 +129,8 @@ def _note(call, exc: BaseException) -> None:
 def _close(gw, call, admission) -> None:
     """Settle the admission and record the call, each exactly once, whatever happened."""
     try:
+        if call.served is not None:
+            gw.deployments.release(call.served, call.usage, failed=call.status >= 500)
         if admission is not None:
             admission.finish(call)
     finally:
