@@ -45,6 +45,7 @@ class Call:
     strip_usage: bool = False  # we asked the upstream for stream usage the client did not want
     deadline: float | None = None  # perf_counter time by which the whole call must end
     note: str | None = None  # e.g. which fallback served the call and why
+    cache_control: str | None = None  # the client's Cache-Control request header
     cache_hit: bool = False  # answered from the exact response cache
     cost_saved: float | None = None  # on a hit: what the upstream call would have cost
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..crypto import Box
 from .admission import NullLimiter
+from .cache import ResponseCache
 from .catalog import Catalog
 from .deployments import Deployments
 from .logwriter import LogWriter
@@ -39,6 +40,7 @@ class Gateway:
         self.retry = RetryPolicy.from_config(cfg)
         self.breakers = Breakers.from_config(cfg)
         self.deployments = Deployments(cfg)
+        self.cache = ResponseCache(cfg)
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
 
     def record(self, call) -> None:
