@@ -703,13 +703,17 @@ def prompt_versions(slug, as_json):
 @prompt.command("label")
 @click.argument("slug")
 @click.argument("label")
-@click.argument("version", type=int)
+@click.argument("versions", nargs=-1, required=True)
 @with_appcontext
 @committed
-def prompt_label(slug, label, version):
-    """Point LABEL (e.g. production) at VERSION; use it as model:prompt@LABEL."""
-    manage.set_label(ACTOR, manage.get_prompt(slug), label, version)
-    say(f"prompt {slug}: {label} -> version {version}")
+def prompt_label(slug, label, versions):
+    """Point LABEL (e.g. production) at VERSION, or roll it out: `3=90 4=10`; use it as model:prompt@LABEL."""
+    split = manage.parse_split(list(versions))
+    manage.set_label(ACTOR, manage.get_prompt(slug), label, split=split)
+    if len(split) == 1:
+        say(f"prompt {slug}: {label} -> version {next(iter(split))}")
+    else:
+        say(f"prompt {slug}: {label} -> " + ", ".join(f"version {v} {p}%" for v, p in split.items()))
 
 
 @prompt.command("rollback")

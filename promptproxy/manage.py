@@ -616,19 +616,44 @@ def set_live(actor: str, prompt: Prompt, number: int | None) -> None:
     audit(actor, "rollback", "prompt", prompt.slug, {"live_version": number})
 
 
-def set_label(actor: str, prompt: Prompt, label: str, number: int) -> None:
-    """Point a label at a version (creating or moving it)."""
+def parse_split(items) -> dict[int, int]:
+    """`3` or `3=90 4=10` (a list of words) as {version: percent}."""
+    split = {}
+    for item in items:
+        version, _, percent = item.partition("=")
+        if not version.isdigit() or not (percent.isdigit() or (not percent and len(items) == 1)):
+            raise ManageError(f"`{item}`: give VERSION, or VERSION=PERCENT for each version of a rollout")
+        split[int(version)] = int(percent or 100)
+    if not split:
+        raise ManageError("choose a version")
+    return split
+
+
+def set_label(actor: str, prompt: Prompt, label: str, number: int | None = None,
+              split: dict[int, int] | None = None) -> None:
+    """Point a label at a version, or roll it out over several ({version: percent}, summing to 100)."""
     if not valid_label(label):
         raise ManageError("label must be letters, digits, '.', '_' or '-', and not a number")
-    get_version(prompt, number)
+    if split is not None and len(split) == 1:
+        number, split = next(iter(split)), None
+    if split is not None:
+        if any(not isinstance(p, int) or isinstance(p, bool) or not 0 < p <= 100 for p in split.values()) \
+                or sum(split.values()) != 100:
+            raise ManageError("a rollout's percentages must be whole numbers above 0 that add up to 100")
+        number = max(split, key=lambda v: (split[v], v))  # the version most traffic gets
+    if number is None:
+        raise ManageError("a label needs a version")
+    for version in split or (number,):
+        get_version(prompt, version)
     found = db.session.scalar(sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id,
                                                            PromptLabel.label == label))
     if found is None:
-        db.session.add(PromptLabel(prompt_id=prompt.id, label=label, version=number))
-    else:
-        found.version = number
+        found = PromptLabel(prompt_id=prompt.id, label=label, version=number)
+        db.session.add(found)
+    found.version = number
+    found.split = sorted([v, p] for v, p in split.items()) if split else None
     prompt.updated_at = utcnow()
-    audit(actor, "label", "prompt", prompt.slug, {"label": label, "version": number})
+    audit(actor, "label", "prompt", prompt.slug, {"label": label, "version": number, "split": found.split})
 
 
 def delete_prompt(actor: str, prompt: Prompt) -> None:
