@@ -716,7 +716,20 @@ def prompt_label(slug, label, versions):
         say(f"prompt {slug}: {label} -> " + ", ".join(f"version {v} {p}%" for v, p in split.items()))
 
 
-@prompt.command("rollback")
+@prompt.command("compare")
+@click.argument("slug")
+@click.option("--days", type=int, default=7, show_default=True, help="How far back to look.")
+@json_option
+@with_appcontext
+def prompt_compare(slug, days, as_json):
+    """Requests, errors, tokens, cost and latency per version of a prompt (e.g. during a rollout)."""
+    for stats in manage.version_stats(manage.get_prompt(slug), days):
+        row(stats, as_json, f"v{stats['version']}", stats["requests"], f"errors {stats['errors']}",
+            f"tokens {stats['input_tokens']}/{stats['output_tokens']}", f"${stats['cost']:.6f}",
+            f"avg {stats['avg_latency_ms']} ms")
+
+
+
 @click.argument("slug")
 @click.argument("version", type=int)
 @with_appcontext
