@@ -729,7 +729,7 @@ def prompt_compare(slug, days, as_json):
             f"avg {stats['avg_latency_ms']} ms")
 
 
-
+@prompt.command("rollback")
 @click.argument("slug")
 @click.argument("version", type=int)
 @with_appcontext
