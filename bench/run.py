@@ -31,6 +31,7 @@ import ab
 import load
 import procs
 import report
+import routing
 
 HERE = Path(__file__).resolve().parent
 PROMPT_MARKER = "BENCH-PROMPT-7f3a"
@@ -292,6 +293,7 @@ class Bench:
             "--mode",
             "prepend",
         )
+        routing.setup(self)
         self.cli("user", "create", "bench", "--email", "bench@example.com", "--all-models", "--all-prompts")
         lines = self.cli("key", "create", "--user", "bench", "--name", "bench").strip().splitlines()
         self.key = lines[-1].strip() if lines else ""
@@ -375,6 +377,8 @@ class Bench:
         self.gateway_requests += r["s4"]["completed_incl_warmup"]
         if not self.args.no_responses:
             r["ab"] = ab.run(self, p.ab_rounds, p.ab_seconds)
+        if not self.args.no_routing:
+            r["routing"] = routing.run(self, p.ab_rounds, p.ab_seconds)
 
     def gateway_alive(self, scenario: str) -> None:
         """Stop with a clear message if the gateway process died (its log tail is printed)."""
@@ -441,6 +445,7 @@ class Bench:
             "gateway_requests_sent": self.gateway_requests,
             "upstream_requests": after["chat_requests"] - before.get("chat_requests", 0) - self.direct_after_gateway,
             "upstream_with_prompt": after["marker_seen"] - before.get("marker_seen", 0),
+            "cache_hits": getattr(self, "cache_hits", 0),  # gateway requests answered without the upstream
         }
         db_path = self.results.get("db_path")
         if db_path:
@@ -479,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 70 s)")
     parser.add_argument("--direct-only", action="store_true", help="measure the mock only, no gateway")
     parser.add_argument("--no-responses", action="store_true", help="skip the chat vs Responses A/B")
+    parser.add_argument("--no-routing", action="store_true", help="skip the deployments and cache scenarios")
     parser.add_argument("--threads", type=int, default=600, help="waitress threads per worker (0: serve's default)")
     parser.add_argument("--workers", default=None, help="`serve --workers` (default: serve's own default, auto)")
     parser.add_argument("--promptproxy", default=default_cli(), help="command that runs the CLI")

@@ -598,7 +598,11 @@ def model_dict(m: Model) -> dict:
     return {"id": m.id, "slug": m.slug, "provider": m.provider.name, "upstream_model": m.upstream_model,
             "kind": m.kind, "input_price": m.input_price, "output_price": m.output_price,
             "cached_input_price": m.cached_input_price, "cache_write_price": m.cache_write_price,
-            "fallbacks": m.fallbacks, "endpoints": manage.served_endpoints(m), "enabled": m.enabled}
+            "fallbacks": m.fallbacks, "endpoints": manage.served_endpoints(m), "enabled": m.enabled,
+            "strategy": m.strategy, "cache_ttl": m.cache_ttl, "cache_scope": m.cache_scope,
+            "deployments": [{"id": d.id, "provider": d.provider.name, "upstream_model": d.upstream_model,
+                             "weight": d.weight, "priority": d.priority, "rpm": d.rpm, "tpm": d.tpm}
+                            for d in m.deployments]}
 
 
 def endpoint_names(value: str | None) -> list | None:
@@ -608,6 +612,15 @@ def endpoint_names(value: str | None) -> list | None:
 
 ENDPOINTS_HELP = ("Comma-separated: chat, completions, embeddings. Default: chat,completions for chat models "
                   "(completions alone, embeddings alone for the other kinds); '' restores it.")
+
+
+def routing_options(fn):
+    """How a model picks a deployment and caches answers."""
+    fn = click.option("--cache-scope", type=click.Choice(manage.CACHE_SCOPES),
+                      help="Cache answers per user (default) or shared by everyone.")(fn)
+    fn = click.option("--cache-ttl", type=int, help="Seconds the exact response cache keeps answers (0 = off).")(fn)
+    return click.option("--strategy", type=click.Choice(manage.STRATEGIES),
+                        help="How a deployment is chosen (default weighted).")(fn)
 
 
 def price_options(fn):
@@ -630,6 +643,7 @@ def model():
 @click.option("--endpoints", help=ENDPOINTS_HELP)
 @click.option("--fallback", "fallbacks", multiple=True, help="Ordered fallback model slugs.")
 @price_options
+@routing_options
 @with_appcontext
 @committed
 def model_create(slug, provider_name, upstream_model, kind, endpoints, fallbacks, **prices):
@@ -655,8 +669,45 @@ def model_list(as_json):
 @with_appcontext
 @committed
 def model_show(slug, as_json):
-    """Show one model."""
-    emit(model_dict(manage.get_model(slug)), as_json)
+    """Show one model, with the health and traffic of each deployment."""
+    m = manage.get_model(slug)
+    out = model_dict(m)
+    gw = current_app.extensions["promptproxy"]
+    gw.catalog.refresh(force=True)
+    info = gw.catalog.model(m.slug)
+    health = {st["deployment_id"]: st for st in gw.deployments.states(info)} if info else {}
+    for dep in out["deployments"]:
+        dep.update({k: v for k, v in health.get(dep["id"], {"health": "disabled"}).items() if k != "deployment_id"})
+    emit(out, as_json)
+
+
+@model.command("deploy")
+@click.argument("slug")
+@click.option("--provider", "provider_name", required=True)
+@click.option("--upstream-model", required=True, help="The provider's own model name.")
+@click.option("--weight", type=int, help="Share of traffic relative to the others (default 1; 0 = drain).")
+@click.option("--priority", type=int, help="Lower is preferred; higher ones serve only when those are down.")
+@click.option("--rpm", type=int, help="This deployment's requests per minute, across all instances.")
+@click.option("--tpm", type=int, help="This deployment's tokens per minute, across all instances.")
+@with_appcontext
+@committed
+def model_deploy(slug, provider_name, upstream_model, **fields):
+    """Add (or change) a deployment of a model: another place the same model runs."""
+    dep = manage.deploy(ACTOR, manage.get_model(slug), manage.get_provider(provider_name), upstream_model, **fields)
+    say(f"deployment {dep.id} of {slug}: {provider_name} / {dep.upstream_model} weight {dep.weight} "
+        f"priority {dep.priority}")
+
+
+@model.command("undeploy")
+@click.argument("slug")
+@click.option("--provider", "provider_name", required=True)
+@click.option("--upstream-model", required=True)
+@with_appcontext
+@committed
+def model_undeploy(slug, provider_name, upstream_model):
+    """Remove a deployment from a model (a model keeps at least one)."""
+    manage.undeploy(ACTOR, manage.get_model(slug), manage.get_provider(provider_name), upstream_model)
+    say(f"removed deployment {provider_name} / {upstream_model} from {slug}")
 
 
 @model.command("update")
@@ -669,6 +720,7 @@ def model_show(slug, as_json):
 @click.option("--no-fallbacks", is_flag=True, help="Clear the fallback list.")
 @click.option("--enabled/--disabled", default=None)
 @price_options
+@routing_options
 @with_appcontext
 @committed
 def model_update(slug, provider_name, fallbacks, no_fallbacks, endpoints, **fields):
@@ -808,13 +860,30 @@ def prompt_versions(slug, as_json):
 @prompt.command("label")
 @click.argument("slug")
 @click.argument("label")
-@click.argument("version", type=int)
+@click.argument("versions", nargs=-1, required=True)
 @with_appcontext
 @committed
-def prompt_label(slug, label, version):
-    """Point LABEL (e.g. production) at VERSION; use it as model:prompt@LABEL."""
-    manage.set_label(ACTOR, manage.get_prompt(slug), label, version)
-    say(f"prompt {slug}: {label} -> version {version}")
+def prompt_label(slug, label, versions):
+    """Point LABEL (e.g. production) at VERSION, or roll it out: `3=90 4=10`; use it as model:prompt@LABEL."""
+    split = manage.parse_split(list(versions))
+    manage.set_label(ACTOR, manage.get_prompt(slug), label, split=split)
+    if len(split) == 1:
+        say(f"prompt {slug}: {label} -> version {next(iter(split))}")
+    else:
+        say(f"prompt {slug}: {label} -> " + ", ".join(f"version {v} {p}%" for v, p in split.items()))
+
+
+@prompt.command("compare")
+@click.argument("slug")
+@click.option("--days", type=int, default=7, show_default=True, help="How far back to look.")
+@json_option
+@with_appcontext
+def prompt_compare(slug, days, as_json):
+    """Requests, errors, tokens, cost and latency per version of a prompt (e.g. during a rollout)."""
+    for stats in manage.version_stats(manage.get_prompt(slug), days):
+        row(stats, as_json, f"v{stats['version']}", stats["requests"], f"errors {stats['errors']}",
+            f"tokens {stats['input_tokens']}/{stats['output_tokens']}", f"${stats['cost']:.6f}",
+            f"avg {stats['avg_latency_ms']} ms")
 
 
 @prompt.command("rollback")

@@ -374,15 +374,29 @@ def _new_version(prompt: Prompt, wanted: dict, note: str, result: Result) -> Non
     result.add("update", "prompt", prompt.slug, [f"new version {number} ({', '.join(differ)} changed)"], detail)
 
 
+def _label_target(lab: PromptLabel) -> int | dict:
+    """A label as the file writes it: a version number, or {version: percent} for a rollout."""
+    return {int(v): int(p) for v, p in lab.split} if lab.split else lab.version
+
+
+def _split(label, target) -> dict[int, int]:
+    """A label's target from the file as {version: percent}."""
+    if isinstance(target, int) and not isinstance(target, bool):
+        return {target: 100}
+    if isinstance(target, Mapping) and all(str(v).isdigit() and isinstance(p, int) for v, p in target.items()):
+        return {int(v): p for v, p in target.items()}
+    raise ConfigFileError(f"label `{label}` must point at a version number or map versions to percentages")
+
+
 def _labels(prompt: Prompt, entry: Mapping, result: Result) -> None:
-    current = {lab.label: lab.version for lab in
+    current = {lab.label: _label_target(lab) for lab in
                db.session.scalars(sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id))}
-    for label, number in (entry.get("labels") or {}).items():
-        if not isinstance(number, int) or isinstance(number, bool):
-            raise ConfigFileError(f"label `{label}` must point at a version number")
-        if current.get(str(label)) != number:
-            manage.set_label(ACTOR, prompt, str(label), number)
-            result.add("update", "prompt", prompt.slug, [f"label {label} {current.get(str(label))} -> {number}"])
+    for label, target in (entry.get("labels") or {}).items():
+        split = _split(label, target)
+        wanted = target if isinstance(target, int) else split
+        if current.get(str(label)) != wanted:
+            manage.set_label(ACTOR, prompt, str(label), split=split)
+            result.add("update", "prompt", prompt.slug, [f"label {label} {current.get(str(label))} -> {wanted}"])
     if "live_version" in entry and entry["live_version"] != prompt.live_version:
         before = prompt.live_version
         manage.set_live(ACTOR, prompt, entry["live_version"])
@@ -537,7 +551,7 @@ def _export_prompt(p: Prompt) -> dict:
     history = db.session.scalars(sa.select(PromptVersion).where(PromptVersion.prompt_id == p.id)
                                  .order_by(PromptVersion.version))
     entry["versions"] = [_export_version(v) for v in history]
-    labels = {lab.label: lab.version for lab in db.session.scalars(
+    labels = {lab.label: _label_target(lab) for lab in db.session.scalars(
         sa.select(PromptLabel).where(PromptLabel.prompt_id == p.id).order_by(PromptLabel.label))}
     if labels:
         entry["labels"] = labels

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from .models import (
     AuditEvent,
     BudgetUsage,
     Model,
+    ModelDeployment,
     Prompt,
     PromptLabel,
     PromptVersion,
@@ -37,6 +38,8 @@ ROLES = ("admin", "member")
 MODEL_KINDS = ("chat", "completion", "embedding")
 PROMPT_MODES = ("prepend", "replace", "reject")
 PERIODS = ("day", "week", "month")
+STRATEGIES = ("weighted", "least-busy")
+CACHE_SCOPES = ("user", "shared")
 
 
 class ManageError(ValueError):
@@ -442,13 +445,26 @@ def create_model(actor: str, slug: str, provider: Provider, upstream_model: str,
     _check_endpoints(model, provider)
     db.session.add(model)
     db.session.flush()
+    db.session.add(ModelDeployment(model_id=model.id, provider_id=provider.id, upstream_model=model.upstream_model))
     audit(actor, "create", "model", slug, {"provider": provider.name, "upstream_model": upstream_model})
     return model
 
 
 def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, enabled=None, endpoints=None,
-                  **prices) -> dict:
+                  strategy=None, cache_ttl=None, cache_scope=None, **prices) -> dict:
     changed = {}
+    if strategy is not None:
+        if strategy not in STRATEGIES:
+            raise ManageError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        model.strategy = changed["strategy"] = strategy
+    if cache_ttl is not None:
+        if cache_ttl < 0 or cache_ttl > 30 * 86400:
+            raise ManageError("cache TTL must be 0 (off) to 2592000 seconds")
+        model.cache_ttl = changed["cache_ttl"] = cache_ttl or None
+    if cache_scope is not None:
+        if cache_scope not in CACHE_SCOPES:
+            raise ManageError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
+        model.cache_scope = changed["cache_scope"] = cache_scope
     if upstream_model is not None:
         if not upstream_model.strip() or len(upstream_model) > 256:
             raise ManageError("upstream model name must be 1-256 characters")
@@ -515,12 +531,15 @@ def served_endpoints(model: Model) -> list[str]:
 
 
 def update_model(actor: str, model: Model, provider: Provider | None = None, **fields) -> dict:
-    """Change a model's mapping, prices, fallbacks or endpoints."""
+    """Change a model's mapping, prices, fallbacks or endpoints; a new mapping moves its first deployment with it."""
+    first = model.deployments[0] if model.deployments else None
     changed = _model_fields(model, **fields)
     if provider is not None:
         model.provider_id = provider.id
         changed["provider"] = provider.name
     _check_endpoints(model, provider or db.session.get(Provider, model.provider_id))
+    if first is not None and (provider is not None or "upstream_model" in changed):
+        first.provider_id, first.upstream_model = model.provider_id, model.upstream_model
     audit(actor, "update", "model", model.slug, changed)
     return changed
 
@@ -529,6 +548,54 @@ def delete_model(actor: str, model: Model) -> None:
     """Delete a model (its log rows keep the slug)."""
     db.session.delete(model)
     audit(actor, "delete", "model", model.slug)
+
+
+def _deployment_target(model: Model, provider: Provider, upstream_model: str) -> ModelDeployment | None:
+    return next((d for d in model.deployments if d.provider_id == provider.id
+                 and d.upstream_model == upstream_model), None)
+
+
+def deploy(actor: str, model: Model, provider: Provider, upstream_model: str, weight: int | None = None,
+           priority: int | None = None, rpm: int | None = None, tpm: int | None = None) -> ModelDeployment:
+    """Add a deployment to a model, or change the one with this provider and upstream model name."""
+    upstream_model = (upstream_model or "").strip()
+    if not upstream_model or len(upstream_model) > 256:
+        raise ManageError("upstream model name must be 1-256 characters")
+    for name, value, low in (("weight", weight, 0), ("priority", priority, 0), ("rpm", rpm, 1), ("tpm", tpm, 1)):
+        if value is not None and not low <= value <= 1_000_000_000:
+            raise ManageError(f"{name} must be an integer of at least {low}")
+    dep = _deployment_target(model, provider, upstream_model)
+    if dep is None:
+        dep = ModelDeployment(provider_id=provider.id, upstream_model=upstream_model)
+        model.deployments.append(dep)
+    for name, value in (("weight", weight), ("priority", priority), ("rpm", rpm), ("tpm", tpm)):
+        if value is not None:
+            setattr(dep, name, value)
+    if dep.weight is None:
+        dep.weight = 1
+    if dep.priority is None:
+        dep.priority = 0
+    if not any(d.weight > 0 for d in model.deployments):
+        raise ManageError("at least one deployment needs a weight above 0")
+    db.session.flush()
+    audit(actor, "deploy", "model", model.slug, {"provider": provider.name, "upstream_model": upstream_model,
+                                                 "weight": dep.weight, "priority": dep.priority,
+                                                 "rpm": dep.rpm, "tpm": dep.tpm})
+    return dep
+
+
+def undeploy(actor: str, model: Model, provider: Provider, upstream_model: str) -> None:
+    """Remove one deployment; a model keeps at least one, and its own mapping follows its first."""
+    dep = _deployment_target(model, provider, upstream_model)
+    if dep is None:
+        raise ManageError(f"model {model.slug} has no deployment {provider.name} / {upstream_model}")
+    if len(model.deployments) == 1:
+        raise ManageError("a model needs at least one deployment; delete the model instead")
+    model.deployments.remove(dep)
+    first = model.deployments[0]
+    model.provider_id, model.upstream_model = first.provider_id, first.upstream_model
+    db.session.flush()
+    audit(actor, "undeploy", "model", model.slug, {"provider": provider.name, "upstream_model": upstream_model})
 
 
 # -- prompts -----------------------------------------------------------------------------------------
@@ -619,19 +686,58 @@ def set_live(actor: str, prompt: Prompt, number: int | None) -> None:
     audit(actor, "rollback", "prompt", prompt.slug, {"live_version": number})
 
 
-def set_label(actor: str, prompt: Prompt, label: str, number: int) -> None:
-    """Point a label at a version (creating or moving it)."""
+def version_stats(prompt: Prompt, days: int) -> list[dict]:
+    """Per version of a prompt over the last `days` days, from the request log: for comparing a rollout."""
+    since = utcnow() - timedelta(days=max(days, 1))
+    r = RequestLog
+    rows = db.session.execute(sa.select(
+        r.prompt_version, sa.func.count(), sa.func.sum(sa.case((r.status >= 400, 1), else_=0)),
+        sa.func.coalesce(sa.func.sum(r.input_tokens), 0), sa.func.coalesce(sa.func.sum(r.output_tokens), 0),
+        sa.func.coalesce(sa.func.sum(r.cost), 0.0), sa.func.avg(r.latency_ms))
+        .where(r.prompt == prompt.slug, r.created_at >= since, r.prompt_version.is_not(None))
+        .group_by(r.prompt_version).order_by(r.prompt_version))
+    return [{"version": v, "requests": n, "errors": int(e or 0), "input_tokens": int(i), "output_tokens": int(o),
+             "cost": float(c), "avg_latency_ms": round(float(lat or 0), 1)} for v, n, e, i, o, c, lat in rows]
+
+
+def parse_split(items) -> dict[int, int]:
+    """`3` or `3=90 4=10` (a list of words) as {version: percent}."""
+    split = {}
+    for item in items:
+        version, _, percent = item.partition("=")
+        if not version.isdigit() or not (percent.isdigit() or (not percent and len(items) == 1)):
+            raise ManageError(f"`{item}`: give VERSION, or VERSION=PERCENT for each version of a rollout")
+        split[int(version)] = int(percent or 100)
+    if not split:
+        raise ManageError("choose a version")
+    return split
+
+
+def set_label(actor: str, prompt: Prompt, label: str, number: int | None = None,
+              split: dict[int, int] | None = None) -> None:
+    """Point a label at a version, or roll it out over several ({version: percent}, summing to 100)."""
     if not valid_label(label):
         raise ManageError("label must be letters, digits, '.', '_' or '-', and not a number")
-    get_version(prompt, number)
+    if split is not None and len(split) == 1:
+        number, split = next(iter(split)), None
+    if split is not None:
+        if any(not isinstance(p, int) or isinstance(p, bool) or not 0 < p <= 100 for p in split.values()) \
+                or sum(split.values()) != 100:
+            raise ManageError("a rollout's percentages must be whole numbers above 0 that add up to 100")
+        number = max(split, key=lambda v: (split[v], v))  # the version most traffic gets
+    if number is None:
+        raise ManageError("a label needs a version")
+    for version in split or (number,):
+        get_version(prompt, version)
     found = db.session.scalar(sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id,
                                                            PromptLabel.label == label))
     if found is None:
-        db.session.add(PromptLabel(prompt_id=prompt.id, label=label, version=number))
-    else:
-        found.version = number
+        found = PromptLabel(prompt_id=prompt.id, label=label, version=number)
+        db.session.add(found)
+    found.version = number
+    found.split = sorted([v, p] for v, p in split.items()) if split else None
     prompt.updated_at = utcnow()
-    audit(actor, "label", "prompt", prompt.slug, {"label": label, "version": number})
+    audit(actor, "label", "prompt", prompt.slug, {"label": label, "version": number, "split": found.split})
 
 
 def delete_prompt(actor: str, prompt: Prompt) -> None:

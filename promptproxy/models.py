@@ -169,6 +169,31 @@ class Model(db.Model):
     endpoints: so.Mapped[list | None] = so.mapped_column(sa.JSON)  # None = DEFAULT_ENDPOINTS of its kind
     enabled: so.Mapped[bool] = so.mapped_column(default=True)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    strategy: so.Mapped[str] = so.mapped_column(sa.String(16), default="weighted", server_default="weighted")
+    cache_ttl: so.Mapped[int | None]  # seconds; None = the exact response cache is off for this model
+    cache_scope: so.Mapped[str] = so.mapped_column(sa.String(8), default="user", server_default="user")
+    provider: so.Mapped[Provider] = so.relationship()
+    deployments: so.Mapped[list[ModelDeployment]] = so.relationship(
+        back_populates="model", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="ModelDeployment.id")
+
+
+class ModelDeployment(db.Model):
+    """One place a model runs: a provider and its model name, with a weight, a priority and optional limits."""
+
+    __tablename__ = "model_deployments"
+    __table_args__ = (sa.UniqueConstraint("model_id", "provider_id", "upstream_model",
+                                          name="uq_model_deployments_target"), NO_ID_REUSE)
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    model_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    provider_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("providers.id"), index=True)
+    upstream_model: so.Mapped[str] = so.mapped_column(sa.String(256))
+    weight: so.Mapped[int] = so.mapped_column(default=1, server_default="1")
+    priority: so.Mapped[int] = so.mapped_column(default=0, server_default="0")  # lower is preferred
+    rpm: so.Mapped[int | None]
+    tpm: so.Mapped[int | None]
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    model: so.Mapped[Model] = so.relationship(back_populates="deployments")
     provider: so.Mapped[Provider] = so.relationship()
 
     @property
@@ -217,7 +242,8 @@ class PromptLabel(db.Model):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     prompt_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
     label: so.Mapped[str] = so.mapped_column(sa.String(64))
-    version: so.Mapped[int]
+    version: so.Mapped[int]  # the version most traffic gets (the only one without a split)
+    split: so.Mapped[list | None] = so.mapped_column(sa.JSON)  # a rollout: [[version, percent], ...] summing to 100
 
 
 class RequestLog(db.Model):
@@ -257,6 +283,9 @@ class RequestLog(db.Model):
     request_body: so.Mapped[str | None] = so.mapped_column(sa.Text)
     response_body: so.Mapped[str | None] = so.mapped_column(sa.Text)
     tags: so.Mapped[str | None] = so.mapped_column(sa.Text)  # "a,b" for display and CSV; filters use RequestTag
+    deployment_id: so.Mapped[int | None]
+    cache_hit: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
+    cost_saved: so.Mapped[float | None]  # a cache hit: what the upstream call would have cost
 
 
 class RequestTag(db.Model):
@@ -273,6 +302,17 @@ class RequestTag(db.Model):
 def tagged(tag: str):
     """A request-log filter: rows carrying `tag` (an indexed lookup in request_tags)."""
     return RequestLog.request_id.in_(sa.select(RequestTag.request_id).where(RequestTag.tag == tag))
+
+
+class ResponseCacheEntry(db.Model):
+    """One cached answer of the exact response cache (when Redis is not configured)."""
+
+    __tablename__ = "response_cache"
+    key: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    expires_at: so.Mapped[datetime] = so.mapped_column(index=True)
+    size: so.Mapped[int]
+    value: so.Mapped[str] = so.mapped_column(sa.Text)
 
 
 class AuditEvent(db.Model):

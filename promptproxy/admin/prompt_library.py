@@ -83,11 +83,8 @@ def prompt_set_label(prompt_id: int):
     """Create or move a label (production, staging, ...)."""
     prompt = db.get_or_404(Prompt, prompt_id)
     label = request.form.get("label", "").strip()
-    raw = request.form.get("version", "")
-    if not raw.isdigit():
-        error = "choose a version"
-    else:
-        _, error = save(lambda: manage.set_label(actor(), prompt, label, int(raw)))
+    raw = request.form.get("version", "").strip()  # a version, or a rollout: `3=90 4=10`
+    _, error = save(lambda: manage.set_label(actor(), prompt, label, split=manage.parse_split(raw.split())))
     flash(error or f"Label {label} points at version {raw}.", "error" if error else "info")
     return redirect(url_for("admin.prompt_detail", prompt_id=prompt.id), 303)
 

@@ -49,6 +49,7 @@ def serve(dialect, body: dict | None = None) -> Response:
     gw.catalog.refresh()
     call.principal = authenticate(gw.catalog)
     call.tag_header = request.headers.get(tags.HEADER)
+    call.cache_control = request.headers.get("Cache-Control")
     out = pipeline.run(gw, call, dialect, json_body() if body is None else body)
     if isinstance(out, dict):
         return json_response(out)
@@ -91,6 +92,7 @@ def list_models():
     gw, call = gateway(), g.call
     gw.catalog.refresh()
     call.principal = authenticate(gw.catalog)
+    call.cache_control = request.headers.get("Cache-Control")
     return json_response({"object": "list", "data": visible_models(gw.catalog, call.principal)})
 
 
@@ -100,6 +102,7 @@ def retrieve_model(model_id: str):
     gw, call = gateway(), g.call
     gw.catalog.refresh()
     call.principal = authenticate(gw.catalog)
+    call.cache_control = request.headers.get("Cache-Control")
     for entry in visible_models(gw.catalog, call.principal):
         if entry["id"] == model_id:
             return json_response(entry)

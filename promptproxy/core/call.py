@@ -49,6 +49,9 @@ class Call:
     tag_header: str | None = None  # the x-promptproxy-tags header as received
     trace_headers: dict | None = None  # incoming W3C trace context, read only when tracing is on
     trace: object = None  # the tracer's spans for this call (proxy/tracing.py); None when tracing is off
+    cache_control: str | None = None  # the client's Cache-Control request header
+    cache_hit: bool = False  # answered from the exact response cache
+    cost_saved: float | None = None  # on a hit: what the upstream call would have cost
 
     def fail(self, err: GatewayError) -> None:
         """Note an error outcome."""
@@ -88,4 +91,6 @@ class Call:
             "latency_ms": round((time.perf_counter() - self.t0) * 1000, 3), "ttft_ms": self.ttft_ms,
             "client_ip": self.client_ip, "request_body": self.request_body, "response_body": self.response_body,
             "tags": ",".join(self.tags) or None,
+            "deployment_id": getattr(model, "deployment_id", None), "cache_hit": self.cache_hit,
+            "cost_saved": self.cost_saved,
         }

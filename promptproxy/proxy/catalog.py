@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import orjson
@@ -15,11 +15,23 @@ from sqlalchemy.orm import Session
 
 from ..crypto import Box, SecretError, hash_key
 from ..extensions import db
-from ..models import ApiKey, McpServer, Model, Prompt, PromptLabel, PromptVersion, Provider, Setting, User, utcnow
+from ..models import (
+    ApiKey,
+    McpServer,
+    Model,
+    ModelDeployment,
+    Prompt,
+    PromptLabel,
+    PromptVersion,
+    Provider,
+    Setting,
+    User,
+    utcnow,
+)
 
 log = logging.getLogger("promptproxy.catalog")
 REVISION_KEY = "revision"
-WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel, McpServer)
+WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel, McpServer, ModelDeployment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,15 @@ class ModelInfo:
     cache_write_price: float | None
     fallbacks: tuple[str, ...]
     endpoints: tuple[str, ...] = ("chat", "completions")  # what it declares (models.MODEL_ENDPOINTS)
+    strategy: str = "weighted"  # how a deployment is chosen: weighted or least-busy
+    cache_ttl: int | None = None  # seconds the exact response cache keeps answers; None = off
+    cache_scope: str = "user"  # user (the default) or shared
+    deployments: tuple[ModelInfo, ...] = ()  # each one this model with its own provider and upstream name
+    deployment_id: int | None = None  # set on a deployment: the ModelDeployment row
+    weight: int = 1
+    priority: int = 0
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +103,7 @@ class PromptInfo:
     live: int
     labels: dict
     description: str = ""
+    splits: dict = field(default_factory=dict)  # label -> ((version, percent), ...) for a rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,26 +265,40 @@ class Catalog:
         providers = {p.id: self._provider(p, cfg) for p in db.session.scalars(sa.select(Provider))
                      if p.enabled}
         models, by_id = {}, {}
+        deployments: dict[int, list[ModelDeployment]] = {}
+        for d in db.session.scalars(sa.select(ModelDeployment).order_by(ModelDeployment.id)):
+            if d.provider_id in providers:
+                deployments.setdefault(d.model_id, []).append(d)
         for m in db.session.scalars(sa.select(Model).where(Model.enabled)):
-            if m.provider_id not in providers:
+            deps = deployments.get(m.id) or []
+            if m.provider_id not in providers and not deps:
                 continue
+            first = deps[0] if deps else m
             info = ModelInfo(
-                id=m.id, slug=m.slug, provider=providers[m.provider_id], upstream_model=m.upstream_model,
+                id=m.id, slug=m.slug, provider=providers[first.provider_id], upstream_model=first.upstream_model,
                 kind=m.kind, input_price=m.input_price or 0.0, output_price=m.output_price or 0.0,
                 cached_input_price=m.cached_input_price, cache_write_price=m.cache_write_price,
-                fallbacks=tuple(m.fallbacks or ()), endpoints=m.declared_endpoints,
+                fallbacks=tuple(m.fallbacks or ()), endpoints=m.declared_endpoints, strategy=m.strategy or "weighted",
+                cache_ttl=m.cache_ttl, cache_scope=m.cache_scope or "user",
             )
+            info = replace(info, deployments=tuple(
+                replace(info, provider=providers[d.provider_id], upstream_model=d.upstream_model, deployment_id=d.id,
+                        weight=d.weight, priority=d.priority, rpm=d.rpm, tpm=d.tpm) for d in deps))
             models[m.slug] = info
             by_id[str(m.id)] = info
         labels: dict[int, dict] = {}
+        splits: dict[int, dict] = {}
         for lab in db.session.scalars(sa.select(PromptLabel)):
             labels.setdefault(lab.prompt_id, {})[lab.label] = lab.version
+            if lab.split:
+                splits.setdefault(lab.prompt_id, {})[lab.label] = tuple((int(v), int(p)) for v, p in lab.split)
         prompts, p_by_id = {}, {}
         for p in db.session.scalars(sa.select(Prompt)):
             if not p.latest_version:
                 continue
             info = PromptInfo(id=p.id, slug=p.slug, mode=p.mode, live=p.live_version or p.latest_version,
-                              labels=labels.get(p.id, {}), description=p.description or "")
+                              labels=labels.get(p.id, {}), description=p.description or "",
+                              splits=splits.get(p.id, {}))
             prompts[p.slug] = info
             p_by_id[str(p.id)] = info
         self.models, self.models_by_id = models, by_id

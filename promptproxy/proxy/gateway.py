@@ -4,7 +4,9 @@ from __future__ import annotations
 from ..alerts.worker import AlertWorker
 from ..crypto import Box
 from .admission import NullLimiter
+from .cache import ResponseCache
 from .catalog import Catalog
+from .deployments import Deployments
 from .logwriter import LogWriter
 from .resilience import Breakers, RetryPolicy
 from .sse import MAX_EVENT_BYTES
@@ -39,6 +41,8 @@ class Gateway:
         self.max_event_bytes = cfg.get("MAX_EVENT_BYTES", MAX_EVENT_BYTES)  # for SSEParser(gw.max_event_bytes)
         self.retry = RetryPolicy.from_config(cfg)
         self.breakers = Breakers.from_config(cfg)
+        self.deployments = Deployments(cfg)
+        self.cache = ResponseCache(cfg)
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
         # Alerts: the breakers and the limiter only put small events on this queue; its thread does the rest.
         self.alerts = AlertWorker(app, self.box)

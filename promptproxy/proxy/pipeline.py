@@ -11,7 +11,7 @@ from typing import Protocol
 
 from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
-from . import send, tags
+from . import cache, send, tags
 from .resolve import check_routing_keys, resolve
 
 
@@ -72,15 +72,22 @@ def run(gw, call, dialect: Dialect, body: dict) -> dict | Iterator[bytes]:
         dialect.validate(body)
         check_routing_keys(body)
         resolve(gw, call, body, dialect.kind)
+        key, read, store = _cache_key(call, dialect, body)  # before plan: planning may change the body
         plan = dialect.plan(gw, call, body)
         call.stream = bool(plan.body.get("stream")) and plan.local is None
-        admission = gw.limiter.admit(call, plan.view)
+        admission = gw.limiter.admit(call, plan.view)  # a hit counts against the limits like any request
         call.headers.update(admission.headers)
+        hit = gw.cache.get(key) if read else None
+        if hit is not None:
+            return _replay(call, dialect, plan, hit)
         if call.stream:
             owner = False  # the stream settles and records, whether its first pull succeeds or not
             return _stream(gw, call, dialect, plan, admission)
         out = plan.local if plan.local is not None else send.complete(gw, call, plan.endpoint, plan.body)
-        return dialect.render(call, plan, out)
+        answer = dialect.render(call, plan, out)
+        if store and call.status < 300:
+            gw.cache.put(key, call.model.cache_ttl, answer, call.usage, call.cost)
+        return answer
     except BaseException as exc:
         _note(call, exc)
         raise
@@ -121,6 +128,30 @@ def _stream(gw, call, dialect: Dialect, plan: Plan, admission) -> Iterator[bytes
     return rest()
 
 
+def _cache_key(call, dialect: Dialect, body: dict) -> tuple[str | None, bool, bool]:
+    """(key, read it, store the answer): `no-cache` skips the read, `no-store` both; streams are not stored."""
+    streamed = bool(body.get("stream"))
+    if not cache.cacheable(call, dialect) or (streamed and dialect.kind != "chat"):
+        return None, False, False
+    asked = cache.directives(call.cache_control)
+    call.headers["x-cache"] = "MISS"
+    return cache.cache_key(call, dialect, body), not asked & {"no-cache", "no-store"}, \
+        not streamed and "no-store" not in asked
+
+
+def _replay(call, dialect: Dialect, plan: Plan, hit: dict):
+    """A cache hit: the stored answer, whole or as a stream in the client's dialect; nothing is charged."""
+    call.cache_hit, call.headers["x-cache"] = True, "HIT"
+    call.usage, call.cost, call.cost_saved = hit.get("usage"), 0.0, hit.get("cost") or 0.0
+    if not call.stream:
+        return hit["answer"]
+    options = plan.body.get("stream_options")
+    events = cache.stream_events(dialect.name, hit["answer"], isinstance(options, dict)
+                                 and bool(options.get("include_usage")))
+    encoder = dialect.encoder(call, Plan(plan.endpoint, plan.body, plan.view, native=True))
+    return iter([*(encoder.chunk(event) for event in events), encoder.done(call)])
+
+
 def _note(call, exc: BaseException) -> None:
     """Note the outcome of an exception on the call (a client disconnect is noted where it happens)."""
     if isinstance(exc, GatewayError):
@@ -132,6 +163,8 @@ def _note(call, exc: BaseException) -> None:
 def _close(gw, call, admission) -> None:
     """Settle the admission and record the call, each exactly once, whatever happened."""
     try:
+        if call.served is not None:
+            gw.deployments.release(call.served, call.usage, failed=call.status >= 500)
         if admission is not None:
             admission.finish(call)
     finally:

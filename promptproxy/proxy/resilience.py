@@ -484,8 +484,8 @@ def send_with_fallbacks(gw, models: list, deadline: float, attempt):
                     raise
                 last = err
                 failures.append((model.slug, err.kind))
-                if not retryable(err) or retry == policy.max_retries:
-                    break
+                if not retryable(err) or retry == policy.max_retries or _sibling_next(models, model):
+                    break  # another deployment of the same model is tried before this one again
                 wait = policy.delay(retry + 1, err.retry_after)
                 if wait is None or time.perf_counter() + wait >= deadline:
                     break
@@ -503,6 +503,12 @@ def send_with_fallbacks(gw, models: list, deadline: float, attempt):
     raise GatewayError(503, "The upstream for this model is failing; the gateway paused requests to it. "
                        "Try again later.", code=ErrorCode.UPSTREAM_UNAVAILABLE, type="server_error",
                    headers={"Retry-After": str(max(math.ceil(wait), 1))})
+
+
+def _sibling_next(models: list, model) -> bool:
+    """Is another deployment of the same model still ahead in the list?"""
+    index = models.index(model)
+    return any(later.id == model.id for later in models[index + 1:])
 
 
 def _deadline_error() -> GatewayError:

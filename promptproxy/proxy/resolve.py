@@ -1,6 +1,8 @@
 """From the client's body to what the call is about: checks, routing-key guard, model and prompt resolution."""
 from __future__ import annotations
 
+import hashlib
+
 from ..core.errors import ErrorCode, GatewayError, model_not_found, prompt_not_found
 from ..models import KIND_ENDPOINT
 from ..providers import get_adapter
@@ -38,7 +40,7 @@ def resolve(gw, call, body: dict, kind: str) -> None:
     if prompt is None or not principal.may_use_prompt(prompt.slug):
         raise prompt_not_found(ref.prompt)
     call.prompt = prompt
-    number = prompt.live if ref.version is None else _version_number(prompt, ref.version)
+    number = prompt.live if ref.version is None else _version_number(prompt, ref.version, principal.user_id)
     version = gw.catalog.version(prompt, number) if number else None
     if version is None:
         raise prompt_not_found(f"{ref.prompt}@{ref.version}")
@@ -61,10 +63,24 @@ def check_endpoint(model: ModelInfo, kind: str) -> None:
                            code=ErrorCode.UNSUPPORTED_FOR_PROVIDER)
 
 
-def _version_number(prompt: PromptInfo, ref: str) -> int | None:
+def _version_number(prompt: PromptInfo, ref: str, user_id: int) -> int | None:
     if ref.isdigit():
         return int(ref)
+    split = prompt.splits.get(ref)
+    if split:
+        return rollout_version(split, user_id, prompt.id)
     return prompt.labels.get(ref)
+
+
+def rollout_version(split, user_id: int, prompt_id: int) -> int:
+    """A rollout's version for one user: sticky (a hash of user and prompt), spread by the percentages."""
+    digest = hashlib.sha256(f"{user_id}:{prompt_id}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") % 100
+    for version, percent in split:
+        if point < percent:
+            return version
+        point -= percent
+    return split[-1][0]
 
 
 def check_routing_keys(value, path: str = "") -> None:

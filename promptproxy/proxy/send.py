@@ -13,7 +13,7 @@ from ..providers.base import UpstreamText
 from ..providers.openai import UpstreamStreamError
 from ..providers.wire_common import TranslationError
 from ..providers.wire_common import UpstreamStreamError as WireStreamError
-from . import resilience
+from . import deployments, resilience
 from .catalog import ModelInfo
 from .sse import SSEParser
 from .upstream import UpstreamResponse, drain, iter_raw, read_body, set_idle_timeout
@@ -157,13 +157,16 @@ def open_upstream(gw, call, endpoint: str, body: dict):
                                code=ErrorCode.UNSUPPORTED_FOR_PROVIDER)
         raise GatewayError(502, "This provider's stored secret cannot be used; an administrator must re-enter it.",
                            code=ErrorCode.PROVIDER_MISCONFIGURED, type="server_error")
+    siblings = {m.id: m.deployments for m in models}
     model, (adapter, resp, headers, strip), failures = resilience.send_with_fallbacks(
-        gw, models, call.deadline, lambda model, remaining: _attempt(gw, call, model, endpoint, body, remaining))
+        gw, deployments.expand(gw.deployments, models), call.deadline,
+        lambda model, remaining: gw.deployments.attempt(
+            model, siblings[model.id], lambda: _attempt(gw, call, model, endpoint, body, remaining)))
     for name, value in headers.items():
         # Our own limit headers win; the upstream's same-named ones stay visible as x-upstream-*.
         call.headers["x-upstream-" + name[2:] if name in call.headers and name.startswith("x-") else name] = value
     call.strip_usage = strip
-    call.served = model
+    call.served = model  # the deployment that answered; pipeline._close releases its in-flight slot
     if model.id != primary.id:
         tried = ", ".join(f"{slug} {kind}" for slug, kind in failures)
         call.note = f"served by fallback `{model.slug}` after: {tried}"

@@ -1,0 +1,174 @@
+"""The exact response cache: identical requests answered again without an upstream call.
+
+Off unless a model has a TTL. The key covers the scope (the user unless the model shares), the dialect, the model
+and its upstream name, the stored prompt version and the whole body except `stream` and `user`; only whole 2xx
+answers are stored (a streamed request is answered from the cache but does not fill it). Entries live in the
+database (pruned as they expire and when the total passes its cap) or in Redis when REDIS_URL is set.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from datetime import timedelta
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..extensions import db
+from ..models import ResponseCacheEntry, utcnow
+
+log = logging.getLogger("promptproxy.cache")
+TABLE = ResponseCacheEntry.__table__
+SKIPPED = ("stream", "stream_options", "user")  # how an answer is delivered and who asked: not what is asked
+
+
+def cacheable(call, dialect) -> bool:
+    """Is this call served from and stored in the cache? Chat, completions and embeddings; Anthropic messages."""
+    model = call.model
+    if not model or not model.cache_ttl:
+        return False
+    return (dialect.name == "openai" and dialect.kind in ("chat", "completion", "embedding")) or \
+        (dialect.name == "anthropic" and call.endpoint.endswith("/messages"))
+
+
+def directives(value: str | None) -> set[str]:
+    """The client's Cache-Control directives, lower-cased."""
+    return {part.strip().split("=")[0].lower() for part in (value or "").split(",") if part.strip()}
+
+
+def cache_key(call, dialect, body: dict) -> str:
+    """A SHA-256 of everything that decides the answer, and of who may see it."""
+    model = call.model
+    scope = "shared" if model.cache_scope == "shared" else f"user:{call.principal.user_id}"
+    version = call.version.version if call.version else None
+    what = {"scope": scope, "dialect": dialect.name, "endpoint": call.endpoint, "model": model.slug,
+            "upstream": [(d.provider.id, d.upstream_model) for d in model.deployments] or model.upstream_model,
+            "prompt": call.prompt.slug if call.prompt else None, "version": version,
+            "body": {k: v for k, v in body.items() if k not in SKIPPED}}
+    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class ResponseCache:
+    """Get and put cached answers, in the database or in Redis."""
+
+    def __init__(self, cfg):
+        self.max_entry = int(cfg.get("RESPONSE_CACHE_MAX_ENTRY_BYTES", 256 * 1024))
+        self.max_total = int(cfg.get("RESPONSE_CACHE_MAX_BYTES", 64 * 1024 * 1024))
+        self.prune_every = int(cfg.get("RESPONSE_CACHE_PRUNE_EVERY", 100))
+        self._writes = 0
+        url = cfg.get("REDIS_URL")
+        self.redis = None
+        self.errors: tuple = (SQLAlchemyError, OSError)
+        if url:
+            import redis
+            from redis.exceptions import RedisError
+
+            self.redis = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+            self.prefix = f"{cfg.get('REDIS_PREFIX') or 'promptproxy'}:cache:"
+            self.errors = (*self.errors, RedisError)
+
+    def get(self, key: str) -> dict | None:
+        """The cached entry ({answer, usage, cost}) or None; a store error is a miss."""
+        try:
+            if self.redis is not None:
+                raw = self.redis.get(self.prefix + key)
+            else:
+                with db.engine.connect() as conn:
+                    raw = conn.scalar(sa.select(TABLE.c.value).where(TABLE.c.key == key,
+                                                                     TABLE.c.expires_at > utcnow()))
+        except self.errors as exc:
+            log.warning("response cache unavailable (%s): a miss", type(exc).__name__)
+            return None
+        return orjson.loads(raw) if raw else None
+
+    def put(self, key: str, ttl: int, answer: dict, usage: dict | None, cost: float | None) -> bool:
+        """Store one answer unless it is over the entry cap; False when not stored."""
+        value = orjson.dumps({"answer": answer, "usage": usage, "cost": cost or 0.0})
+        if len(value) > self.max_entry:
+            return False
+        try:
+            if self.redis is not None:
+                self.redis.set(self.prefix + key, value, ex=ttl)
+                return True
+            now = utcnow()
+            with db.engine.begin() as conn:
+                conn.execute(sa.delete(TABLE).where(TABLE.c.key == key))
+                conn.execute(sa.insert(TABLE).values(key=key, created_at=now, expires_at=now + timedelta(seconds=ttl),
+                                                     size=len(value), value=value.decode()))
+            self._writes += 1
+            if self._writes % self.prune_every == 0:
+                self.prune()
+            return True
+        except self.errors as exc:
+            log.warning("response cache not written (%s)", type(exc).__name__)
+            return False
+
+    def prune(self) -> int:
+        """Drop expired entries, then the oldest ones while the total is over its cap (database store)."""
+        if self.redis is not None:
+            return 0  # Redis expires entries itself
+        with db.engine.begin() as conn:
+            dropped = conn.execute(sa.delete(TABLE).where(TABLE.c.expires_at <= utcnow())).rowcount
+            total = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(TABLE.c.size), 0)))
+            while total > self.max_total:
+                oldest = conn.execute(sa.select(TABLE.c.key, TABLE.c.size).order_by(TABLE.c.created_at)
+                                      .limit(100)).all()
+                if not oldest:
+                    break
+                conn.execute(sa.delete(TABLE).where(TABLE.c.key.in_([k for k, _ in oldest])))
+                total -= sum(size for _, size in oldest)
+                dropped += len(oldest)
+        return dropped
+
+
+# -- replaying a whole answer as a stream ---------------------------------------------------------------
+def stream_events(dialect: str, answer: dict, include_usage: bool) -> list[dict]:
+    """A cached whole answer as the events its dialect streams: OpenAI chunks or Anthropic events."""
+    return _anthropic_events(answer) if dialect == "anthropic" else _openai_chunks(answer, include_usage)
+
+
+def _openai_chunks(answer: dict, include_usage: bool) -> list[dict]:
+    head = {"id": answer.get("id"), "object": "chat.completion.chunk",
+            "created": answer.get("created", int(time.time())), "model": answer.get("model")}
+    chunks = []
+    for choice in answer.get("choices") or ():
+        message = choice.get("message") or {}
+        delta = {"role": "assistant", "content": message.get("content")}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        chunks.append({**head, "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": None}]})
+        chunks.append({**head, "choices": [{"index": choice.get("index", 0), "delta": {},
+                                            "finish_reason": choice.get("finish_reason")}]})
+    if include_usage and answer.get("usage"):
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    return chunks
+
+
+def _anthropic_events(answer: dict) -> list[dict]:
+    usage = answer.get("usage") or {}
+    start = {**answer, "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {**usage, "output_tokens": 1}}
+    events = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(answer.get("content") or ()):
+        kind = block.get("type")
+        if kind == "text":
+            opened, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block.get("text", "")}
+        elif kind == "tool_use":
+            opened = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input", {})).decode()}
+        elif kind == "thinking":
+            opened, delta = {"type": "thinking", "thinking": ""}, {"type": "thinking_delta",
+                                                                    "thinking": block.get("thinking", "")}
+        else:
+            opened, delta = block, None
+        events.append({"type": "content_block_start", "index": index, "content_block": opened})
+        if delta is not None:
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        events.append({"type": "content_block_stop", "index": index})
+    events.append({"type": "message_delta", "delta": {"stop_reason": answer.get("stop_reason"),
+                                                      "stop_sequence": answer.get("stop_sequence")},
+                   "usage": {"output_tokens": usage.get("output_tokens", 0)}})
+    events.append({"type": "message_stop"})
+    return events

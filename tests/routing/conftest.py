@@ -1,0 +1,44 @@
+"""Routing fixtures: a second and third real upstream, deployments added through manage, fast retries."""
+from __future__ import annotations
+
+import pytest
+
+from promptproxy import manage
+from promptproxy.extensions import db
+from promptproxy.proxy.resilience import RetryPolicy
+
+from ..limits.conftest import redis_prefix  # noqa: F401 - the shared per-test Redis prefix
+from ..upstream import Upstream
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(app):
+    """Real retry logic with millisecond backoff."""
+    app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004)
+
+
+@pytest.fixture
+def second():
+    """Another real OpenAI-compatible upstream."""
+    server = Upstream().start()
+    yield server
+    server.stop()
+
+
+def deploy(app, url: str, name: str = "second", slug: str = "gpt-4o-mini", **fields) -> int:
+    """A provider at `url` added as a deployment of `slug`; returns the deployment id."""
+    with app.app_context():
+        provider = manage.create_provider("t", name, "openai", url + "/v1", api_key="sk-" + name)
+        dep = manage.deploy("t", manage.get_model(slug), provider, f"{name}-model", **fields)
+        db.session.commit()
+        ident = dep.id
+    app.extensions["promptproxy"].catalog.invalidate()
+    return ident
+
+
+def chat(client, key, body=None, headers=None):
+    """POST a chat completion through the Flask test client."""
+    return client.post("/v1/chat/completions", json=body or CHAT,
+                       headers={"Authorization": f"Bearer {key}", **(headers or {})})
