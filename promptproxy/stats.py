@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from .extensions import db
-from .models import LATENCY_EDGES_MS, RequestLog, UsageRollup, User, utcnow
+from .models import LATENCY_EDGES_MS, Group, GroupMember, RequestLog, UsageRollup, User, utcnow
 from .rollups import EVERYONE, HIST_COLS
 
 RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
@@ -236,3 +236,16 @@ def top(dim: str, since: datetime, until: datetime, user_id: int | None = None, 
         for r in rows:
             r["label"] = names.get(r["key"], f"deleted user #{r['key']}")
     return rows
+
+
+def top_groups(since: datetime, until: datetime, limit: int = 10) -> list[dict]:
+    """Usage by group: the sums of each group's current members (a user in two groups counts in both)."""
+    per_user = {r["key"]: r for r in top("user", since, until, limit=1_000_000)}
+    rows: dict[str, dict] = {}
+    for user_id, name in db.session.execute(sa.select(GroupMember.user_id, Group.name).join(Group)):
+        if user_id in per_user:
+            row = rows.setdefault(name, {"key": name, "label": name, "requests": 0, "errors": 0, "tokens": 0,
+                                         "cost": 0.0})
+            for field in ("requests", "errors", "tokens", "cost"):
+                row[field] += per_user[user_id][field]
+    return sorted(rows.values(), key=lambda r: (-r["requests"], r["label"]))[:limit]

@@ -11,6 +11,7 @@ bp = Blueprint("admin", __name__)
 from . import (  # noqa: E402, F401
     audit,
     auth,
+    groups,
     keys,
     llm_models,
     overview,

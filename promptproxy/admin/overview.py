@@ -21,6 +21,8 @@ def overview():
     data = stats.overview(since, until, bucket, user_id=user_id)
     dims = ("user", "model", "prompt") if current_user.is_admin else ("model", "prompt")
     tops = {dim: stats.top(dim, since, until, user_id=user_id) for dim in dims}
+    if current_user.is_admin:
+        tops["group"] = stats.top_groups(since, until)
     template = "admin/_charts.html" if hx_target() == "charts" else "admin/overview.html"
     return render_template(template, data=data, tops=tops, range_name=name, ranges=list(stats.RANGES),
                            since=since, until=until)

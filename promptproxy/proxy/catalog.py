@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from ..crypto import Box, SecretError, hash_key
 from ..extensions import db
-from ..models import ApiKey, Model, Prompt, PromptLabel, PromptVersion, Provider, Setting, User, utcnow
+from ..models import ApiKey, Group, Model, Prompt, PromptLabel, PromptVersion, Provider, Setting, User, utcnow
 
 log = logging.getLogger("promptproxy.catalog")
 REVISION_KEY = "revision"
-WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel)
+WATCHED = (User, Group, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,8 @@ class Principal:
     revoked: bool
     models: frozenset | None  # None = all
     prompts: frozenset | None
-    limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}}
+    limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}, "groups": [{id, name, ...}]}
+    groups: tuple[str, ...] = ()  # names of the user's groups
 
     def may_use_model(self, slug: str) -> bool:
         """True if the model is on the effective allow-list."""
@@ -106,12 +107,28 @@ class Principal:
         return self.prompts is None or slug in self.prompts
 
 
-def effective_list(all_flag: bool, user_list: list | None, key_list: list | None) -> frozenset | None:
-    """A user's list (None with all_flag = everything, None without = nothing), narrowed by the key's."""
-    base = None if all_flag else frozenset(user_list or ())
+def granted(owners, kind: str) -> frozenset | None:
+    """The union rule: what the user or any of their groups allows (None = everything); kind is models or prompts."""
+    out: set = set()
+    for owner in owners:
+        if getattr(owner, f"all_{kind}"):
+            return None
+        out.update(getattr(owner, f"allowed_{kind}") or ())
+    return frozenset(out)
+
+
+def narrowed(base: frozenset | None, key_list: list | None) -> frozenset | None:
+    """A grant narrowed by a key's list (None on the key = no narrowing); a key never widens."""
     if key_list is None:
         return base
     return frozenset(key_list) if base is None else base & frozenset(key_list)
+
+
+def user_access(user: User, key: ApiKey | None = None) -> tuple[frozenset | None, frozenset | None]:
+    """Effective (models, prompts) of a user through their own grants and their groups', narrowed by a key."""
+    owners = (user, *user.groups)
+    return (narrowed(granted(owners, "models"), key.allowed_models if key else None),
+            narrowed(granted(owners, "prompts"), key.allowed_prompts if key else None))
 
 
 def _limits(obj) -> dict:
@@ -122,13 +139,14 @@ def _limits(obj) -> dict:
 
 
 def principal_from(key: ApiKey, user: User) -> Principal:
-    """Build the immutable principal for a key row and its user row."""
+    """Build the immutable principal for a key row and its user row (and the user's groups)."""
+    models, prompts = user_access(user, key)
     return Principal(
         key_id=key.id, user_id=user.id, user_name=user.name, role=user.role, user_active=user.active,
-        expires_at=key.expires_at, revoked=key.revoked_at is not None,
-        models=effective_list(user.all_models, user.allowed_models, key.allowed_models),
-        prompts=effective_list(user.all_prompts, user.allowed_prompts, key.allowed_prompts),
-        limits={"user": _limits(user), "key": _limits(key)},
+        expires_at=key.expires_at, revoked=key.revoked_at is not None, models=models, prompts=prompts,
+        limits={"user": _limits(user), "key": _limits(key),
+                "groups": [{"id": g.id, "name": g.name, **_limits(g)} for g in user.groups]},
+        groups=tuple(g.name for g in user.groups),
     )
 
 
