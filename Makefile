@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS ?= 1
 
-.PHONY: install install-test lock run test lint audit agents bench bench-quick bench-floor clean
+.PHONY: install install-test lock run test lint audit agents oidc bench bench-quick bench-floor clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ agents:
 	npm ci --prefix tests/e2e/agents --no-audit --no-fund --loglevel=error
 	tests/e2e/agents/node_modules/.bin/codex --version
 	tests/e2e/agents/node_modules/.bin/claude --version
+
+# The pinned OpenID Provider (npm `oidc-provider`) that tests/admin/test_sso.py starts on 127.0.0.1 and signs in to
+# through Chromium; `make test` skips those tests without it (CI installs it and requires them).
+oidc:
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 
 # Known vulnerabilities in the locked dependencies (PyPI's advisory data); CI runs it, `make test` does not.
 # pip-audit lives in its own venv so the project's stays exactly the lock file.

@@ -61,6 +61,15 @@ DEFAULTS = {
     "LOGIN_MAX_FAILURES": 10,  # dashboard: login attempts per (email, IP) per 15 minutes (a success resets)
     "LOGIN_HASH_CONCURRENCY": 2,  # dashboard: password checks at once (scrypt takes ~128 MiB each)
     "LOGIN_HASH_WAIT": 10.0,  # dashboard: seconds a login waits for a check slot before a 429
+    # dashboard single sign-on (OpenID Connect, docs/sso.md); on when ISSUER, CLIENT_ID and CLIENT_SECRET are set
+    "OIDC_ISSUER": "",
+    "OIDC_CLIENT_ID": "",
+    "OIDC_CLIENT_SECRET": "",
+    "OIDC_ALLOWED_DOMAINS": "",  # comma-separated email domains whose unknown users are created as members
+    "OIDC_GROUPS_CLAIM": "",  # a claim listing group names: memberships of existing groups follow it
+    "OIDC_ADMIN_GROUP": "",  # a name in that claim that makes the user an admin (and its absence a member)
+    "OIDC_SCOPES": "openid email profile",
+    "OIDC_NAME": "",  # the button's "Sign in with …" (default: the issuer's host)
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

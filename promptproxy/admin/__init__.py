@@ -14,6 +14,7 @@ from . import (  # noqa: E402, F401
     groups,
     keys,
     llm_models,
+    oidc,
     overview,
     prompts,
     providers,
