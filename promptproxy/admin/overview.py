@@ -25,6 +25,8 @@ def overview():
     tops = {dim: stats.top(dim, since, until, user_id=user_id, limit=50 if dim == "model" else 10) for dim in dims}
     tops["model"], unknown = stats.split_unknown_models(tops["model"], since, until, user_id)
     tag_spend = stats.top("tag", since, until, user_id=user_id, by="cost")
+    if current_user.is_admin:
+        tops["group"] = stats.top_groups(since, until)
     template = "admin/_charts.html" if hx_target() == "charts" else "admin/overview.html"
     return render_template(template, data=data, tops=tops, range_name=name, ranges=list(stats.RANGES),
                            since=since, until=until, unknown=unknown,

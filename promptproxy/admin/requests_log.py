@@ -10,13 +10,13 @@ from flask import Response, abort, render_template, request, stream_with_context
 from flask_login import current_user
 
 from ..extensions import db
-from ..models import ApiKey, RequestLog, RequestTag, User, tagged
+from ..models import ApiKey, Group, GroupMember, RequestLog, RequestTag, User, tagged
 from . import bp
 from .auth import login_required
 from .views import PER_PAGE, hx_target
 
-FILTERS = ("user", "key", "model", "prompt", "status", "since", "until", "tag", "group")
-CSV_COLUMNS = ("created_at", "request_id", "user_id", "key_id", "model", "upstream_model", "prompt",
+FILTERS = ("user", "group", "key", "model", "prompt", "status", "since", "until", "tag", "by")
+CSV_COLUMNS = ("created_at", "request_id", "user_id", "groups", "key_id", "model", "upstream_model", "prompt",
                "prompt_version", "endpoint", "stream", "status", "error_type", "input_tokens", "output_tokens",
                "cached_tokens", "usage_estimated", "cost", "latency_ms", "ttft_ms", "client_ip", "tags")
 
@@ -37,6 +37,9 @@ def filtered() -> tuple[sa.Select, dict, list[str]]:
         query = query.where(RequestLog.user_id == current_user.id)
     elif args["user"].isdigit():
         query = query.where(RequestLog.user_id == int(args["user"]))
+    if current_user.is_admin and args["group"].isdigit():  # the group's current members' rows
+        query = query.where(RequestLog.user_id.in_(
+            sa.select(GroupMember.user_id).where(GroupMember.group_id == int(args["group"]))))
     if args["key"].isdigit():
         query = query.where(RequestLog.key_id == int(args["key"]))
     for name, column in (("model", RequestLog.model), ("prompt", RequestLog.prompt)):
@@ -88,11 +91,13 @@ def requests_log():
     query, args, errors = filtered()
     page = db.paginate(query.order_by(RequestLog.id.desc()), page=request.args.get("page", 1, type=int),
                        per_page=PER_PAGE * 2, max_per_page=200, error_out=False)
-    users = db.session.execute(sa.select(User.id, User.name).order_by(User.name)).all() \
-        if current_user.is_admin else []
+    admin = current_user.is_admin
+    users = db.session.execute(sa.select(User.id, User.name).order_by(User.name)).all() if admin else []
+    groups = db.session.execute(sa.select(Group.id, Group.name).order_by(Group.name)).all() if admin else []
     template = "admin/requests/_rows.html" if hx_target() == "rows" else "admin/requests/index.html"
-    groups = by_tag(query) if args["group"] == "tag" and not errors else None
+    tag_groups = by_tag(query) if args["by"] == "tag" and not errors else None
     return render_template(template, page=page, args=args, errors=errors, users=users, groups=groups,
+                           tag_groups=tag_groups,
                            names=user_names(r.user_id for r in page.items))
 
 
@@ -105,6 +110,15 @@ def request_detail(row_id: int):
         abort(404)
     key = db.session.get(ApiKey, row.key_id) if row.key_id else None
     return render_template("admin/requests/detail.html", row=row, key=key, names=user_names([row.user_id]))
+
+
+def group_names() -> dict[int, list[str]]:
+    """Each user's current groups, by name (the CSV's `groups` column)."""
+    out: dict[int, list[str]] = {}
+    query = sa.select(GroupMember.user_id, Group.name).join(Group).order_by(Group.name)
+    for user_id, name in db.session.execute(query):
+        out.setdefault(user_id, []).append(name)
+    return out
 
 
 def csv_cell(value) -> str:
@@ -122,12 +136,15 @@ def requests_csv():
         abort(400, "; ".join(errors))
     query = query.order_by(RequestLog.id).execution_options(yield_per=1000)
 
+    memberships = group_names()
+
     def generate():
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(CSV_COLUMNS)
         for row in db.session.scalars(query):
-            writer.writerow([csv_cell(getattr(row, c)) for c in CSV_COLUMNS])
+            values = {"groups": " ".join(memberships.get(row.user_id, ()))}
+            writer.writerow([csv_cell(values[c] if c in values else getattr(row, c)) for c in CSV_COLUMNS])
             if buf.tell() > 64 * 1024:
                 yield buf.getvalue()
                 buf.seek(0)

@@ -5,9 +5,11 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, url_for
 from flask_login import current_user
 
+from .. import groups as manage_groups
 from .. import manage
 from ..extensions import db
-from ..models import Model, Prompt, User
+from ..models import Group, Model, Prompt, User
+from ..proxy.catalog import user_access
 from . import bp
 from .auth import actor, admin_required
 from .forms import UserEditForm, UserForm, options
@@ -18,10 +20,30 @@ COLS = 6
 
 
 def with_choices(form):
-    """Allow-list choices from the catalog."""
+    """Allow-list (and group) choices from the catalog."""
     form.allowed_models.choices = options(db.session.scalars(sa.select(Model.slug).order_by(Model.slug)))
     form.allowed_prompts.choices = options(db.session.scalars(sa.select(Prompt.slug).order_by(Prompt.slug)))
+    if hasattr(form, "groups"):
+        form.groups.choices = options(db.session.scalars(sa.select(Group.name).order_by(Group.name)))
     return form
+
+
+@bp.app_template_global()
+def effective_access(user: User) -> dict:
+    """What the user may use through their own grants and their groups' (the union rule), for display."""
+    models, prompts = user_access(user)
+    shown = {"models": models, "prompts": prompts}
+    return {kind: "every one" if found is None else (", ".join(sorted(found)) or "none")
+            for kind, found in shown.items()}
+
+
+def _save_user(change, form, user: User | None = None):
+    """Apply a user change and the form's group list in one transaction (a refused part rolls back both)."""
+    def both():
+        result = change()
+        manage_groups.set_memberships(actor(), user or result, replace=form.groups.data or [])
+        return result
+    return save(both)
 
 
 def limits_from(form) -> dict:
@@ -58,9 +80,9 @@ def user_create():
     form = with_choices(UserForm())
     error = None
     if form.validate_on_submit():
-        user, error = save(lambda: manage.create_user(
+        user, error = _save_user(lambda: manage.create_user(
             actor(), form.name.data, email=form.email.data or None, role=form.role.data,
-            password=form.password.data or None, **limits_from(form)))
+            password=form.password.data or None, **limits_from(form)), form)
         if error is None:
             return created(FOLDER, "admin.users", f"Created user {user.name}.", create_form=with_choices(
                 UserForm(formdata=None)))
@@ -85,13 +107,14 @@ def user_edit(user_id: int):
     if not form.is_submitted():
         form.period.data = user.budget_period or ""
         form.budget.data = user.budget_usd
+        form.groups.data = [g.name for g in user.groups]
         return edit_view(FOLDER, user, form, COLS, f"Edit user {user.name}")
     if user.id == current_user.id and (form.role.data != "admin" or not form.active.data):
         return edit_view(FOLDER, user, form, COLS, f"Edit user {user.name}", 422,
                          "You cannot remove your own administrator role or disable yourself.")
-    _, error = save(lambda: manage.update_user(
+    _, error = _save_user(lambda: manage.update_user(
         actor(), user, email=form.email.data or "", role=form.role.data, active=form.active.data,
-        password=form.password.data or None, **limits_from(form)))
+        password=form.password.data or None, **limits_from(form)), form, user)
     if error:
         return edit_view(FOLDER, user, form, COLS, f"Edit user {user.name}", 422, error)
     return updated(FOLDER, user, "admin.users", f"Saved user {user.name}.")

@@ -9,7 +9,7 @@ from flask_login import current_user
 
 from ..extensions import db
 from ..manage import ManageError
-from ..proxy.catalog import effective_list
+from ..proxy.catalog import user_access
 
 PER_PAGE = 25
 
@@ -109,6 +109,5 @@ def member_scope(kind: str) -> frozenset | None:
     """Slugs of models or prompts a member may use; None for admins (and members allowed everything)."""
     if current_user.is_admin:
         return None
-    if kind == "models":
-        return effective_list(current_user.all_models, current_user.allowed_models, None)
-    return effective_list(current_user.all_prompts, current_user.allowed_prompts, None)
+    models, prompts = user_access(current_user)
+    return models if kind == "models" else prompts

@@ -17,6 +17,7 @@ from ..crypto import Box, SecretError, hash_key
 from ..extensions import db
 from ..models import (
     ApiKey,
+    Group,
     McpServer,
     Model,
     ModelDeployment,
@@ -31,7 +32,7 @@ from ..models import (
 
 log = logging.getLogger("promptproxy.catalog")
 REVISION_KEY = "revision"
-WATCHED = (User, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel, McpServer, ModelDeployment)
+WATCHED = (User, Group, ApiKey, Provider, Model, Prompt, PromptVersion, PromptLabel, McpServer, ModelDeployment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,8 @@ class Principal:
     revoked: bool
     models: frozenset | None  # None = all
     prompts: frozenset | None
-    limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}}
+    limits: dict = field(default_factory=dict)  # {"user": {...}, "key": {...}, "groups": [{id, name, ...}]}
+    groups: tuple[str, ...] = ()  # names of the user's groups
     mcp: tuple = (None, frozenset())  # (user's grants or None = all, key's grants or None = inherit)
     tags: tuple = ()  # the key's default tags
 
@@ -157,12 +159,28 @@ class Principal:
         return all(grants is None or any(g.split("/", 1)[0] == server for g in grants) for grants in self.mcp)
 
 
-def effective_list(all_flag: bool, user_list: list | None, key_list: list | None) -> frozenset | None:
-    """A user's list (None with all_flag = everything, None without = nothing), narrowed by the key's."""
-    base = None if all_flag else frozenset(user_list or ())
+def granted(owners, kind: str) -> frozenset | None:
+    """The union rule: what the user or any of their groups allows (None = everything); kind is models or prompts."""
+    out: set = set()
+    for owner in owners:
+        if getattr(owner, f"all_{kind}"):
+            return None
+        out.update(getattr(owner, f"allowed_{kind}") or ())
+    return frozenset(out)
+
+
+def narrowed(base: frozenset | None, key_list: list | None) -> frozenset | None:
+    """A grant narrowed by a key's list (None on the key = no narrowing); a key never widens."""
     if key_list is None:
         return base
     return frozenset(key_list) if base is None else base & frozenset(key_list)
+
+
+def user_access(user: User, key: ApiKey | None = None) -> tuple[frozenset | None, frozenset | None]:
+    """Effective (models, prompts) of a user through their own grants and their groups', narrowed by a key."""
+    owners = (user, *user.groups)
+    return (narrowed(granted(owners, "models"), key.allowed_models if key else None),
+            narrowed(granted(owners, "prompts"), key.allowed_prompts if key else None))
 
 
 def _limits(obj) -> dict:
@@ -173,13 +191,15 @@ def _limits(obj) -> dict:
 
 
 def principal_from(key: ApiKey, user: User) -> Principal:
-    """Build the immutable principal for a key row and its user row."""
+    """Build the immutable principal for a key row and its user row (and the user's groups)."""
+    models, prompts = user_access(user, key)
     return Principal(
         key_id=key.id, user_id=user.id, user_name=user.name, role=user.role, user_active=user.active,
-        expires_at=key.expires_at, revoked=key.revoked_at is not None,
-        models=effective_list(user.all_models, user.allowed_models, key.allowed_models),
-        prompts=effective_list(user.all_prompts, user.allowed_prompts, key.allowed_prompts),
-        limits={"user": _limits(user), "key": _limits(key)}, tags=tuple(key.tags or ()),
+        expires_at=key.expires_at, revoked=key.revoked_at is not None, models=models, prompts=prompts,
+        limits={"user": _limits(user), "key": _limits(key),
+                "groups": [{"id": g.id, "name": g.name, **_limits(g)} for g in user.groups]},
+        groups=tuple(g.name for g in user.groups),
+        tags=tuple(key.tags or ()),
         mcp=(None if user.all_mcp else frozenset(user.allowed_mcp or ()),
              None if key.allowed_mcp is None else frozenset(key.allowed_mcp)),
     )

@@ -1,5 +1,5 @@
-"""Rate limits, concurrency caps and budgets per user and per key, shared between instances through Redis (or
-between the worker processes of one `serve --workers N` through their shared file)."""
+"""Rate limits, concurrency caps and budgets per user, per key and per group, shared between instances through
+Redis (or between the worker processes of one `serve --workers N` through their shared file)."""
 from __future__ import annotations
 
 import logging
@@ -27,6 +27,11 @@ log = logging.getLogger("promptproxy.limits")
 STORE_ERRORS = (StorageError, OSError)  # plus RedisError once Redis is configured (imported only then)
 EPSILON = 1e-9  # float slack so a request costing exactly the remaining budget still fits
 WHO = {"user": "your user", "key": "this API key"}
+
+
+def who(kind: str, lim: dict) -> str:
+    """The limit's owner as the 429 names it: your user, this API key, group 'research'."""
+    return f"group '{lim.get('name')}'" if kind == "group" else WHO[kind]
 
 # Atomic "take a slot if one is free": INCR, refresh the safety TTL, undo and refuse when over the cap.
 ACQUIRE = """
@@ -295,7 +300,8 @@ class Limiter:
     def _subjects(self, principal) -> list[tuple[str, int, dict]]:
         limits = principal.limits or {}
         return [("key", principal.key_id, limits.get("key") or {}), ("user", principal.user_id,
-                                                                     limits.get("user") or {})]
+                                                                     limits.get("user") or {}),
+                *(("group", g["id"], g) for g in limits.get("groups") or ())]  # every group must pass too
 
     def _store(self, fn, *args, retry: bool = False, **kwargs):
         """Run one store operation; a failure marks the store down for a few seconds (checks skip it then)."""
@@ -315,29 +321,30 @@ class Limiter:
             if lim.get("tpm"):
                 item = RateLimitItemPerMinute(lim["tpm"], namespace="tpm")
                 stats = self._store(self.tokens.get_window_stats, item, *ids)
-                tokens.append((kind, item, stats))
+                tokens.append((who(kind, lim), item, stats))
                 adm.tpm.append((item, ids))
         self._headers(adm.headers, "tokens", tokens)
-        for kind, item, stats in tokens:
+        for owner, item, stats in tokens:
             if stats.remaining <= 0:
-                raise self._too_many("tokens", kind, item.amount, stats.reset_time - time.time(), adm.headers)
+                raise self._too_many("tokens", owner, item.amount, stats.reset_time - time.time(), adm.headers)
         for kind, ident, lim in subjects:
             if lim.get("rpm"):
                 item = RateLimitItemPerMinute(lim["rpm"], namespace="rpm")
                 ids = (kind, str(ident))
                 ok = self._store(self.requests.hit, item, *ids)
                 stats = self._store(self.requests.get_window_stats, item, *ids)
-                requests.append((kind, item, stats))
+                requests.append((who(kind, lim), item, stats))
                 if not ok:
                     self._headers(adm.headers, "requests", requests)
-                    raise self._too_many("requests", kind, item.amount, stats.reset_time - time.time(), adm.headers)
+                    raise self._too_many("requests", who(kind, lim), item.amount, stats.reset_time - time.time(),
+                                         adm.headers)
         self._headers(adm.headers, "requests", requests)
         for kind, ident, lim in subjects:
             cap = lim.get("max_concurrent")
             if cap:
                 key = f"{kind}:{ident}"
                 if not self._store(self.counters.acquire, key, cap, self.slot_ttl):
-                    raise GatewayError(429, f"Too many concurrent requests for {WHO[kind]}: the limit is {cap}. "
+                    raise GatewayError(429, f"Too many concurrent requests for {who(kind, lim)}: the limit is {cap}. "
                                         "Retry when one of them has finished.", code=ErrorCode.RATE_LIMITED,
                                    type="requests", headers={**adm.headers, "Retry-After": "1"})
                 adm.slots.append(key)
@@ -353,9 +360,9 @@ class Limiter:
         headers[f"x-ratelimit-reset-{what}"] = duration(max(stats.reset_time - time.time(), 0))
 
     @staticmethod
-    def _too_many(what: str, kind: str, amount: int, wait: float, headers: dict) -> GatewayError:
+    def _too_many(what: str, owner: str, amount: int, wait: float, headers: dict) -> GatewayError:
         short = "RPM" if what == "requests" else "TPM"
-        return GatewayError(429, f"Rate limit reached for {WHO[kind]} on {what} per min ({short}): Limit {amount}. "
+        return GatewayError(429, f"Rate limit reached for {owner} on {what} per min ({short}): Limit {amount}. "
                              f"Please try again in {duration(max(wait, 0))}.", code=ErrorCode.RATE_LIMITED,
                         type=what, headers={**headers, "Retry-After": retry_after(wait)})
 
@@ -373,8 +380,8 @@ class Limiter:
             if not self.budgets.reserve(adm.engine, subject, start, amount, lim["budget_usd"]):
                 self._settle_budgets(adm, 0.0)
                 wait = (period_end(period, start) - now).total_seconds()
-                raise GatewayError(429, f"The budget of ${lim['budget_usd']:.2f} per {period} for {WHO[kind]} is used "
-                                    f"up or too small for this request; it resets at "
+                raise GatewayError(429, f"The budget of ${lim['budget_usd']:.2f} per {period} for {who(kind, lim)} is "
+                                    f"used up or too small for this request; it resets at "
                                     f"{period_end(period, start).isoformat()}Z.",
                                code=ErrorCode.INSUFFICIENT_QUOTA, type="insufficient_quota",
                                headers={**adm.headers, "Retry-After": retry_after(wait)})

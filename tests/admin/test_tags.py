@@ -53,14 +53,14 @@ def test_request_log_filters_by_tag_and_shows_the_rows_tags(admin_web, tagged):
 
 def test_request_log_groups_by_tag_over_the_filters(admin_web, tagged):
     cost = tagged[0].cost
-    html = admin_web.get("/admin/requests?group=tag").get_data(as_text=True)
+    html = admin_web.get("/admin/requests?by=tag").get_data(as_text=True)
     table = html.split('<table class="by-tag">')[1].split("</table>")[0]
     found = re.findall(r'<td data-label="Tag"><a [^>]*>([^<]+)</a></td><td data-label="Requests" class="num">(\d+)'
                        r'</td>.*?<td data-label="Cost" class="num">\$([0-9.]+)</td>', table)
     assert {tag: (int(n), float(c)) for tag, n, c in found} == {
         "a": (2, pytest.approx(2 * cost, abs=1e-6)), "b": (1, pytest.approx(cost, abs=1e-6)),
         "c": (1, pytest.approx(cost, abs=1e-6))}
-    narrowed = admin_web.get("/admin/requests?group=tag&tag=b").get_data(as_text=True)
+    narrowed = admin_web.get("/admin/requests?by=tag&tag=b").get_data(as_text=True)
     assert re.findall(r'<td data-label="Tag"><a [^>]*>([^<]+)</a>', narrowed) == ["a", "b"]  # b's rows, all tags
 
 

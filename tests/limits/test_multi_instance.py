@@ -104,3 +104,29 @@ def test_budget_shared_across_two_processes(gateways, app, seeded, upstream):
     with app.app_context():
         [row] = db.session.scalars(sa.select(BudgetUsage)).all()
         assert row.reserved == 0 and row.spent == pytest.approx(5 * 1.02)
+
+
+def test_group_budget_shared_by_members_across_two_processes(gateways, app, seeded, upstream):
+    import json
+
+    from promptproxy import groups, manage
+
+    from ..upstream import chat_response
+
+    with app.app_context():
+        manage.update_model("test", manage.get_model("gpt-4o-mini"), input_price=1000.0, output_price=1000.0)
+        groups.create_group("test", "research", budget=5.5, period="day")
+        for name in ("alice", "bob"):
+            groups.set_memberships("test", manage.get_user(name), add=["research"])
+        db.session.commit()
+    usage = {"prompt_tokens": 20, "completion_tokens": 1000, "total_tokens": 1020}
+    upstream.handler = lambda req: (200, {"Content-Type": "application/json"},
+                                    json.dumps(chat_response(req["body"]["model"], usage=usage)))
+    keys = (seeded.key, seeded.other_key)
+    results = parallel(20, lambda i: chat(gateways[i % 2], keys[(i // 2) % 2], max_tokens=1000))
+    statuses = [r.status_code for r in results]
+    assert statuses.count(200) == 5 and statuses.count(429) == 15
+    assert all("for group 'research'" in r.json()["error"]["message"] for r in results if r.status_code == 429)
+    with app.app_context():
+        [row] = db.session.scalars(sa.select(BudgetUsage)).all()
+        assert row.subject == "group:1" and row.reserved == 0 and row.spent == pytest.approx(5 * 1.02)
