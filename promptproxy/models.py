@@ -203,6 +203,11 @@ class Model(db.Model):
         back_populates="model", cascade="all, delete-orphan", passive_deletes=True,
         order_by="ModelDeployment.id")
 
+    @property
+    def declared_endpoints(self) -> tuple[str, ...]:
+        """The endpoints it declares: its own list, else its kind's default."""
+        return tuple(self.endpoints) if self.endpoints else DEFAULT_ENDPOINTS.get(self.kind, ())
+
 
 class ModelDeployment(db.Model):
     """One place a model runs: a provider and its model name, with a weight, a priority and optional limits."""
@@ -221,11 +226,6 @@ class ModelDeployment(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     model: so.Mapped[Model] = so.relationship(back_populates="deployments")
     provider: so.Mapped[Provider] = so.relationship()
-
-    @property
-    def declared_endpoints(self) -> tuple[str, ...]:
-        """The endpoints it declares: its own list, else its kind's default."""
-        return tuple(self.endpoints) if self.endpoints else DEFAULT_ENDPOINTS.get(self.kind, ())
 
 
 class Prompt(db.Model):

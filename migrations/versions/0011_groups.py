@@ -29,6 +29,7 @@ def upgrade():
         sa.Column("budget_period", sa.String(length=8), nullable=True),
         sa.Column("allowed_models", sa.JSON(), nullable=True),
         sa.Column("allowed_prompts", sa.JSON(), nullable=True),
+        sa.Column("allowed_mcp", sa.JSON(), nullable=True),  # from LimitsMixin (MCP grants; not yet used for groups)
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
         sqlite_autoincrement=True,

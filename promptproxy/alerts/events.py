@@ -15,7 +15,7 @@ MAX_QUEUED = 10_000  # events not yet turned into outbox rows; the oldest are dr
 class BudgetSettled:
     """A call's cost was added to a subject's budget period: the worker compares spend with the thresholds."""
 
-    subject: str  # "user:1" or "key:7"
+    subject: str  # "user:1", "key:7" or "group:3"
     period: str
     period_start: datetime
     limit: float

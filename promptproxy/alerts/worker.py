@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ..config import ConfigError
 from ..crypto import SecretError
 from ..extensions import db
-from ..models import ApiKey, BudgetUsage, RequestLog, User, Webhook, WebhookDelivery, utcnow
+from ..models import ApiKey, BudgetUsage, Group, RequestLog, User, Webhook, WebhookDelivery, utcnow
 from ..netguard import UnsafeURL, validate_base_url
 from ..proxy.guarded_http import guarded_session
 from . import delivery, outbox
@@ -178,6 +178,9 @@ class AlertWorker:
         if kind == "user":
             name = conn.scalar(sa.select(User.name).where(User.id == int(ident)))
             return f"user {name or ident}"
+        if kind == "group":
+            name = conn.scalar(sa.select(Group.name).where(Group.id == int(ident)))
+            return f"group {name or ident}"
         row = conn.execute(sa.select(ApiKey.name, ApiKey.prefix, ApiKey.last4).where(ApiKey.id == int(ident))).first()
         return f"key {row.name or ident} ({row.prefix}…{row.last4})" if row else f"key {ident}"
 

@@ -149,3 +149,22 @@ def test_requests_never_wait_for_a_slow_receiver(app, live, seeded, receiver):
                              headers={"Authorization": f"Bearer {seeded.key}"}, timeout=30)
     assert response.status_code == 200
     assert wait_for(lambda: len(receiver.events("budget.threshold")) == 1)
+
+
+def test_a_group_budget_crossing_a_threshold_names_the_group(app, live, seeded, receiver):
+    """A group's shared budget alerts like a user's: once per threshold, named by the group."""
+    from promptproxy import groups
+
+    make_hook(app, receiver.url, events="budget")
+    dollars_per_token(app)
+    with app.app_context():
+        groups.create_group("test", "research", budget=36.0, period="month")
+        groups.set_memberships("test", manage.get_user("alice"), add=["research"])
+        db.session.commit()
+    assert [chat(live, seeded.key, max_tokens=7).status_code for _ in range(3)] == [200, 200, 429]
+    assert wait_for(lambda: len([a for a in receiver.events("budget.threshold")
+                                 if a["data"]["subject"] == "group"]) == 3)
+    group_alerts = [a for a in receiver.events("budget.threshold") if a["data"]["subject"] == "group"]
+    assert [a["data"]["threshold_percent"] for a in group_alerts] == [50.0, 80.0, 100.0]
+    assert group_alerts[0]["data"]["name"] == "group research"
+    assert "group research has spent $18.00 of its $36.00 per-month budget" in group_alerts[0]["text"]
