@@ -311,7 +311,8 @@ def group_dict(g) -> dict:
     """A group as printed by the CLI."""
     return {"id": g.id, "name": g.name, "description": g.description, "members": [u.name for u in g.members],
             "all_models": g.all_models, "all_prompts": g.all_prompts, "allowed_models": g.allowed_models,
-            "allowed_prompts": g.allowed_prompts, "rpm": g.rpm, "tpm": g.tpm, "max_concurrent": g.max_concurrent,
+            "allowed_prompts": g.allowed_prompts, "all_mcp": g.all_mcp, "allowed_mcp": g.allowed_mcp, "rpm": g.rpm,
+            "tpm": g.tpm, "max_concurrent": g.max_concurrent,
             "budget_usd": g.budget_usd, "budget_period": g.budget_period}
 
 
@@ -325,6 +326,7 @@ def group_cmd():
 @click.option("--description", default="")
 @click.option("--all-models", is_flag=True, default=None, help="Grant every model.")
 @click.option("--all-prompts", is_flag=True, default=None, help="Grant every prompt.")
+@click.option("--all-mcp", is_flag=True, default=None, help="Grant every MCP server and tool.")
 @limit_options
 @with_appcontext
 @committed

@@ -37,7 +37,8 @@ VERSION_KEYS = ("version", "text", "variables", "tools", "params", "note", "crea
 LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
 USER_KEYS = ("name", "email", "role", "active", "all_models", "all_prompts", "allowed_models", "allowed_prompts",
              "all_mcp", "allowed_mcp", *LIMIT_KEYS, "groups")
-GROUP_KEYS = ("name", "description", "all_models", "all_prompts", "allowed_models", "allowed_prompts", *LIMIT_KEYS)
+GROUP_KEYS = ("name", "description", "all_models", "all_prompts", "allowed_models", "allowed_prompts", "all_mcp",
+              "allowed_mcp", *LIMIT_KEYS)
 MCP_KEYS = ("name", "url", "description", "api_key", "api_key_env", "headers", "headers_env", "timeout", "enabled")
 SECTIONS = {"providers": ("name", PROVIDER_KEYS), "models": ("slug", MODEL_KEYS), "prompts": ("slug", PROMPT_KEYS),
             "mcp_servers": ("name", MCP_KEYS), "groups": ("name", GROUP_KEYS), "users": ("name", USER_KEYS)}
@@ -476,6 +477,7 @@ def _group(entry: Mapping, result: Result) -> None:
     if found is None:
         limits.pop("clear_models", None)
         limits.pop("clear_prompts", None)
+        limits.pop("clear_mcp", None)
         groups.create_group(ACTOR, name, description=entry.get("description") or "", **limits)
         result.add("create", "group", name, [f"{k} {v}" for k, v in limits.items()])
         return
@@ -619,7 +621,8 @@ def _export_user(u: User) -> dict:
 def _export_group(g: Group) -> dict:
     entry = {"name": g.name, "description": g.description, "all_models": g.all_models,
              "all_prompts": g.all_prompts, "allowed_models": list(g.allowed_models or []),
-             "allowed_prompts": list(g.allowed_prompts or [])}
+             "allowed_prompts": list(g.allowed_prompts or []), "all_mcp": g.all_mcp,
+             "allowed_mcp": list(g.allowed_mcp or [])}
     entry.update({k: getattr(g, k) for k in LIMIT_KEYS})
     return entry
 

@@ -44,7 +44,7 @@ def _description(text: str) -> str:
 def create_group(actor: str, name: str, description: str = "", **limits) -> Group:
     """A new group (grants nothing until given models or prompts)."""
     group = Group(name=_name(name), description=_description(description or ""), all_models=False,
-                  all_prompts=False)
+                  all_prompts=False, all_mcp=False)
     db.session.add(group)
     apply_limits(group, **limits)
     db.session.flush()

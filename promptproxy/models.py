@@ -89,6 +89,7 @@ class Group(LimitsMixin, db.Model):
     description: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
     all_models: so.Mapped[bool] = so.mapped_column(default=False)
     all_prompts: so.Mapped[bool] = so.mapped_column(default=False)
+    all_mcp: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     members: so.Mapped[list[User]] = so.relationship(secondary="group_members", back_populates="groups",
                                                      order_by="User.name")

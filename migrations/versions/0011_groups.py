@@ -29,7 +29,8 @@ def upgrade():
         sa.Column("budget_period", sa.String(length=8), nullable=True),
         sa.Column("allowed_models", sa.JSON(), nullable=True),
         sa.Column("allowed_prompts", sa.JSON(), nullable=True),
-        sa.Column("allowed_mcp", sa.JSON(), nullable=True),  # from LimitsMixin (MCP grants; not yet used for groups)
+        sa.Column("allowed_mcp", sa.JSON(), nullable=True),  # MCP grants, as on users (0008_mcp)
+        sa.Column("all_mcp", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
         sqlite_autoincrement=True,

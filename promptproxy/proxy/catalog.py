@@ -160,7 +160,7 @@ class Principal:
 
 
 def granted(owners, kind: str) -> frozenset | None:
-    """The union rule: what the user or any of their groups allows (None = everything); kind is models or prompts."""
+    """The union rule: what the user or any of their groups allows (None = everything); kind: models, prompts, mcp."""
     out: set = set()
     for owner in owners:
         if getattr(owner, f"all_{kind}"):
@@ -200,7 +200,7 @@ def principal_from(key: ApiKey, user: User) -> Principal:
                 "groups": [{"id": g.id, "name": g.name, **_limits(g)} for g in user.groups]},
         groups=tuple(g.name for g in user.groups),
         tags=tuple(key.tags or ()),
-        mcp=(None if user.all_mcp else frozenset(user.allowed_mcp or ()),
+        mcp=(granted((user, *user.groups), "mcp"),
              None if key.allowed_mcp is None else frozenset(key.allowed_mcp)),
     )
 

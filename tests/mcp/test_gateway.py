@@ -198,3 +198,22 @@ def test_log_json_shows_tool_calls(app, live, mcp_seed):
     assert '"endpoint":"mcp/tools/call"' in out.output and '"model":"tools__echo"' in out.output
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(RequestLog)) == 1
+
+
+def test_a_group_grant_gives_its_members_mcp_tools_and_a_key_still_narrows(app, live, mcp_seed):
+    """The union rule for MCP as for models: ned has no MCP grant of his own; his group's grant lets him in."""
+    from promptproxy import groups
+
+    with app.app_context():
+        groups.create_group("t", "toolsmiths", allow_mcp=["tools/echo", "tools/add"])
+        groups.set_memberships("t", manage.get_user("ned"), add=["toolsmiths"])
+        db.session.commit()
+    listed = with_session(live, mcp_seed.ned, lambda s: s.list_tools())
+    assert sorted(t.name for t in listed.tools) == ["tools__add", "tools__echo"]
+    _narrow(app, mcp_seed.ned, ["tools/echo"])
+    listed = with_session(live, mcp_seed.ned, lambda s: s.list_tools())
+    assert [t.name for t in listed.tools] == ["tools__echo"]
+    with app.app_context():
+        groups.set_memberships("t", manage.get_user("ned"), remove=["toolsmiths"])
+        db.session.commit()
+    assert rpc(live, mcp_seed.ned, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}).status_code == 403
