@@ -19,7 +19,7 @@ from promptproxy.models import User
 
 from ..conftest import free_port
 from .conftest import ADMIN_PW, login
-from .test_browser import ARGS, CHROMIUM
+from .conftest import ARGS, CHROMIUM
 
 OIDC_DIR = Path(__file__).resolve().parents[1] / "oidc"
 NODE = shutil.which("node")
