@@ -69,7 +69,6 @@ def supervise(app, host: str, port: int, threads: int, count: int) -> None:
     with app.app_context():
         db.engine.dispose()  # no pooled database connection may be shared with a forked worker
     app.extensions["promptproxy"].close()
-    overrides = {"HOST": app.config["HOST"]}
 
     banner = f"PromptProxy serving on http://{host}:{port} (workers={count}, threads={threads} each)"
 
@@ -77,7 +76,10 @@ def supervise(app, host: str, port: int, threads: int, count: int) -> None:
         from . import create_app, ops
 
         ops.WORKER = slot
-        worker_app = create_app(overrides)  # a fresh app: its own engine, Redis client, log writer, pools
+        # A fresh app (its own engine, Redis client, log writer, pools) from the same settings file and
+        # environment as the supervisor's: create_app(overrides) would skip the instance settings file.
+        worker_app = create_app()
+        worker_app.config["HOST"] = app.config["HOST"]
         serve_one(worker_app, threads, sock=sock, announce=False, label=f"worker {slot}",
                   banner=banner if slot == 1 and first else "")
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from promptproxy import config, manage
+from promptproxy import config, groups, manage
 from promptproxy.admin import auth
 from promptproxy.alerts.webhooks import create_webhook
 from promptproxy.cli import cli
 from promptproxy.extensions import db
+from promptproxy.mcp.servers import create_server
 from promptproxy.models import Provider, RequestLog, User, utcnow
 
 from ..admin.conftest import (  # noqa: F401 - fixtures used by name
@@ -49,9 +50,12 @@ def world(app, people, upstream):  # noqa: F811
                          latency_ms=100.0, created_at=utcnow())
         db.session.add(row)
         hook = create_webhook("t", "ops", upstream.url + "/hook", secret="whsec-secret-9999")
+        team = groups.create_group("t", "team", allow_models=["secret-model"])
+        tools = create_server("t", "tools", upstream.url + "/mcp", api_key="sk-secret-mcp-9999")
         db.session.commit()
         return {"user_id": people["otto"], "provider_id": p.id, "model_id": secret.id, "prompt_id": pr.id,
-                "key_id": otto_key.id, "row_id": row.id, "webhook_id": hook.id}
+                "key_id": otto_key.id, "row_id": row.id, "webhook_id": hook.id, "group_id": team.id,
+                "mcpserver_id": tools.id, "deployment_id": secret.deployments[0].id}
 
 
 def snapshot(app) -> dict:
@@ -67,6 +71,9 @@ PUBLIC = {
     "admin.login": "the login form itself",
     "admin.setup": "first-run set-up, guarded by the one-time token (404 once an admin exists)",
     "admin.logout": "ending one's own session needs no role",
+    "admin.oidc_start": "single sign-on: sends the browser to the OpenID provider (404 unless OIDC is configured)",
+    "admin.oidc_callback": "single sign-on: the provider's answer, checked for state, nonce and signature "
+                           "(404 unless configured; tests/admin/test_sso.py)",
 }
 MEMBER_ALLOWED = {
     "admin.overview": "a member's own usage",
