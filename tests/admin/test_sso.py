@@ -18,8 +18,7 @@ from promptproxy.extensions import db
 from promptproxy.models import User
 
 from ..conftest import free_port
-from .conftest import ADMIN_PW, login
-from .conftest import ARGS, CHROMIUM
+from .conftest import ADMIN_PW, ARGS, CHROMIUM, login
 
 OIDC_DIR = Path(__file__).resolve().parents[1] / "oidc"
 NODE = shutil.which("node")
