@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +9,9 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..conftest import ENC_KEY, PG_URL, free_port, wait_for
+from ..conftest import ENC_KEY, PG_URL, wait_for
 from ..limits.conftest import chat, set_limits
-from ..limits.test_multi_instance import wait_ready
+from ..limits.test_multi_instance import serve_two
 from .conftest import deliveries, make_hook
 from .test_events import dollars_per_token
 
@@ -34,27 +31,7 @@ def gateways(app, seeded, tmp_path):
            "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1", "PROMPTPROXY_THREADS": "16", "PROMPTPROXY_CACHE_TTL": "0",
            "PROMPTPROXY_INSTANCE_PATH": str(tmp_path / "gw-instance")}
     env.pop("PROMPTPROXY_REDIS_URL", None)
-    procs, urls = [], []
-    for i in range(2):
-        port = free_port()
-        log = open(tmp_path / f"gw{i}.log", "w")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen([sys.executable, "-m", "promptproxy.cli", "serve", "--port", str(port)],
-                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-        urls.append(f"http://127.0.0.1:{port}")
-    try:
-        for url, (proc, _) in zip(urls, procs, strict=True):
-            wait_ready(url, proc, tmp_path)
-        yield urls
-    finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc, log in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+    yield from serve_two(env, tmp_path)
 
 
 def test_each_threshold_is_sent_once_by_two_processes(app, seeded, receiver, gateways):

@@ -38,6 +38,11 @@ def gateways(app, seeded, redis_prefix, tmp_path):
            "PROMPTPROXY_SECRET_KEY": "test-secret-key-0123456789abcdefgh", "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY,
            "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1", "PROMPTPROXY_THREADS": "32", "PROMPTPROXY_CACHE_TTL": "0",
            "PROMPTPROXY_INSTANCE_PATH": str(tmp_path / "gw-instance")}
+    yield from serve_two(env, tmp_path)
+
+
+def serve_two(env: dict, tmp_path: Path):
+    """Start two `promptproxy serve` processes with `env`, yield their URLs once ready, SIGTERM them after."""
     procs, urls = [], []
     for i in range(2):
         port = free_port()
@@ -50,7 +55,7 @@ def gateways(app, seeded, redis_prefix, tmp_path):
             wait_ready(url, proc, tmp_path)
         yield urls
     finally:
-        for proc, log in procs:
+        for proc, _ in procs:
             proc.send_signal(signal.SIGTERM)
         for proc, log in procs:
             try:
