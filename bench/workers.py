@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import floor
 import procs
 import report
 import run
@@ -109,15 +110,28 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bench.start_mocks()
             bench.setup_gateway()
+            mock_port = procs.free_port()  # its own mock: the checks count the bench mocks' requests
+            mock = children.start([sys.executable, str(Path(floor.__file__).with_name("mock_upstream.py")),
+                                   "--port", str(mock_port)], workdir / "floor-mock.log")
+            procs.wait_for_port(mock_port, mock, 10)
+            upstream = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+            bench.results["floor"] = []
             for n in range(args.rounds):
                 for workers in variants if n % 2 == 0 else variants[::-1]:
                     bench.results["variants"][workers].append(measure_variant(bench, workers))
+                # The machine's own speed, in the same run: Flask + one urllib3 upstream call, no gateway logic.
+                bench.results["floor"].append(floor.measure("flask+urllib3", upstream, 32, bench.profile.s2_seconds,
+                                                            children))
             bench.checks()
         finally:
             bench.results["load_average_at_end"] = procs.load_average()
             children.stop_all()
         print()
         print(table(bench.results))
+        floors = bench.results["floor"]
+        if floors:
+            print(f"\nFloor on this machine (one process: waitress + Flask + one urllib3 upstream call, no gateway "
+                  f"logic), S2 c=32: {median(floors, 'rps'):,} req/s, {median(floors, 'cpu_ms')} ms CPU per request")
         print(f"\nload average at start {bench.results['env']['load_average_at_start']}, "
               f"at end {bench.results['load_average_at_end']}; checks: {bench.results.get('checks')}")
         path = report.save(bench.results | {"kind": "workers"}, args.out)

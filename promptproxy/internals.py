@@ -17,7 +17,7 @@ REQUIRED = {
         "queue_logger", "start_new_thread", "add_task", "shutdown"),
     "waitress.server.TcpWSGIServer": (  # shutdown: stop accepting, count busy channels, wake the loop
         "accepting", "active_channels", "task_dispatcher", "trigger", "pull_trigger", "channel_class", "run",
-        "effective_port"),
+        "effective_port", "handle_accept", "_map"),  # server.accept_in_bursts: handle_accept, _map
     "waitress.channel.HTTPChannel": (  # shutdown.busy/_close_channels, wsgierrors.JsonErrorChannel
         "requests", "total_outbufs_len", "handle_close", "error_task_class", "task_class", "adj"),
     "waitress.task.WSGITask": ("write", "content_length", "channel"),  # wsgierrors.StreamingTask

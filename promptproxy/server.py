@@ -99,7 +99,7 @@ def configure_supervisor_logging() -> None:
 
 def make_server(app, host: str | None, port: int | None, threads: int, sock=None):
     """A waitress server with our options and channel (JSON errors, streams flushed per event)."""
-    from .wsgierrors import json_errors
+    from .wsgierrors import json_errors, listeners
 
     where = {"sockets": [sock]} if sock is not None else {"host": host, "port": port}
     with warnings.catch_warnings():
@@ -108,7 +108,33 @@ def make_server(app, host: str | None, port: int | None, threads: int, sock=None
         server = create_server(app, _dispatcher=GrowingDispatcher(threads), **where,
                                **waitress_options(app.config, threads))
     json_errors(server)  # waitress's own 413/431/400 answers become JSON on /v1
+    for listener in listeners(server):
+        accept_in_bursts(listener)
     return server
+
+
+ACCEPT_BURST = 64
+
+
+def accept_in_bursts(listener, burst: int = ACCEPT_BURST) -> None:
+    """Accept every waiting connection (up to `burst` and the connection limit) per wake-up, not one.
+
+    waitress accepts one connection per event-loop pass, and under a burst of streams each pass waits its turn
+    for the GIL behind hundreds of busy worker threads: in bench S4 a hundred or more connections sat in the
+    kernel's accept queue for seconds while their streams could have started.
+    """
+    accept_one = listener.handle_accept
+
+    def accept_many() -> None:
+        for _ in range(burst):
+            before = len(listener._map)
+            if before >= listener.adj.connection_limit:
+                return  # waitress stops polling the socket at its limit; so does this loop
+            accept_one()
+            if len(listener._map) == before:
+                return  # nothing was waiting (or accept failed)
+
+    listener.handle_accept = accept_many
 
 
 class GrowingDispatcher(ThreadedTaskDispatcher):

@@ -77,11 +77,14 @@ class JsonErrorChannel(HTTPChannel):
     task_class = StreamingTask
 
 
+def listeners(server) -> list:
+    """The listening servers behind what create_server returned (one, or several for several sockets)."""
+    if isinstance(server, MultiSocketServer):
+        return [listener for listener in server.map.values() if isinstance(listener, BaseWSGIServer)]
+    return [server]
+
+
 def json_errors(server) -> None:
     """Make a waitress server (from create_server) answer its own errors with JsonErrorTask."""
-    if isinstance(server, MultiSocketServer):
-        for listener in server.map.values():
-            if isinstance(listener, BaseWSGIServer):
-                listener.channel_class = JsonErrorChannel
-    else:
-        server.channel_class = JsonErrorChannel
+    for listener in listeners(server):
+        listener.channel_class = JsonErrorChannel

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from promptproxy.config import DEFAULTS
-from promptproxy.server import waitress_options
+from promptproxy.server import make_server, waitress_options
 
 from ..conftest import ENC_KEY, free_port
 from ..upstream import chunk
@@ -31,6 +31,35 @@ def test_default_waitress_options_fit_200_streams():
     assert opts["asyncore_use_poll"] is True and opts["outbuf_high_watermark"] == 1024 * 1024
     assert waitress_options({**DEFAULTS, "CONNECTION_LIMIT": 50}, 8)["connection_limit"] == 50
     assert waitress_options(DEFAULTS, 8)["connection_limit"] == 100
+
+
+def _queued(count: int, port: int) -> list:
+    """`count` client connections the kernel has completed but the server has not accepted yet."""
+    import socket
+
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    time.sleep(0.05)
+    return clients
+
+
+@pytest.mark.parametrize("limit", [0, 6])
+def test_a_wake_up_accepts_every_waiting_connection_up_to_the_limit(app, limit):
+    """A burst is accepted in one pass of the event loop (waitress alone takes one connection per pass)."""
+    app.config["CONNECTION_LIMIT"] = limit
+    server = make_server(app, "127.0.0.1", 0, 8)
+    clients = _queued(20, server.effective_port)
+    try:
+        open_before = len(server._map)
+        server.handle_accept()  # what the loop calls when the listening socket is readable
+        accepted = len(server._map) - open_before
+        assert accepted == (20 if not limit else limit - open_before)
+        server.handle_accept()  # nothing left, or still at the limit: no error, nothing more
+        assert len(server._map) - open_before == accepted
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        server.task_dispatcher.shutdown(timeout=1)
 
 
 @pytest.fixture
