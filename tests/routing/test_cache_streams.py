@@ -6,6 +6,7 @@ import json
 import anthropic
 import openai
 import pytest
+import redis
 import requests
 import sqlalchemy as sa
 
@@ -13,9 +14,9 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.models import ResponseCacheEntry
 from promptproxy.proxy.assemble import ChatAssembler, MessageAssembler
-from promptproxy.proxy.cache import stream_events
+from promptproxy.proxy.cache import ResponseCache, stream_events
 
-from ..conftest import rows_when
+from ..conftest import REDIS_URL, rows_when
 from ..upstream import chunk
 from .test_cache import set_cache
 
@@ -181,3 +182,18 @@ def test_a_replayed_answer_assembles_back_into_itself(dialect, answer, assembler
     for event in stream_events(dialect, answer, include_usage=True):
         folded.feed(event)
     assert folded.answer(None) == answer
+
+
+def test_with_redis_a_clean_stream_is_stored_there(live, cached, upstream, app, redis_prefix):
+    """redis_prefix (tests/routing/conftest.py) skips without PROMPTPROXY_TEST_REDIS_URL."""
+    gw = app.extensions["promptproxy"]
+    gw.cache = ResponseCache({"REDIS_URL": REDIS_URL, "REDIS_PREFIX": redis_prefix})
+    sdk = openai_sdk(live, cached.key)
+    assert stream_text(sdk) == ("MISS", "Bonjour!")
+    rows_when(app, 1)
+    raw = sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-cache"] == "HIT" and raw.parse().choices[0].message.content == "Bonjour!"
+    store = redis.Redis.from_url(REDIS_URL)
+    keys = list(store.scan_iter(match=f"{redis_prefix}:cache:*"))
+    assert len(keys) == 1 and 0 < store.ttl(keys[0]) <= 60 and entries(app) == 0
+    store.close()
