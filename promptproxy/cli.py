@@ -694,11 +694,17 @@ ENDPOINTS_HELP = ("Comma-separated: chat, completions, embeddings. Default: chat
                   "(completions alone, embeddings alone for the other kinds); '' restores it.")
 
 
-def routing_options(fn):
-    """How a model picks a deployment and caches answers."""
+def cache_options(fn):
+    """The exact response cache of a model or a stored prompt."""
     fn = click.option("--cache-scope", type=click.Choice(manage.CACHE_SCOPES),
                       help="Cache answers per user (default) or shared by everyone.")(fn)
-    fn = click.option("--cache-ttl", type=int, help="Seconds the exact response cache keeps answers (0 = off).")(fn)
+    return click.option("--cache-ttl", type=int,
+                        help="Seconds the exact response cache keeps answers (0 = off).")(fn)
+
+
+def routing_options(fn):
+    """How a model picks a deployment and caches answers."""
+    fn = cache_options(fn)
     return click.option("--strategy", type=click.Choice(manage.STRATEGIES),
                         help="How a deployment is chosen (default weighted).")(fn)
 
@@ -830,6 +836,7 @@ def prompt_dict(p: Prompt) -> dict:
     version = manage.get_version(p, live) if live else None
     return {"id": p.id, "slug": p.slug, "mode": p.mode, "description": p.description,
             "live_version": live, "latest_version": p.latest_version, "pinned": p.live_version is not None,
+            "cache_ttl": p.cache_ttl, "cache_scope": p.cache_scope,
             "text": version.text if version else None, "variables": version.variables if version else None,
             "tools": version.tools if version else None, "params": version.params if version else None}
 
@@ -863,10 +870,11 @@ def prompt():
 @click.option("--mode", type=click.Choice(manage.PROMPT_MODES), default="prepend")
 @click.option("--description", default="")
 @version_options
+@cache_options
 @with_appcontext
 @committed
 def prompt_create(slug, text, mode, description, **fields):
-    """Store a system prompt (version 1)."""
+    """Store a system prompt (version 1); with --cache-ttl, calls using it are cached whatever their model."""
     p = manage.create_prompt(ACTOR, slug, text, mode=mode, description=description, **fields)
     say(f"created prompt {p.slug} (id {p.id}, version 1)")
 
@@ -877,12 +885,13 @@ def prompt_create(slug, text, mode, description, **fields):
 @click.option("--mode", type=click.Choice(manage.PROMPT_MODES))
 @click.option("--description")
 @version_options
+@cache_options
 @with_appcontext
 @committed
-def prompt_update(slug, text, mode, description, variables, tools, params, note):
-    """Change a prompt; new text, variables, tools or params make a new version."""
+def prompt_update(slug, text, mode, description, variables, tools, params, note, cache_ttl, cache_scope):
+    """Change a prompt; new text, variables, tools or params make a new version. --cache-ttl 0: the model's cache."""
     p = manage.get_prompt(slug)
-    manage.update_prompt(ACTOR, p, mode=mode, description=description)
+    manage.update_prompt(ACTOR, p, mode=mode, description=description, cache_ttl=cache_ttl, cache_scope=cache_scope)
     if text is not None or variables is not None or tools is not None or params is not None:
         current = manage.get_version(p, p.latest_version)
         v = manage.add_version(ACTOR, p, text if text is not None else current.text,

@@ -31,7 +31,7 @@ PROVIDER_KEYS = ("name", "kind", "base_url", "api_key", "api_key_env", "headers"
 MODEL_KEYS = ("slug", "provider", "upstream_model", "kind", "endpoints", *manage.PRICE_FIELDS, "fallbacks",
               "enabled")
 PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "params", "note", "labels",
-               "live_version", "versions")
+               "live_version", "versions", "cache_ttl", "cache_scope")
 # One entry of a prompt's `versions` (its whole history, as `export` writes it).
 VERSION_KEYS = ("version", "text", "variables", "tools", "params", "note", "created_by", "created_at")
 LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
@@ -58,6 +58,7 @@ TYPES = {
     "budget_usd": NUM, "budget_period": str, "url": str, "timeout": NUM, "all_mcp": bool, "allowed_mcp": list,
     "groups": list,
 }
+TYPES.update({"cache_ttl": int, "cache_scope": str})  # prompts' response cache (0 = off: the model's applies)
 
 
 class ConfigFileError(ValueError):
@@ -307,12 +308,15 @@ def _prompt(entry: Mapping, result: Result) -> None:
         first = history[0] if history else entry
         found = manage.create_prompt(ACTOR, slug, first["text"], mode=entry.get("mode") or "prepend",
                                      description=entry.get("description") or "", note=first.get("note") or "",
+                                     cache_ttl=entry.get("cache_ttl"), cache_scope=entry.get("cache_scope"),
                                      **_version_fields(first))
         if history:
             _stamp(manage.get_version(found, 1), first)
         result.add("create", "prompt", slug, [f"mode {found.mode}", "version 1"])
     else:
-        meta = _changed(found, entry, ("mode", "description"))
+        meta = _changed(found, entry, ("mode", "description", "cache_scope"))
+        if entry.get("cache_ttl") is not None and (entry["cache_ttl"] or None) != found.cache_ttl:
+            meta["cache_ttl"] = entry["cache_ttl"]
         if meta:
             notes = _describe(found, meta)
             manage.update_prompt(ACTOR, found, **meta)
@@ -596,6 +600,8 @@ def _export_prompt(p: Prompt) -> dict:
         entry["labels"] = labels
     if p.live_version is not None:
         entry["live_version"] = p.live_version
+    if p.cache_ttl:
+        entry.update(cache_ttl=p.cache_ttl, cache_scope=p.cache_scope)
     return entry
 
 

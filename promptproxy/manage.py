@@ -40,6 +40,7 @@ PROMPT_MODES = ("prepend", "replace", "reject")
 PERIODS = ("day", "week", "month")
 STRATEGIES = ("weighted", "least-busy")
 CACHE_SCOPES = ("user", "shared")
+MAX_CACHE_TTL = 30 * 86400
 
 
 class ManageError(ValueError):
@@ -457,14 +458,7 @@ def _model_fields(model: Model, upstream_model=None, kind=None, fallbacks=None, 
         if strategy not in STRATEGIES:
             raise ManageError(f"strategy must be one of {', '.join(STRATEGIES)}")
         model.strategy = changed["strategy"] = strategy
-    if cache_ttl is not None:
-        if cache_ttl < 0 or cache_ttl > 30 * 86400:
-            raise ManageError("cache TTL must be 0 (off) to 2592000 seconds")
-        model.cache_ttl = changed["cache_ttl"] = cache_ttl or None
-    if cache_scope is not None:
-        if cache_scope not in CACHE_SCOPES:
-            raise ManageError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
-        model.cache_scope = changed["cache_scope"] = cache_scope
+    changed.update(_cache_fields(model, cache_ttl, cache_scope))
     if upstream_model is not None:
         if not upstream_model.strip() or len(upstream_model) > 256:
             raise ManageError("upstream model name must be 1-256 characters")
@@ -598,6 +592,22 @@ def undeploy(actor: str, model: Model, provider: Provider, upstream_model: str) 
     audit(actor, "undeploy", "model", model.slug, {"provider": provider.name, "upstream_model": upstream_model})
 
 
+def _cache_fields(obj: Model | Prompt, cache_ttl: int | None, cache_scope: str | None) -> dict:
+    """Set a model's or a prompt's response cache TTL (0 = off) and scope; returns what changed."""
+    changed = {}
+    if cache_ttl is not None:
+        if cache_ttl < 0 or cache_ttl > MAX_CACHE_TTL:
+            raise ManageError(f"cache TTL must be 0 (off) to {MAX_CACHE_TTL} seconds")
+        if (cache_ttl or None) != obj.cache_ttl:
+            obj.cache_ttl = changed["cache_ttl"] = cache_ttl or None
+    if cache_scope is not None:
+        if cache_scope not in CACHE_SCOPES:
+            raise ManageError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
+        if cache_scope != obj.cache_scope:
+            obj.cache_scope = changed["cache_scope"] = cache_scope
+    return changed
+
+
 # -- prompts -----------------------------------------------------------------------------------------
 def get_prompt(ref: str) -> Prompt:
     """A prompt by slug or id."""
@@ -605,17 +615,18 @@ def get_prompt(ref: str) -> Prompt:
 
 
 def create_prompt(actor: str, slug: str, text: str, mode: str = "prepend", description: str = "",
-                  **version_fields) -> Prompt:
-    """A new prompt with its version 1."""
+                  cache_ttl: int | None = None, cache_scope: str | None = None, **version_fields) -> Prompt:
+    """A new prompt with its version 1; a cache TTL makes calls using it cached whatever their model."""
     slug = _slug(slug, "prompt slug")
     _unique(Prompt, Prompt.slug, slug, "prompt")
     if mode not in PROMPT_MODES:
         raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")
-    prompt = Prompt(slug=slug, mode=mode, description=description or "", latest_version=0)
+    prompt = Prompt(slug=slug, mode=mode, description=description or "", latest_version=0, cache_scope="user")
+    cache = _cache_fields(prompt, cache_ttl, cache_scope)
     db.session.add(prompt)
     db.session.flush()
     add_version(actor, prompt, text, **version_fields)
-    audit(actor, "create", "prompt", slug, {"mode": mode})
+    audit(actor, "create", "prompt", slug, {"mode": mode, **cache})
     return prompt
 
 
@@ -653,9 +664,10 @@ def _check_version_fields(text, variables, tools, params) -> None:
     del text
 
 
-def update_prompt(actor: str, prompt: Prompt, mode: str | None = None, description: str | None = None) -> dict:
-    """Change a prompt's mode or description (text changes make versions)."""
-    changed = {}
+def update_prompt(actor: str, prompt: Prompt, mode: str | None = None, description: str | None = None,
+                  cache_ttl: int | None = None, cache_scope: str | None = None) -> dict:
+    """Change a prompt's mode, description or response cache (text changes make versions)."""
+    changed = _cache_fields(prompt, cache_ttl, cache_scope)
     if mode is not None and mode != prompt.mode:
         if mode not in PROMPT_MODES:
             raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")

@@ -242,6 +242,8 @@ class Prompt(db.Model):
     latest_version: so.Mapped[int] = so.mapped_column(default=0)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, onupdate=utcnow)
+    cache_ttl: so.Mapped[int | None]  # seconds; set, it overrides the model's response cache for calls using it
+    cache_scope: so.Mapped[str] = so.mapped_column(sa.String(8), default="user", server_default="user")
 
 
 class PromptVersion(db.Model):
@@ -406,6 +408,8 @@ class UsageRollup(db.Model):
     latency_sum: so.Mapped[float] = so.mapped_column(default=0.0)
     ttft_count: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     ttft_sum: so.Mapped[float] = so.mapped_column(default=0.0)
+    cache_hits: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0, server_default="0")
+    cost_saved: so.Mapped[float] = so.mapped_column(default=0.0, server_default="0")
     # latency histogram: lat_i counts rows with EDGES[i-1] <= latency < EDGES[i]; the last one is the overflow
     lat_0: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     lat_1: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)

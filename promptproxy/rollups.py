@@ -20,9 +20,10 @@ KEY_COLS = ("period", "dim", "bucket_start", "user_id", "value")
 EVERYONE = -1  # user_id of the rows summing every user: the admin's charts read only these
 HIST_COLS = tuple(f"lat_{i}" for i in range(len(LATENCY_EDGES_MS) + 1))
 SUM_COLS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cost", "latency_count",
-            "latency_sum", "ttft_count", "ttft_sum", *HIST_COLS)
+            "latency_sum", "ttft_count", "ttft_sum", "cache_hits", "cost_saved", *HIST_COLS)
 ROW_COLS = ("created_at", "user_id", "key_id", "model", "prompt", "status", "input_tokens", "output_tokens",
-            "cached_tokens", "cost", "latency_ms", "ttft_ms", "tags")
+            "cached_tokens", "cost", "latency_ms", "ttft_ms", "tags", "cache_hit", "cost_saved")
+CACHE_COLS = ("cache_hits", "cost_saved")  # added by migration 0012_cache (fill_cache_columns backfills them)
 
 
 def hour_of(when: datetime) -> datetime:
@@ -36,7 +37,7 @@ def histogram_index(latency_ms: float) -> int:
 
 
 _N = len(SUM_COLS)
-_FLOAT = tuple(i for i, c in enumerate(SUM_COLS) if c in ("cost", "latency_sum", "ttft_sum"))
+_FLOAT = tuple(i for i, c in enumerate(SUM_COLS) if c in ("cost", "latency_sum", "ttft_sum", "cost_saved"))
 _HIST0 = SUM_COLS.index(HIST_COLS[0])
 
 
@@ -53,7 +54,7 @@ def aggregate(rows, out: dict | None = None) -> dict:
         latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
         add = (1, 1 if row["status"] >= 400 else 0, row.get("input_tokens") or 0, row.get("output_tokens") or 0,
                row.get("cached_tokens") or 0, row.get("cost") or 0.0, 0 if latency is None else 1, latency or 0.0,
-               0 if ttft is None else 1, ttft or 0.0)
+               0 if ttft is None else 1, ttft or 0.0, 1 if row.get("cache_hit") else 0, row.get("cost_saved") or 0.0)
         hist = None if latency is None else _HIST0 + bisect.bisect_right(LATENCY_EDGES_MS, latency)
         values = [("all", "")]
         for dim, name in (("model", "model"), ("prompt", "prompt"), ("key", "key_id")):
@@ -100,17 +101,20 @@ def _upsert_sql(dialect) -> tuple | None:
     return _SQL[dialect.name]
 
 
-def upsert(conn, aggregates: dict) -> None:
-    """Add aggregates to the stored roll-ups (INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL)."""
+def upsert(conn, aggregates: dict, cols: tuple[str, ...] = SUM_COLS) -> None:
+    """Add aggregates to the stored roll-ups (INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL).
+
+    `cols` narrower than SUM_COLS: a migration writing a table that lacks later columns (portable SQL).
+    """
     if not aggregates:
         return
     if not hasattr(conn, "exec_driver_sql"):  # an ORM session: use its connection (same transaction)
         conn = conn.connection()
-    params = [dict(zip(KEY_COLS, key, strict=True), **dict(zip(SUM_COLS, sums, strict=True)))
+    params = [dict(zip(KEY_COLS, key, strict=True), **{c: v for c, v in zip(SUM_COLS, sums, strict=True) if c in cols})
               for key, sums in aggregates.items()]
-    compiled = _upsert_sql(conn.dialect)
+    compiled = _upsert_sql(conn.dialect) if cols == SUM_COLS else None
     if compiled is None:
-        _upsert_portable(conn, params)
+        _upsert_portable(conn, params, cols)
         return
     sql, order, process = compiled
     if process is not None:
@@ -122,13 +126,14 @@ def upsert(conn, aggregates: dict) -> None:
         conn.exec_driver_sql(sql, params)
 
 
-def _upsert_portable(conn, params: list[dict]) -> None:
-    """Update-then-insert for databases without ON CONFLICT (not used on SQLite or PostgreSQL)."""
+def _upsert_portable(conn, params: list[dict], cols: tuple[str, ...] = SUM_COLS) -> None:
+    """Update-then-insert for databases without ON CONFLICT, and for older tables in migrations."""
+    table = sa.table(TABLE.name, *[sa.column(c, TABLE.c[c].type) for c in (*KEY_COLS, *cols)])
     for p in params:
-        match = sa.and_(*[TABLE.c[c] == p[c] for c in KEY_COLS])
-        done = conn.execute(sa.update(TABLE).where(match).values({c: TABLE.c[c] + p[c] for c in SUM_COLS}))
+        match = sa.and_(*[table.c[c] == p[c] for c in KEY_COLS])
+        done = conn.execute(sa.update(table).where(match).values({c: table.c[c] + p[c] for c in cols}))
         if not done.rowcount:
-            conn.execute(sa.insert(TABLE), [p])
+            conn.execute(sa.insert(table), [p])
 
 
 def rebuild(conn, batch: int = 50_000) -> int:
@@ -137,14 +142,34 @@ def rebuild(conn, batch: int = 50_000) -> int:
     table = RequestLog.__table__
     present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}  # a migration may run it on an older schema
     cols = [table.c[c] for c in ROW_COLS if c in present]
+    have = {c["name"] for c in sa.inspect(conn).get_columns(TABLE.name)}
+    sums = tuple(c for c in SUM_COLS if c in have)
     last, total = 0, 0
     while True:
         chunk = conn.execute(sa.select(table.c.id, *cols).where(table.c.id > last).order_by(table.c.id)
                              .limit(batch)).mappings().all()
         if not chunk:
             return total
-        upsert(conn, aggregate(chunk))
+        upsert(conn, aggregate(chunk), sums)
         last, total = chunk[-1]["id"], total + len(chunk)
+
+
+def fill_cache_columns(conn) -> int:
+    """Set the cache columns of existing roll-ups from the cache hits still in the log; returns the hits read.
+
+    Migration 0012_cache adds the columns at 0; hits logged before it (0010_routing on) are counted again here.
+    Only those columns are written, so totals of pruned raw rows are kept.
+    """
+    table = RequestLog.__table__
+    hits = conn.execute(sa.select(*[table.c[c] for c in ROW_COLS]).where(table.c.cache_hit)).mappings().all()
+    sums = aggregate(hits)
+    at = [SUM_COLS.index(c) for c in CACHE_COLS]
+    match = sa.and_(*[TABLE.c[c] == sa.bindparam("k_" + c) for c in KEY_COLS])
+    params = [{**{"k_" + c: v for c, v in zip(KEY_COLS, key, strict=True)},
+               **{c: values[i] for c, i in zip(CACHE_COLS, at, strict=True)}} for key, values in sums.items()]
+    if params:
+        conn.execute(sa.update(TABLE).where(match).values({c: sa.bindparam(c) for c in CACHE_COLS}), params)
+    return len(hits)
 
 
 def prune(session, days: int, now: datetime | None = None, batch: int = 10_000) -> int:

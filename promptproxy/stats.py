@@ -66,16 +66,22 @@ def _r_where(period: str, since: datetime, until: datetime, user_id: int | None,
     return conds
 
 
+SUMMED = ("requests", "errors", "input_tokens", "output_tokens", "cost", "cache_hits", "cost_saved")
+MONEY = ("cost", "cost_saved")
+
+
+def _summed(values) -> dict:
+    """SUMMED column sums as a dict: counts as ints, money as floats."""
+    return {name: float(v or 0.0) if name in MONEY else int(v or 0) for name, v in zip(SUMMED, values, strict=True)}
+
+
 def _r_sums(conds: list, bucket_expr) -> dict[int, dict]:
-    inner = sa.select(bucket_expr.label("b"), *[getattr(UsageRollup, c) for c in (
-        "requests", "errors", "input_tokens", "output_tokens", "cost", *HIST_COLS)]).where(*conds).subquery()
-    sums = [sa.func.sum(inner.c[c]) for c in ("requests", "errors", "input_tokens", "output_tokens", "cost",
-                                               *HIST_COLS)]
+    inner = sa.select(bucket_expr.label("b"), *[getattr(UsageRollup, c) for c in (*SUMMED, *HIST_COLS)]).where(
+        *conds).subquery()
+    sums = [sa.func.sum(inner.c[c]) for c in (*SUMMED, *HIST_COLS)]
     out = {}
-    for b, n, e, ti, to, c, *hist in db.session.execute(sa.select(inner.c.b, *sums).group_by(inner.c.b)):
-        out[int(b)] = {"requests": int(n or 0), "errors": int(e or 0), "input_tokens": int(ti or 0),
-                       "output_tokens": int(to or 0), "cost": float(c or 0.0),
-                       "_hist": [int(h or 0) for h in hist]}
+    for b, *values in db.session.execute(sa.select(inner.c.b, *sums).group_by(inner.c.b)):
+        out[int(b)] = {**_summed(values[:len(SUMMED)]), "_hist": [int(h or 0) for h in values[len(SUMMED):]]}
     return out
 
 
@@ -115,16 +121,16 @@ def _bucket(column, since: datetime, count: int, bucket: timedelta):
 def _sums(conds: list, bucket_expr) -> dict[int, dict]:
     inner = sa.select(
         bucket_expr.label("b"),
-        sa.case((RequestLog.status >= 400, 1), else_=0).label("err"),
-        sa.func.coalesce(RequestLog.input_tokens, 0).label("tin"),
-        sa.func.coalesce(RequestLog.output_tokens, 0).label("tout"),
+        sa.literal(1).label("requests"),
+        sa.case((RequestLog.status >= 400, 1), else_=0).label("errors"),
+        sa.func.coalesce(RequestLog.input_tokens, 0).label("input_tokens"),
+        sa.func.coalesce(RequestLog.output_tokens, 0).label("output_tokens"),
         sa.func.coalesce(RequestLog.cost, 0.0).label("cost"),
+        sa.case((RequestLog.cache_hit, 1), else_=0).label("cache_hits"),
+        sa.func.coalesce(RequestLog.cost_saved, 0.0).label("cost_saved"),
     ).where(*conds).subquery()
-    query = sa.select(inner.c.b, sa.func.count(), sa.func.sum(inner.c.err), sa.func.sum(inner.c.tin),
-                      sa.func.sum(inner.c.tout), sa.func.sum(inner.c.cost)).group_by(inner.c.b)
-    return {int(b): {"requests": n, "errors": int(e or 0), "input_tokens": int(ti or 0),
-                     "output_tokens": int(to or 0), "cost": float(c or 0.0)}
-            for b, n, e, ti, to, c in db.session.execute(query)}
+    query = sa.select(inner.c.b, *[sa.func.sum(inner.c[c]) for c in SUMMED]).group_by(inner.c.b)
+    return {int(b): _summed(values) for b, *values in db.session.execute(query)}
 
 
 def _percentiles(conds: list, bucket_expr) -> dict[int, dict]:
@@ -163,11 +169,12 @@ def _exact_percentiles(since: datetime, until: datetime, bucket: timedelta, coun
 
 # -- public interface ------------------------------------------------------------------------------------
 def _row(sums: dict | None, pcts: dict | None) -> dict:
-    sums = dict(sums or {"requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0, "cost": 0.0})
+    sums = dict(sums or _summed((0,) * len(SUMMED)))
     sums.pop("_hist", None)
     pcts = pcts or {}
     return {**sums, "tokens": sums["input_tokens"] + sums["output_tokens"],
             "error_rate": sums["errors"] / sums["requests"] if sums["requests"] else 0.0,
+            "hit_rate": sums["cache_hits"] / sums["requests"] if sums["requests"] else 0.0,
             "p50": pcts.get("p50"), "p95": pcts.get("p95")}
 
 
@@ -189,7 +196,7 @@ def _series(since: datetime, until: datetime, bucket: timedelta, user_id: int | 
 
 
 def totals(since: datetime, until: datetime, user_id: int | None = None) -> dict:
-    """Requests, errors, error rate, tokens, cost and latency percentiles over the whole window."""
+    """Requests, errors, error rate, tokens, cost, cache hits and savings, latency percentiles over the window."""
     return _series(since, until, until - since, user_id)[0]
 
 

@@ -154,3 +154,9 @@ class PromptForm(FlaskForm):
     mode = SelectField("Injection mode", choices=options(manage.PROMPT_MODES))
     text = TextAreaField("Text", validators=[DataRequired()], render_kw={"rows": 8})
     note = StringField("Version note", validators=[Optional(), Length(max=256)])
+    cache_ttl = IntegerField("Response cache TTL (seconds)",
+                             validators=[Optional(), NumberRange(min=0, max=manage.MAX_CACHE_TTL)],
+                             description="Set: calls using this prompt reuse identical answers this long, whatever "
+                                         "their model's cache. Empty or 0: the model's cache setting applies.")
+    cache_scope = SelectField("Cache scope", default="user",
+                              choices=options([("user", "per user"), ("shared", "shared by everyone")]))

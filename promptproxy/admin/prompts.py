@@ -56,7 +56,7 @@ def prompt_create():
     if form.validate_on_submit():
         prompt, error = save(lambda: manage.create_prompt(
             actor(), form.slug.data.strip(), form.text.data, mode=form.mode.data,
-            description=form.description.data or "", note=form.note.data or ""))
+            description=form.description.data or "", note=form.note.data or "", **cache_settings(form)))
         if error is None:
             return created(FOLDER, "admin.prompts", f"Created prompt {prompt.slug}.",
                            create_form=PromptForm(formdata=None))
@@ -88,7 +88,8 @@ def prompt_edit(prompt_id: int):
     text = form.text.data.replace("\r\n", "\n")  # browsers send textarea lines with CRLF
 
     def change():
-        manage.update_prompt(actor(), prompt, mode=form.mode.data, description=form.description.data or "")
+        manage.update_prompt(actor(), prompt, mode=form.mode.data, description=form.description.data or "",
+                             **cache_settings(form))
         if text != latest_text(prompt):
             manage.add_version(actor(), prompt, text, note=form.note.data or "")
         if request.form.get("make_live") and prompt.live_version is not None:
@@ -99,6 +100,11 @@ def prompt_edit(prompt_id: int):
     if error:
         return edit_view(FOLDER, prompt, form, COLS, title, 422, error)
     return updated(FOLDER, prompt, "admin.prompts", saved_message(prompt, latest_before))
+
+
+def cache_settings(form: PromptForm) -> dict:
+    """The form's response cache fields for manage: an empty TTL is off (the model's cache applies)."""
+    return {"cache_ttl": form.cache_ttl.data or 0, "cache_scope": form.cache_scope.data}
 
 
 def saved_message(prompt: Prompt, latest_before: int) -> str:

@@ -1,9 +1,11 @@
 """The exact response cache: identical requests answered again without an upstream call.
 
-Off unless a model has a TTL. The key covers the scope (the user unless the model shares), the dialect, the model
-and its upstream name, the stored prompt version and the whole body except `stream` and `user`; only whole 2xx
-answers are stored (a streamed request is answered from the cache but does not fill it). Entries live in the
-database (pruned as they expire and when the total passes its cap) or in Redis when REDIS_URL is set.
+Off unless the model, or the stored prompt the call uses, has a TTL: a prompt with a TTL sets the TTL and scope of
+every call that uses it, whatever its model; otherwise the model's apply. The key covers the scope (the user unless
+shared), the dialect, the model and its upstream name, the stored prompt version and the whole body except `stream`
+and `user`. Only 2xx answers are stored: whole ones as rendered, streams once they finished cleanly, assembled into
+the same whole answer (proxy/assemble.py). Entries live in the database (pruned as they expire and when the total
+passes its cap) or in Redis when REDIS_URL is set.
 """
 from __future__ import annotations
 
@@ -24,10 +26,18 @@ TABLE = ResponseCacheEntry.__table__
 SKIPPED = ("stream", "stream_options", "user")  # how an answer is delivered and who asked: not what is asked
 
 
+def settings(call) -> tuple[int | None, str]:
+    """(TTL, scope) for a call: its stored prompt's when that prompt has a TTL, else its model's."""
+    prompt = call.prompt
+    if prompt is not None and prompt.cache_ttl:
+        return prompt.cache_ttl, prompt.cache_scope
+    model = call.model
+    return (model.cache_ttl, model.cache_scope) if model is not None else (None, "user")
+
+
 def cacheable(call, dialect) -> bool:
     """Is this call served from and stored in the cache? Chat, completions and embeddings; Anthropic messages."""
-    model = call.model
-    if not model or not model.cache_ttl:
+    if not call.model or not settings(call)[0]:
         return False
     return (dialect.name == "openai" and dialect.kind in ("chat", "completion", "embedding")) or \
         (dialect.name == "anthropic" and call.endpoint.endswith("/messages"))
@@ -41,7 +51,7 @@ def directives(value: str | None) -> set[str]:
 def cache_key(call, dialect, body: dict) -> str:
     """A SHA-256 of everything that decides the answer, and of who may see it."""
     model = call.model
-    scope = "shared" if model.cache_scope == "shared" else f"user:{call.principal.user_id}"
+    scope = "shared" if settings(call)[1] == "shared" else f"user:{call.principal.user_id}"
     version = call.version.version if call.version else None
     what = {"scope": scope, "dialect": dialect.name, "endpoint": call.endpoint, "model": model.slug,
             "upstream": [(d.provider.id, d.upstream_model) for d in model.deployments] or model.upstream_model,

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
-from . import cache, send, tags
+from . import assemble, cache, send, tags
 from .resolve import check_routing_keys, resolve
 
 
@@ -82,11 +82,11 @@ def run(gw, call, dialect: Dialect, body: dict) -> dict | Iterator[bytes]:
             return _replay(call, dialect, plan, hit)
         if call.stream:
             owner = False  # the stream settles and records, whether its first pull succeeds or not
-            return _stream(gw, call, dialect, plan, admission)
+            return _stream(gw, call, dialect, plan, admission, key if store else None)
         out = plan.local if plan.local is not None else send.complete(gw, call, plan.endpoint, plan.body)
         answer = dialect.render(call, plan, out)
         if store and call.status < 300:
-            gw.cache.put(key, call.model.cache_ttl, answer, call.usage, call.cost)
+            gw.cache.put(key, cache.settings(call)[0], answer, call.usage, call.cost)
         return answer
     except BaseException as exc:
         _note(call, exc)
@@ -96,23 +96,32 @@ def run(gw, call, dialect: Dialect, body: dict) -> dict | Iterator[bytes]:
             _close(gw, call, admission)
 
 
-def _stream(gw, call, dialect: Dialect, plan: Plan, admission) -> Iterator[bytes]:
+def _stream(gw, call, dialect: Dialect, plan: Plan, admission, key: str | None) -> Iterator[bytes]:
     """Pull the first bytes now (retries and fallbacks happen inside), then relay the rest.
 
     The database session is released before the stream runs (no connection is held for its length); settling
-    at the end gets a fresh app context.
+    at the end gets a fresh app context. With a cache `key`, a stream that ends cleanly is stored whole.
     """
-    events = send.relay(gw, call, plan.endpoint, plan.body, dialect.encoder(call, plan))
+    encoder = dialect.encoder(call, plan)
+    if key is not None and assemble.supported(plan.endpoint):
+        encoder = assemble.Filling(encoder, plan.endpoint, gw.cache.max_entry)
+    events = send.relay(gw, call, plan.endpoint, plan.body, encoder)
 
     def owned():
+        finished = False
         try:
             yield from events
+            finished = True  # not cut by the client (that raises GeneratorExit at a yield)
         except BaseException as exc:
             _note(call, exc)
             raise
         finally:
             with gw.app.app_context():
-                _close(gw, call, admission)
+                try:
+                    if finished and isinstance(encoder, assemble.Filling):
+                        _store_stream(gw, call, dialect, plan, key, encoder)
+                finally:
+                    _close(gw, call, admission)
 
     gen = owned()
     try:
@@ -128,15 +137,26 @@ def _stream(gw, call, dialect: Dialect, plan: Plan, admission) -> Iterator[bytes
     return rest()
 
 
+def _store_stream(gw, call, dialect: Dialect, plan: Plan, key: str, filling) -> None:
+    """Cache a stream that ended cleanly (2xx, no in-band error, finished) as the whole answer it adds up to."""
+    out = filling.whole(call.usage) if call.status < 300 else None
+    if out is None:
+        return
+    try:
+        answer = dialect.render(call, plan, out)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return  # an answer the dialect cannot render whole is not worth caching; the client already has it
+    gw.cache.put(key, cache.settings(call)[0], answer, call.usage, call.cost)
+
+
 def _cache_key(call, dialect: Dialect, body: dict) -> tuple[str | None, bool, bool]:
-    """(key, read it, store the answer): `no-cache` skips the read, `no-store` both; streams are not stored."""
+    """(key, read it, store the answer): `no-cache` skips the read, `no-store` both."""
     streamed = bool(body.get("stream"))
     if not cache.cacheable(call, dialect) or (streamed and dialect.kind != "chat"):
         return None, False, False
     asked = cache.directives(call.cache_control)
     call.headers["x-cache"] = "MISS"
-    return cache.cache_key(call, dialect, body), not asked & {"no-cache", "no-store"}, \
-        not streamed and "no-store" not in asked
+    return cache.cache_key(call, dialect, body), not asked & {"no-cache", "no-store"}, "no-store" not in asked
 
 
 def _replay(call, dialect: Dialect, plan: Plan, hit: dict):
