@@ -767,8 +767,8 @@ def model_show(slug, as_json):
 @click.option("--upstream-model", required=True, help="The provider's own model name.")
 @click.option("--weight", type=int, help="Share of traffic relative to the others (default 1; 0 = drain).")
 @click.option("--priority", type=int, help="Lower is preferred; higher ones serve only when those are down.")
-@click.option("--rpm", type=int, help="This deployment's requests per minute, across all instances.")
-@click.option("--tpm", type=int, help="This deployment's tokens per minute, across all instances.")
+@click.option("--rpm", type=int, help="This deployment's requests per minute, across all instances (0 = none).")
+@click.option("--tpm", type=int, help="This deployment's tokens per minute, across all instances (0 = none).")
 @with_appcontext
 @committed
 def model_deploy(slug, provider_name, upstream_model, **fields):

@@ -561,16 +561,17 @@ def deploy(actor: str, model: Model, provider: Provider, upstream_model: str, we
     upstream_model = (upstream_model or "").strip()
     if not upstream_model or len(upstream_model) > 256:
         raise ManageError("upstream model name must be 1-256 characters")
-    for name, value, low in (("weight", weight, 0), ("priority", priority, 0), ("rpm", rpm, 1), ("tpm", tpm, 1)):
-        if value is not None and not low <= value <= 1_000_000_000:
-            raise ManageError(f"{name} must be an integer of at least {low}")
+    for name, value in (("weight", weight), ("priority", priority), ("rpm", rpm), ("tpm", tpm)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 0 <= value <= 1_000_000_000):
+            raise ManageError(f"{name} must be a whole number of at least 0")
     dep = _deployment_target(model, provider, upstream_model)
     if dep is None:
         dep = ModelDeployment(provider_id=provider.id, upstream_model=upstream_model)
         model.deployments.append(dep)
     for name, value in (("weight", weight), ("priority", priority), ("rpm", rpm), ("tpm", tpm)):
         if value is not None:
-            setattr(dep, name, value)
+            setattr(dep, name, value or None if name in ("rpm", "tpm") else value)  # rpm/tpm 0 = no limit
     if dep.weight is None:
         dep.weight = 1
     if dep.priority is None:

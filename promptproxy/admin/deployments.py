@@ -25,8 +25,8 @@ class DeploymentForm(FlaskForm):
     upstream_model = StringField("Upstream model", validators=[DataRequired(), Length(max=256)])
     weight = IntegerField("Weight", default=1, validators=[Optional(), NumberRange(min=0)])
     priority = IntegerField("Priority", default=0, validators=[Optional(), NumberRange(min=0)])
-    rpm = IntegerField("RPM", validators=[Optional(), NumberRange(min=1)])
-    tpm = IntegerField("TPM", validators=[Optional(), NumberRange(min=1)])
+    rpm = IntegerField("RPM (0 = none)", validators=[Optional(), NumberRange(min=0)])
+    tpm = IntegerField("TPM (0 = none)", validators=[Optional(), NumberRange(min=0)])
 
 
 def _form(**kwargs) -> DeploymentForm:
