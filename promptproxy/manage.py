@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import orjson
 import sqlalchemy as sa
@@ -685,20 +685,6 @@ def set_live(actor: str, prompt: Prompt, number: int | None) -> None:
     prompt.live_version = number
     prompt.updated_at = utcnow()
     audit(actor, "rollback", "prompt", prompt.slug, {"live_version": number})
-
-
-def version_stats(prompt: Prompt, days: int) -> list[dict]:
-    """Per version of a prompt over the last `days` days, from the request log: for comparing a rollout."""
-    since = utcnow() - timedelta(days=max(days, 1))
-    r = RequestLog
-    rows = db.session.execute(sa.select(
-        r.prompt_version, sa.func.count(), sa.func.sum(sa.case((r.status >= 400, 1), else_=0)),
-        sa.func.coalesce(sa.func.sum(r.input_tokens), 0), sa.func.coalesce(sa.func.sum(r.output_tokens), 0),
-        sa.func.coalesce(sa.func.sum(r.cost), 0.0), sa.func.avg(r.latency_ms))
-        .where(r.prompt == prompt.slug, r.created_at >= since, r.prompt_version.is_not(None))
-        .group_by(r.prompt_version).order_by(r.prompt_version))
-    return [{"version": v, "requests": n, "errors": int(e or 0), "input_tokens": int(i), "output_tokens": int(o),
-             "cost": float(c), "avg_latency_ms": round(float(lat or 0), 1)} for v, n, e, i, o, c, lat in rows]
 
 
 def parse_split(items) -> dict[int, int]:
