@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,18 +19,19 @@ from promptproxy.extensions import db
 from promptproxy.models import RequestLog, utcnow
 from promptproxy.proxy.resolve import rollout_version
 
-from ..admin.conftest import admin_web, member_web, people  # noqa: F401 - dashboard fixtures
+from ..admin.conftest import ADMIN_PW, CHROMIUM, admin_web, browser, member_web, page, people  # noqa: F401
 from ..conftest import log_rows
 from .conftest import CHAT, chat
 from .test_rollouts import label, two_versions
 
 SPLIT = ((1, 90), (2, 10))
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 GERMAN = "Translate into German."  # version 2's text
 
 
-def cells(page: str, version: int) -> dict[str, str]:
+def cells(html: str, version: int) -> dict[str, str]:
     """The version table's row for `version` as {column: text}."""
-    found = re.search(rf'<tr id="stats-v{version}">(.*?)</tr>', page, re.S)
+    found = re.search(rf'<tr id="stats-v{version}">(.*?)</tr>', html, re.S)
     assert found, f"no row for version {version}"
     return {name: re.sub(r"<[^>]+>|\s+", " ", value).strip()
             for name, value in re.findall(r'<td data-label="([^"]+)">(.*?)</td>', found.group(1), re.S)}
@@ -81,9 +84,9 @@ def expected(app, version: int) -> dict:
 
 def test_the_prompt_page_compares_the_versions_of_a_rollout(rollout, app, admin_web):  # noqa: F811
     prompt_id, users = rollout
-    page = admin_web.get(f"/admin/prompts/{prompt_id}").get_data(as_text=True)
-    assert "Traffic per version" in page
-    v1, v2 = cells(page, 1), cells(page, 2)
+    html = admin_web.get(f"/admin/prompts/{prompt_id}").get_data(as_text=True)
+    assert "Traffic per version" in html
+    v1, v2 = cells(html, 1), cells(html, 2)
     assert v1["Requests"] == str(2 * users[1]) and v2["Requests"] == str(2 * users[2])
     assert (v1["Errors"], v2["Errors"]) == ("0", "1")  # the failed call counts for the version that was served
     assert v2["Error rate"] == f"{100 / (2 * users[2]):.1f}%" and v1["Error rate"] == "0.0%"
@@ -94,7 +97,7 @@ def test_the_prompt_page_compares_the_versions_of_a_rollout(rollout, app, admin_
         assert row["p50 latency"].endswith(" ms")
     assert want["input"] == 11 * (2 * users[2] - 1)  # the refused call used no tokens
     assert (v1["Labels"], v2["Labels"]) == ("production 90%", "production 10%")
-    assert "production 90%" in page and "→ version 1 (90%), version 2 (10%)" in page  # the labels section too
+    assert "→ version 1 (90%), version 2 (10%)" in html  # the labels section shows the rollout too
 
 
 def test_the_range_switch_swaps_only_the_table_and_older_calls_count_in_longer_ranges(
@@ -143,3 +146,30 @@ def test_members_cannot_see_a_prompts_version_table(member_web, app, seeded):  #
         prompt_id = manage.get_prompt("translator").id
     assert member_web.get(f"/admin/prompts/{prompt_id}").status_code in (403, 404)
     assert member_web.hx_get(f"/admin/prompts/{prompt_id}?range=7d", "version-stats").status_code in (403, 404)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian's chromium at {CHROMIUM}")
+def test_in_a_browser_the_range_buttons_swap_the_table_in_place(rollout, app, live, page, people):  # noqa: F811
+    from playwright.sync_api import expect
+
+    prompt_id, users = rollout
+    with app.app_context():
+        db.session.add(RequestLog(request_id="old-2", created_at=utcnow() - timedelta(days=3), endpoint="x",
+                                  status=200, prompt="translator", prompt_version=1, latency_ms=5.0))
+        db.session.commit()
+    page.goto(live + "/admin/login")
+    page.fill("#email", "root@example.com")
+    page.fill("#password", ADMIN_PW)
+    page.click("button[type=submit]")
+    page.goto(f"{live}/admin/prompts/{prompt_id}")
+    requests = "#stats-v1 td[data-label=Requests]"
+    assert page.inner_text(requests) == str(2 * users[1])
+    page.evaluate("window.notReloaded = true")
+    page.click("#version-stats a:has-text('7 days')")
+    expect(page.locator(requests)).to_have_text(str(2 * users[1] + 1))
+    assert page.evaluate("window.notReloaded") is True  # swapped by htmx, not a new page
+    assert not page.problems, page.problems  # no CSP violation, script error or missing asset
+    expect(page.locator("#version-stats a[aria-current=true]")).to_have_text("7 days")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "prompt-version-stats.png"), full_page=True)
