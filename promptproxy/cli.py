@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import click
 import orjson
@@ -15,7 +15,7 @@ from . import create_app, groups, manage
 from .config import ConfigError
 from .extensions import db
 from .manage import ManageError
-from .models import ApiKey, Model, Prompt, PromptVersion, Provider, RequestLog, User, tagged
+from .models import ApiKey, Model, Prompt, PromptVersion, Provider, RequestLog, User, tagged, utcnow
 
 ACTOR = "cli"
 
@@ -773,8 +773,8 @@ def model_show(slug, as_json):
 @click.option("--upstream-model", required=True, help="The provider's own model name.")
 @click.option("--weight", type=int, help="Share of traffic relative to the others (default 1; 0 = drain).")
 @click.option("--priority", type=int, help="Lower is preferred; higher ones serve only when those are down.")
-@click.option("--rpm", type=int, help="This deployment's requests per minute, across all instances.")
-@click.option("--tpm", type=int, help="This deployment's tokens per minute, across all instances.")
+@click.option("--rpm", type=int, help="This deployment's requests per minute, across all instances (0 = none).")
+@click.option("--tpm", type=int, help="This deployment's tokens per minute, across all instances (0 = none).")
 @with_appcontext
 @committed
 def model_deploy(slug, provider_name, upstream_model, **fields):
@@ -962,17 +962,62 @@ def prompt_label(slug, label, versions):
         say(f"prompt {slug}: {label} -> " + ", ".join(f"version {v} {p}%" for v, p in split.items()))
 
 
-@prompt.command("compare")
+def _duration(ctx, param, value: str) -> timedelta:
+    """`30m`, `24h`, `7d` or `4w` as a timedelta."""
+    found = DURATION.fullmatch((value or "").strip())
+    if not found or not int(found.group(1)):
+        raise click.BadParameter("give a number and a unit: 30m, 24h, 7d or 4w")
+    return timedelta(**{DURATION_UNITS[found.group(2)]: int(found.group(1))})
+
+
+DURATION = re.compile(r"(\d{1,6})([mhdw])")
+DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def version_table(slug: str, span: timedelta, as_json: bool) -> None:
+    """Print a prompt's per-version stats over the last `span` (one JSON object per version with --json)."""
+    from . import stats
+
+    until = utcnow()
+    rows = stats.prompt_versions(manage.get_prompt(slug), until - span, until)
+    if as_json:
+        for r in rows:
+            click.echo(to_json({"version": r["version"], "live": r["live"], "labels": dict(r["labels"]),
+                                **{k: r[k] for k in ("requests", "errors", "error_rate", "input_tokens",
+                                                     "output_tokens", "cost")},
+                                "p50_ms": r["p50"], "p95_ms": r["p95"]}))
+        return
+    if not rows:
+        say(f"no requests for prompt {slug} in the last {span}")
+        return
+    table(("VERSION", "LABELS", "REQUESTS", "ERRORS", "ERROR %", "TOKENS IN/OUT", "COST $", "P50 MS"),
+          [(f"{r['version']}{' (live)' if r['live'] else ''}",
+            ", ".join(f"{name} {pct}%" for name, pct in r["labels"]) or "-", r["requests"], r["errors"],
+            f"{r['error_rate'] * 100:.1f}", f"{r['input_tokens']}/{r['output_tokens']}", f"{r['cost']:.6f}",
+            "-" if r["p50"] is None else f"{r['p50']:.0f}") for r in rows], numeric=(2, 3, 4, 6, 7))
+
+
+@prompt.command("stats")
 @click.argument("slug")
-@click.option("--days", type=int, default=7, show_default=True, help="How far back to look.")
+@click.option("--since", "span", default="24h", show_default=True, callback=_duration,
+              help="How far back: 30m, 24h, 7d or 4w.")
 @json_option
 @with_appcontext
+@committed
+def prompt_stats(slug, span, as_json):
+    """Requests, errors, tokens, cost and p50 latency per version of a prompt, with the labels on each."""
+    version_table(slug, span, as_json)
+
+
+@prompt.command("compare", hidden=True)
+@click.argument("slug")
+@click.option("--days", type=click.IntRange(1), default=7, show_default=True)
+@json_option
+@with_appcontext
+@committed
 def prompt_compare(slug, days, as_json):
-    """Requests, errors, tokens, cost and latency per version of a prompt (e.g. during a rollout)."""
-    for stats in manage.version_stats(manage.get_prompt(slug), days):
-        row(stats, as_json, f"v{stats['version']}", stats["requests"], f"errors {stats['errors']}",
-            f"tokens {stats['input_tokens']}/{stats['output_tokens']}", f"${stats['cost']:.6f}",
-            f"avg {stats['avg_latency_ms']} ms")
+    """`prompt stats SLUG --since DAYSd` under its first name."""
+    version_table(slug, timedelta(days=days), as_json)
 
 
 @prompt.command("rollback")

@@ -29,7 +29,10 @@ NUM = (int, float)
 PROVIDER_KEYS = ("name", "kind", "base_url", "api_key", "api_key_env", "headers", "headers_env",
                  *manage.PROVIDER_FIELDS)
 MODEL_KEYS = ("slug", "provider", "upstream_model", "kind", "endpoints", *manage.PRICE_FIELDS, "fallbacks",
-              "enabled")
+              "enabled", "strategy", "cache_ttl", "cache_scope", "deployments")
+# One entry of a model's `deployments` (the whole list; the first is the model's own provider and upstream_model).
+DEPLOYMENT_KEYS = ("provider", "upstream_model", "weight", "priority", "rpm", "tpm")
+DEPLOYMENT_DEFAULTS = {"weight": 1, "priority": 0, "rpm": None, "tpm": None}
 PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "params", "note", "labels",
                "live_version", "versions", "cache_ttl", "cache_scope")
 # One entry of a prompt's `versions` (its whole history, as `export` writes it).
@@ -56,9 +59,9 @@ TYPES = {
     "email": str, "role": str, "active": bool, "all_models": bool, "all_prompts": bool,
     "allowed_models": list, "allowed_prompts": list, "rpm": int, "tpm": int, "max_concurrent": int,
     "budget_usd": NUM, "budget_period": str, "url": str, "timeout": NUM, "all_mcp": bool, "allowed_mcp": list,
-    "groups": list,
+    "groups": list, "strategy": str, "cache_ttl": int, "cache_scope": str, "deployments": list, "weight": int,
+    "priority": int,
 }
-TYPES.update({"cache_ttl": int, "cache_scope": str})  # prompts' response cache (0 = off: the model's applies)
 
 
 class ConfigFileError(ValueError):
@@ -117,6 +120,8 @@ def load(text: str) -> dict:
             _check_entry(entry, where, ident, keys)
             if section == "prompts":
                 _check_versions(entry.get("versions") or [], f"{where} ({entry[ident]})")
+            if section == "models" and entry.get("deployments") is not None:
+                _check_deployments(entry["deployments"], f"{where} ({entry[ident]})")
             if entry[ident] in seen:
                 raise ConfigFileError(f"{where}: `{entry[ident]}` appears twice")
             seen.add(entry[ident])
@@ -145,6 +150,24 @@ def _check_versions(versions: list, where: str) -> None:
         if not isinstance(version, dict) or version.get("version") != i:
             raise ConfigFileError(f"{where}: versions must be numbered 1, 2, 3... in order (entry {i})")
         _check_entry(version, f"{where} versions[{i - 1}]", "text", VERSION_KEYS)
+
+
+def _check_deployments(deployments: list, where: str) -> None:
+    """A model's deployments: at least one, each a provider and upstream_model, no target twice."""
+    if not deployments:
+        raise ConfigFileError(f"{where}: `deployments` needs at least one entry (or leave it out)")
+    seen = set()
+    for i, dep in enumerate(deployments):
+        at = f"{where} deployments[{i}]"
+        _check_entry(dep, at, "provider", DEPLOYMENT_KEYS)
+        if not isinstance(dep.get("upstream_model"), str) or not dep["upstream_model"].strip():
+            raise ConfigFileError(f"{at} needs `upstream_model`")
+        target = (dep["provider"], dep["upstream_model"].strip())
+        if target in seen:
+            raise ConfigFileError(f"{at}: {target[0]} / {target[1]} appears twice")
+        seen.add(target)
+    if all(dep.get("weight") == 0 for dep in deployments):  # absent = 1
+        raise ConfigFileError(f"{where}: at least one deployment needs a weight above 0")
 
 
 # -- applying ----------------------------------------------------------------------------------------
@@ -254,18 +277,34 @@ def _provider(entry: Mapping, result: Result, environ: Mapping) -> None:
 
 def _model(entry: Mapping, result: Result) -> None:
     slug = entry["slug"]
-    fields = {f: entry[f] for f in ("upstream_model", "kind", "enabled", *manage.PRICE_FIELDS)
-              if entry.get(f) is not None}
-    found = db.session.scalar(sa.select(Model).where(Model.slug == slug))
+    deployments = _wanted_deployments(entry)
+    fields = {f: entry[f] for f in ("upstream_model", "kind", "enabled", "strategy", "cache_scope",
+                                    *manage.PRICE_FIELDS) if entry.get(f) is not None}
     provider = manage.get_provider(entry["provider"]) if entry.get("provider") else None
+    if deployments:  # the model's own mapping is its first deployment
+        first = deployments[0]
+        if (provider or first["provider"]).id != first["provider"].id or \
+                fields.get("upstream_model", first["upstream_model"]).strip() != first["upstream_model"]:
+            raise ConfigFileError("`provider` and `upstream_model` must be those of the first deployment "
+                                  "(or be left out)")
+        provider, fields["upstream_model"] = first["provider"], first["upstream_model"]
+    found = db.session.scalar(sa.select(Model).where(Model.slug == slug))
     if found is None:
-        if provider is None or not entry.get("upstream_model"):
-            raise ConfigFileError("a new model needs `provider` and `upstream_model`")
-        manage.create_model(ACTOR, slug, provider, fields.pop("upstream_model"), fields.pop("kind", "chat"),
-                            endpoints=entry.get("endpoints"), **fields)
-        result.add("create", "model", slug, [f"provider {provider.name}", f"upstream_model {entry['upstream_model']}"])
+        if provider is None or not fields.get("upstream_model"):
+            raise ConfigFileError("a new model needs `provider` and `upstream_model`, or `deployments`")
+        ttl = {"cache_ttl": entry["cache_ttl"]} if entry.get("cache_ttl") is not None else {}
+        model = manage.create_model(ACTOR, slug, provider, fields.pop("upstream_model"), fields.pop("kind", "chat"),
+                                    endpoints=entry.get("endpoints"), **fields, **ttl)
+        notes = [f"provider {provider.name}", f"upstream_model {model.upstream_model}"]
+        notes += [f"{k} {entry[k]}" for k in ("strategy", "cache_ttl", "cache_scope") if entry.get(k) is not None]
+        if deployments:
+            _sync_deployments(model, deployments)
+            notes.append(f"deployments {', '.join(_target(d) for d in model.deployments)}")
+        result.add("create", "model", slug, notes)
         return
     changes = _changed(found, fields, fields)
+    if entry.get("cache_ttl") is not None and (entry["cache_ttl"] or None) != found.cache_ttl:
+        changes["cache_ttl"] = entry["cache_ttl"]  # 0 turns the cache off (stored as None)
     notes = _describe(found, changes)
     wanted = entry.get("endpoints")
     if wanted is not None and sorted(wanted) != sorted(found.declared_endpoints):
@@ -276,8 +315,70 @@ def _model(entry: Mapping, result: Result) -> None:
     else:
         provider = None
     if notes:
+        if provider is not None or "upstream_model" in changes:
+            _free_target(found, provider or found.provider, changes.get("upstream_model", found.upstream_model))
         manage.update_model(ACTOR, found, provider=provider, **changes)
+    if deployments:
+        notes += _sync_deployments(found, deployments)
+    if notes:
         result.add("update", "model", slug, notes)
+
+
+def _wanted_deployments(entry: Mapping) -> list[dict]:
+    """The file's deployments with their providers looked up and absent settings at their defaults."""
+    return [{**DEPLOYMENT_DEFAULTS, **{k: v for k, v in dep.items() if v is not None},
+             "provider": manage.get_provider(dep["provider"]), "upstream_model": dep["upstream_model"].strip()}
+            for dep in entry.get("deployments") or []]
+
+
+def _target(dep) -> str:
+    """A deployment as people name it: provider / upstream model."""
+    provider = dep["provider"].name if isinstance(dep, Mapping) else dep.provider.name
+    upstream = dep["upstream_model"] if isinstance(dep, Mapping) else dep.upstream_model
+    return f"{provider} / {upstream}"
+
+
+def _free_target(model: Model, provider: Provider, upstream_model: str) -> None:
+    """Before the model's own mapping moves onto a target another of its deployments has, fold that one in.
+
+    The mapping moves the first deployment (manage.update_model); the other row would then be a duplicate, so it
+    is removed and its weight, priority and limits carried over to the first.
+    """
+    first, rest = model.deployments[0], model.deployments[1:]
+    other = next((d for d in rest if d.provider_id == provider.id and d.upstream_model == upstream_model), None)
+    if other is None:
+        return
+    settings = {k: getattr(other, k) for k in DEPLOYMENT_DEFAULTS}
+    manage.undeploy(ACTOR, model, provider, upstream_model)
+    for key, value in settings.items():
+        setattr(first, key, value)
+
+
+def _sync_deployments(model: Model, wanted: list[dict]) -> list[str]:
+    """Make the model's deployments the file's list (its first already in place): add, change, then remove."""
+    notes = []
+    current = {(d.provider_id, d.upstream_model): d for d in model.deployments}
+    # Draining ones last, so a change never passes through a moment where every deployment has weight 0.
+    for dep in sorted(wanted, key=lambda d: d["weight"] == 0):
+        found = current.get((dep["provider"].id, dep["upstream_model"]))
+        settings = {k: dep[k] for k in DEPLOYMENT_DEFAULTS}
+        differ = {k: v for k, v in settings.items() if found is None or v != getattr(found, k)}
+        if not differ:
+            continue
+        if found is None:
+            notes.append(f"deployment {_target(dep)} added (" + ", ".join(
+                f"{k} {v}" for k, v in settings.items() if v is not None) + ")")
+        else:
+            notes.append(f"deployment {_target(dep)} " + ", ".join(
+                f"{k} {getattr(found, k)} -> {v}" for k, v in differ.items()))
+        manage.deploy(ACTOR, model, dep["provider"], dep["upstream_model"],
+                      **{k: (v or 0) if k in ("rpm", "tpm") else v for k, v in settings.items()})
+    keep = {(d["provider"].id, d["upstream_model"]) for d in wanted}
+    for dep in list(model.deployments):
+        if (dep.provider_id, dep.upstream_model) not in keep:
+            notes.append(f"deployment {_target(dep)} removed")
+            manage.undeploy(ACTOR, model, dep.provider, dep.upstream_model)
+    return notes
 
 
 def _fallbacks(entry: Mapping, result: Result) -> None:
@@ -554,11 +655,7 @@ def export_data() -> tuple[dict, list[str]]:
                          f"{entry['headers_env']}")
         entry.update({f: getattr(p, f) for f in manage.PROVIDER_FIELDS if getattr(p, f) is not None})
         providers.append(entry)
-    models = [{"slug": m.slug, "provider": m.provider.name, "upstream_model": m.upstream_model, "kind": m.kind,
-               **{f: getattr(m, f) for f in manage.PRICE_FIELDS if getattr(m, f) is not None},
-               **({"endpoints": list(m.endpoints)} if m.endpoints else {}),
-               **({"fallbacks": list(m.fallbacks)} if m.fallbacks else {}), "enabled": m.enabled}
-              for m in db.session.scalars(sa.select(Model).order_by(Model.slug))]
+    models = [_export_model(m) for m in db.session.scalars(sa.select(Model).order_by(Model.slug))]
     prompts = [_export_prompt(p) for p in db.session.scalars(sa.select(Prompt).order_by(Prompt.slug))
                if p.latest_version]
     group_list = [_export_group(g) for g in db.session.scalars(sa.select(Group).order_by(Group.name))]
@@ -566,6 +663,26 @@ def export_data() -> tuple[dict, list[str]]:
     mcp_servers = _export_mcp_servers(notes)
     return {"providers": providers, "models": models, "prompts": prompts, "mcp_servers": mcp_servers,
             "groups": group_list, "users": users}, notes
+
+
+def _export_model(m: Model) -> dict:
+    """A model; `deployments` only when it has more than one, or one with its own weight, priority or limits."""
+    entry = {"slug": m.slug, "provider": m.provider.name, "upstream_model": m.upstream_model, "kind": m.kind,
+             **{f: getattr(m, f) for f in manage.PRICE_FIELDS if getattr(m, f) is not None},
+             **({"endpoints": list(m.endpoints)} if m.endpoints else {}),
+             **({"fallbacks": list(m.fallbacks)} if m.fallbacks else {}), "enabled": m.enabled,
+             "strategy": m.strategy}
+    if m.cache_ttl:
+        entry["cache_ttl"] = m.cache_ttl
+    if m.cache_ttl or m.cache_scope != "user":
+        entry["cache_scope"] = m.cache_scope
+    deployments = [{"provider": d.provider.name, "upstream_model": d.upstream_model, "weight": d.weight,
+                    "priority": d.priority, **{k: getattr(d, k) for k in ("rpm", "tpm") if getattr(d, k)}}
+                   for d in m.deployments]
+    if len(deployments) > 1 or any(
+            getattr(d, k) != v for d in m.deployments for k, v in DEPLOYMENT_DEFAULTS.items()):
+        entry["deployments"] = deployments
+    return entry
 
 
 def _export_mcp_servers(notes: list) -> list:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import orjson
 import sqlalchemy as sa
@@ -555,16 +555,17 @@ def deploy(actor: str, model: Model, provider: Provider, upstream_model: str, we
     upstream_model = (upstream_model or "").strip()
     if not upstream_model or len(upstream_model) > 256:
         raise ManageError("upstream model name must be 1-256 characters")
-    for name, value, low in (("weight", weight, 0), ("priority", priority, 0), ("rpm", rpm, 1), ("tpm", tpm, 1)):
-        if value is not None and not low <= value <= 1_000_000_000:
-            raise ManageError(f"{name} must be an integer of at least {low}")
+    for name, value in (("weight", weight), ("priority", priority), ("rpm", rpm), ("tpm", tpm)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 0 <= value <= 1_000_000_000):
+            raise ManageError(f"{name} must be a whole number of at least 0")
     dep = _deployment_target(model, provider, upstream_model)
     if dep is None:
         dep = ModelDeployment(provider_id=provider.id, upstream_model=upstream_model)
         model.deployments.append(dep)
     for name, value in (("weight", weight), ("priority", priority), ("rpm", rpm), ("tpm", tpm)):
         if value is not None:
-            setattr(dep, name, value)
+            setattr(dep, name, value or None if name in ("rpm", "tpm") else value)  # rpm/tpm 0 = no limit
     if dep.weight is None:
         dep.weight = 1
     if dep.priority is None:
@@ -696,20 +697,6 @@ def set_live(actor: str, prompt: Prompt, number: int | None) -> None:
     prompt.live_version = number
     prompt.updated_at = utcnow()
     audit(actor, "rollback", "prompt", prompt.slug, {"live_version": number})
-
-
-def version_stats(prompt: Prompt, days: int) -> list[dict]:
-    """Per version of a prompt over the last `days` days, from the request log: for comparing a rollout."""
-    since = utcnow() - timedelta(days=max(days, 1))
-    r = RequestLog
-    rows = db.session.execute(sa.select(
-        r.prompt_version, sa.func.count(), sa.func.sum(sa.case((r.status >= 400, 1), else_=0)),
-        sa.func.coalesce(sa.func.sum(r.input_tokens), 0), sa.func.coalesce(sa.func.sum(r.output_tokens), 0),
-        sa.func.coalesce(sa.func.sum(r.cost), 0.0), sa.func.avg(r.latency_ms))
-        .where(r.prompt == prompt.slug, r.created_at >= since, r.prompt_version.is_not(None))
-        .group_by(r.prompt_version).order_by(r.prompt_version))
-    return [{"version": v, "requests": n, "errors": int(e or 0), "input_tokens": int(i), "output_tokens": int(o),
-             "cost": float(c), "avg_latency_ms": round(float(lat or 0), 1)} for v, n, e, i, o, c, lat in rows]
 
 
 def parse_split(items) -> dict[int, int]:

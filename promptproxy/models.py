@@ -282,6 +282,7 @@ class RequestLog(db.Model):
     __table_args__ = (
         sa.Index("ix_request_logs_user_created", "user_id", "created_at"),
         sa.Index("ix_request_logs_model_created", "model", "created_at"),
+        sa.Index("ix_request_logs_prompt_created", "prompt", "created_at"),  # a prompt's per-version table
     )
     id: so.Mapped[int] = so.mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     request_id: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)

@@ -16,7 +16,19 @@ import sqlalchemy as sa
 from flask import current_app
 
 from .extensions import db
-from .models import LATENCY_EDGES_MS, Group, GroupMember, Model, RequestLog, RequestTag, UsageRollup, User, utcnow
+from .models import (
+    LATENCY_EDGES_MS,
+    Group,
+    GroupMember,
+    Model,
+    Prompt,
+    PromptLabel,
+    RequestLog,
+    RequestTag,
+    UsageRollup,
+    User,
+    utcnow,
+)
 from .rollups import EVERYONE, HIST_COLS
 
 RANGES = {"24h": (timedelta(hours=24), timedelta(hours=1)),
@@ -275,3 +287,22 @@ def top_groups(since: datetime, until: datetime, limit: int = 10) -> list[dict]:
             for field in ("requests", "errors", "tokens", "cost"):
                 row[field] += per_user[user_id][field]
     return sorted(rows.values(), key=lambda r: (-r["requests"], r["label"]))[:limit]
+
+
+def prompt_versions(prompt: Prompt, since: datetime, until: datetime) -> list[dict]:
+    """Per version of a prompt in the window, newest first: the _row sums and p50/p95, plus the labels on it.
+
+    Read from the request log (roll-ups have no version): one grouped query for the sums and one ranked query for
+    exact nearest-rank percentiles. Versions without traffic are listed when a label points at them (a rollout's
+    new version shows up at 0 before its first call). Rows pruned by retention are not counted.
+    """
+    conds = [*_where(since, until, None), RequestLog.prompt == prompt.slug, RequestLog.prompt_version.is_not(None)]
+    sums, pcts = _sums(conds, RequestLog.prompt_version), _percentiles(conds, RequestLog.prompt_version)
+    labels: dict[int, list[tuple[str, int]]] = {}
+    for lab in db.session.scalars(sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id)
+                                  .order_by(PromptLabel.label)):
+        for version, percent in (lab.split or [(lab.version, 100)]):
+            labels.setdefault(int(version), []).append((lab.label, int(percent)))
+    live = prompt.live_version or prompt.latest_version
+    return [{"version": v, **_row(sums.get(v), pcts.get(v)), "live": v == live, "labels": labels.get(v, [])}
+            for v in sorted(set(sums) | set(labels), reverse=True)]

@@ -25,8 +25,8 @@ class DeploymentForm(FlaskForm):
     upstream_model = StringField("Upstream model", validators=[DataRequired(), Length(max=256)])
     weight = IntegerField("Weight", default=1, validators=[Optional(), NumberRange(min=0)])
     priority = IntegerField("Priority", default=0, validators=[Optional(), NumberRange(min=0)])
-    rpm = IntegerField("RPM", validators=[Optional(), NumberRange(min=1)])
-    tpm = IntegerField("TPM", validators=[Optional(), NumberRange(min=1)])
+    rpm = IntegerField("RPM (0 = none)", validators=[Optional(), NumberRange(min=0)])
+    tpm = IntegerField("TPM (0 = none)", validators=[Optional(), NumberRange(min=0)])
 
 
 def _form(**kwargs) -> DeploymentForm:
@@ -37,12 +37,15 @@ def _form(**kwargs) -> DeploymentForm:
 
 
 def _traffic(model: Model) -> dict[int, tuple[int, int]]:
-    """{deployment id: (requests, errors)} over the last 24 hours, from the request log."""
+    """{deployment id: (requests, errors)} over the last 24 hours, from the request log.
+
+    By deployment, not by the row's model: a call whose fallback to this model failed is counted here too.
+    """
     since = utcnow() - timedelta(hours=24)
+    ids = [d.id for d in model.deployments]
     rows = db.session.execute(sa.select(RequestLog.deployment_id, sa.func.count(),
                                         sa.func.sum(sa.case((RequestLog.status >= 500, 1), else_=0)))
-                              .where(RequestLog.model_id == model.id, RequestLog.created_at >= since,
-                                     RequestLog.deployment_id.is_not(None))
+                              .where(RequestLog.deployment_id.in_(ids), RequestLog.created_at >= since)
                               .group_by(RequestLog.deployment_id))
     return {dep: (count, int(errors or 0)) for dep, count, errors in rows}
 

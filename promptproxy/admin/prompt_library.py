@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from .. import manage
+from .. import manage, stats
 from ..api.routes import stream_response
 from ..core.call import Call
 from ..core.errors import GatewayError
@@ -35,9 +35,20 @@ def _versions(prompt: Prompt) -> list[PromptVersion]:
                                    .order_by(PromptVersion.version.desc())))
 
 
-def _labels(prompt: Prompt) -> dict[str, int]:
-    return {lab.label: lab.version for lab in db.session.scalars(
-        sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id).order_by(PromptLabel.label))}
+def _labels(prompt: Prompt) -> dict[str, list[tuple[int, int]]]:
+    """{label: [(version, percent), ...]}: one version at 100 %, or a rollout's split."""
+    return {lab.label: [(int(v), int(p)) for v, p in lab.split] if lab.split else [(lab.version, 100)]
+            for lab in db.session.scalars(sa.select(PromptLabel).where(PromptLabel.prompt_id == prompt.id)
+                                          .order_by(PromptLabel.label))}
+
+
+def _version_stats(prompt: Prompt) -> dict:
+    """The per-version table over the chosen range (?range=24h|7d|30d): requests, errors, tokens, cost, p50."""
+    name = request.args.get("range", "24h")
+    name = name if name in stats.RANGES else "24h"
+    since, until, _ = stats.window(name)
+    return {"range_name": name, "ranges": list(stats.RANGES), "since": since, "until": until,
+            "version_rows": stats.prompt_versions(prompt, since, until)}
 
 
 def _version_or_404(prompt: Prompt, number) -> PromptVersion:
@@ -50,18 +61,22 @@ def _version_or_404(prompt: Prompt, number) -> PromptVersion:
 @bp.get("/prompts/<int:prompt_id>")
 @admin_required
 def prompt_detail(prompt_id: int):
-    """Version history with labels, rollback and forward, and forms for diff and preview."""
+    """Version history with labels and per-version traffic, rollback and forward, and forms for diff and preview."""
     prompt = db.get_or_404(Prompt, prompt_id)
+    table = _version_stats(prompt)
+    if hx_target() == "version-stats":  # the range switch swaps only the table
+        return render_template("admin/prompt_library/_version_stats.html", prompt=prompt, **table)
     versions = _versions(prompt)
     labels = _labels(prompt)
     by_version: dict[int, list[str]] = {}
-    for label, number in labels.items():
-        by_version.setdefault(number, []).append(label)
+    for label, split in labels.items():
+        for number, percent in split:
+            by_version.setdefault(number, []).append(label if percent == 100 else f"{label} {percent}%")
     live = prompt.live_version or prompt.latest_version
     newest = versions[0] if versions else None
     return render_template("admin/prompt_library/detail.html", prompt=prompt, versions=versions, labels=labels,
                            by_version=by_version, live=live, newest=newest,
-                           variables=_variable_fields(newest) if newest else [])
+                           variables=_variable_fields(newest) if newest else [], **table)
 
 
 @bp.post("/prompts/<int:prompt_id>/live")

@@ -42,6 +42,7 @@ class Call:
     in_pipeline: bool = False  # the pipeline records it; otherwise the edge does when the response leaves
     recorded: bool = False
     served: object = None  # the model that answered, once one did
+    attempted: object = None  # the deployment tried last: a failed call's row names it
     strip_usage: bool = False  # we asked the upstream for stream usage the client did not want
     deadline: float | None = None  # perf_counter time by which the whole call must end
     note: str | None = None  # e.g. which fallback served the call and why
@@ -73,13 +74,14 @@ class Call:
         """The RequestLog row for this call."""
         usage = self.usage or {}
         model = self.serving
+        target = self.served or self.attempted or model  # where it ran: the deployment that answered or failed last
         return {
             "request_id": self.request_id, "created_at": self.created_at,
             "user_id": self.principal.user_id if self.principal else None,
             "key_id": self.principal.key_id if self.principal else None,
             "model": (model.slug if model else self.model_name), "model_id": model.id if model else None,
-            "upstream_model": model.upstream_model if model else None,
-            "provider_id": model.provider.id if model else None,
+            "upstream_model": target.upstream_model if target else None,
+            "provider_id": target.provider.id if target else None,
             "prompt": self.prompt.slug if self.prompt else None,
             "prompt_version": self.version.version if self.version else None,
             "endpoint": self.endpoint, "inbound_format": self.inbound, "stream": self.stream,
@@ -91,6 +93,6 @@ class Call:
             "latency_ms": round((time.perf_counter() - self.t0) * 1000, 3), "ttft_ms": self.ttft_ms,
             "client_ip": self.client_ip, "request_body": self.request_body, "response_body": self.response_body,
             "tags": ",".join(self.tags) or None,
-            "deployment_id": getattr(model, "deployment_id", None), "cache_hit": self.cache_hit,
+            "deployment_id": getattr(target, "deployment_id", None), "cache_hit": self.cache_hit,
             "cost_saved": self.cost_saved,
         }

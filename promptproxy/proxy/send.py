@@ -175,6 +175,7 @@ def open_upstream(gw, call, endpoint: str, body: dict):
 
 def _attempt(gw, call, model: ModelInfo, endpoint: str, body: dict, remaining: float):
     """One upstream request: (adapter, response, headers to pass on, strip usage) or an UpstreamError."""
+    call.attempted = model
     provider = model.provider
     adapter = get_adapter(provider.kind)
     sent, strip = upstream_body(model, body, endpoint)

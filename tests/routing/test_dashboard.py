@@ -1,12 +1,14 @@
 """The model's deployments page: list with health and traffic, add, change, remove, refusals (CSRF included)."""
 from __future__ import annotations
 
+import re
+
 from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.models import ModelDeployment
 
 from ..admin.conftest import admin_web, member_web, people  # noqa: F401 - dashboard fixtures
-from .conftest import chat
+from .conftest import chat, deploy
 
 
 def deployments(app) -> list[tuple]:
@@ -60,3 +62,34 @@ def test_members_cannot_see_or_change_deployments(member_web, app, seeded):  # n
     assert member_web.get(f"/admin/models/{model_id}/deployments").status_code in (403, 404)
     assert member_web.post(f"/admin/models/{model_id}/deployments", {"upstream_model": "x"}).status_code in (403, 404)
     assert len(deployments(app)) == 1
+
+
+def row_cells(page: str, dep_id: int) -> dict[str, str]:
+    """One deployment's row as {column: text}."""
+    found = re.search(rf'<tr id="deployment-{dep_id}">(.*?)</tr>', page, re.S)
+    assert found, f"no row for deployment {dep_id}"
+    return {name: re.sub(r"<[^>]+>|\s+", " ", value).strip()
+            for name, value in re.findall(r'<td data-label="([^"]+)">(.*?)</td>', found.group(1), re.S)}
+
+
+def test_the_page_counts_requests_errors_and_failed_attempts_per_deployment(
+        admin_web, app, seeded, client, upstream, second):  # noqa: F811
+    second.handler = lambda req: (500, {"Content-Type": "application/json"}, '{"error": {"message": "down"}}')
+    second_id = deploy(app, second.url, priority=0)
+    with app.app_context():
+        model = manage.get_model("gpt-4o-mini")
+        local_id, model_id = model.deployments[0].id, model.id
+        manage.deploy("t", model, model.deployments[0].provider, model.deployments[0].upstream_model, priority=1)
+        db.session.commit()
+    app.extensions["promptproxy"].catalog.invalidate()
+    for _ in range(5):  # `second` is tried first until it is ejected (3 failures); each call then succeeds on local
+        assert chat(client, seeded.key).status_code == 200
+    upstream.handler = second.handler  # now local fails too: the call ends in an error on local
+    assert chat(client, seeded.key).status_code == 500
+    app.extensions["promptproxy"].logs.flush()
+    page = admin_web.get(f"/admin/models/{model_id}/deployments").get_data(as_text=True)
+    local, other = row_cells(page, local_id), row_cells(page, second_id)
+    assert (local["Requests"], local["Errors"]) == ("6", "1")
+    assert (other["Requests"], other["Errors"], other["Failed attempts"]) == ("0", "0", "3")
+    assert other["Health"].startswith("ejected")
+    assert int(local["Failed attempts"]) >= 1

@@ -127,8 +127,13 @@ def test_cli_deploy_show_undeploy_and_errors(app, seeded, second):
     assert [(d["provider"], d["upstream_model"], d["weight"], d["rpm"], d["health"]) for d in deps] == [
         ("local", "real-model-name:latest", 1, None, "healthy"), ("second", "m2", 3, 100, "healthy")]
     bad = runner.invoke(cli, ["model", "deploy", "gpt-4o-mini", "--provider", "second", "--upstream-model", "m2",
-                              "--rpm", "0"], obj=_info(app))
-    assert bad.exit_code != 0 and "rpm must be an integer of at least 1" in bad.output
+                              "--rpm", "-1"], obj=_info(app))
+    assert bad.exit_code != 0 and "rpm must be a whole number of at least 0" in bad.output
+    cleared = runner.invoke(cli, ["model", "deploy", "gpt-4o-mini", "--provider", "second", "--upstream-model",
+                                  "m2", "--rpm", "0"], obj=_info(app))
+    assert cleared.exit_code == 0, cleared.output
+    with app.app_context():  # --rpm 0 = no limit of its own
+        assert [d.rpm for d in manage.get_model("gpt-4o-mini").deployments] == [None, None]
     out = runner.invoke(cli, ["model", "undeploy", "gpt-4o-mini", "--provider", "local", "--upstream-model",
                               "real-model-name:latest"], obj=_info(app))
     assert out.exit_code == 0, out.output
