@@ -11,6 +11,8 @@ import tempfile
 import threading
 import time
 
+from .core import sharedstore
+
 log = logging.getLogger("promptproxy.workers")
 
 QUICK_DEATH = 2.0  # a worker that dies sooner than this after starting is restarted after a pause (no busy loop)
@@ -65,6 +67,7 @@ class Supervisor:
     def run(self) -> int:
         """Start the workers and watch them until a signal stops everything; the exit code."""
         os.environ[SHARED_STORE_ENV] = os.path.join(self.store_dir, "shared.sqlite3")
+        sharedstore.create(os.environ[SHARED_STORE_ENV])  # before the fork: workers starting together must not race
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
         try:

@@ -23,6 +23,20 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def create(path: str) -> None:
+    """Make the file with its schema in WAL mode, once, before any worker opens it.
+
+    Switching a file to WAL takes its lock without waiting (no busy timeout), so workers that started at the same
+    moment and each switched it failed with "database is locked" and died; they now find it switched already.
+    """
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()
+
+
 class SharedFile:
     """One connection per thread to the shared SQLite file; `tx()` runs a function in a write transaction."""
 
@@ -35,8 +49,9 @@ class SharedFile:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # the supervisor has set it (create)
+                conn.execute("PRAGMA journal_mode=WAL")
             # The file is scratch state for the life of the supervisor: durability across a power cut is not needed.
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=OFF")
             self._local.conn = conn
         return conn

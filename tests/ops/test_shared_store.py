@@ -1,6 +1,10 @@
 """The workers' shared file: each `SharedFile` below has its own connections, as a separate worker process would."""
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -8,6 +12,7 @@ import pytest
 
 from promptproxy.core.sharedstore import SharedCounters, SharedFile, SharedStorage, SharedThrottle
 from promptproxy.proxy.resilience import Breakers, SharedBreakers
+from promptproxy.workers import SHARED_STORE_ENV, Supervisor
 
 PROVIDER = SimpleNamespace(id=7, name="local")
 
@@ -108,3 +113,37 @@ def test_shared_breakers_only_with_a_shared_store(path):
     off = Breakers.from_config({"SHARED_STORE": path, "BREAKER_MIN_REQUESTS": 0})
     off.failure(PROVIDER, "connect")
     assert off.allow(PROVIDER)
+
+
+def _open_store(path: str, barrier) -> None:
+    """What a worker does first with the store: open it (exit 1 if that fails)."""
+    barrier.wait(10)
+    try:
+        SharedFile(path)._conn().execute("SELECT count(*) FROM counters").fetchone()
+    except sqlite3.Error:
+        os._exit(1)
+    os._exit(0)
+
+
+def test_workers_starting_at_once_all_open_the_store(monkeypatch):
+    """The supervisor makes the file (WAL, schema) before it forks; workers that switched it to WAL themselves at
+    the same moment failed with "database is locked" and died (about 4 % of starts)."""
+    ctx = multiprocessing.get_context("fork")
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # run() installs handlers; not in the test process
+    monkeypatch.delenv(SHARED_STORE_ENV, raising=False)  # run() sets it; restored after the test
+    codes = []
+    for _ in range(40):
+        supervisor, started = Supervisor(sock=None, count=3, run_worker=None), []
+        barrier = ctx.Barrier(3)
+
+        def spawn(slot, supervisor=supervisor, started=started, barrier=barrier):  # a real process, no app
+            started.append(ctx.Process(target=_open_store, args=(os.environ[SHARED_STORE_ENV], barrier)))
+            started[-1].start()
+            if slot == supervisor.count:
+                for proc in started:
+                    proc.join(20)
+                    codes.append(proc.exitcode)
+
+        monkeypatch.setattr(supervisor, "_spawn", spawn)
+        assert supervisor.run() == 0
+    assert codes == [0] * 120
