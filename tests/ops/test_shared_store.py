@@ -130,7 +130,7 @@ def test_workers_starting_at_once_all_open_the_store(monkeypatch):
     the same moment failed with "database is locked" and died (about 4 % of starts)."""
     ctx = multiprocessing.get_context("fork")
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # run() installs handlers; not in the test process
-    monkeypatch.delenv(SHARED_STORE_ENV, raising=False)  # run() sets it; restored after the test
+    monkeypatch.setenv(SHARED_STORE_ENV, "")  # run() sets it; unset again after the test
     codes = []
     for _ in range(40):
         supervisor, started = Supervisor(sock=None, count=3, run_worker=None), []
