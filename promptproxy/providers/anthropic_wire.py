@@ -309,7 +309,9 @@ def anthropic_error_to_openai(status: int, body: JSON | None) -> tuple[int, JSON
     """OpenAI status and error envelope for an Anthropic error response; 529 overloaded becomes 503."""
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
-    anthropic_type = error.get("type") or anthropic_error_type_for_status(status)
+    anthropic_type = error.get("type")
+    if not isinstance(anthropic_type, str) or not anthropic_type:  # an object here is not a name to look up
+        anthropic_type = anthropic_error_type_for_status(status)
     fallback = ("server_error" if status >= 500 else "invalid_request_error", None)
     error_type, code = _OPENAI_ERRORS.get(anthropic_type, fallback)
     # Only the upstream's own message travels; a body we cannot read may be a proxy page with host names.

@@ -73,7 +73,9 @@ def anthropic_error_type_for_status(status: int) -> str:
 def upstream_stream_error(error: Any) -> UpstreamStreamError:
     """The exception for an error object received inside a stream."""
     error = error if isinstance(error, dict) else {"message": str(error)}
-    return UpstreamStreamError(error.get("type") or "api_error", error.get("message") or "Upstream error")
+    kind = error.get("type")  # looked up in tables of names: anything but a string is an unknown kind
+    return UpstreamStreamError(kind if isinstance(kind, str) and kind else "api_error",
+                               error.get("message") or "Upstream error")
 
 
 def parse_arguments(arguments: Any, path: str) -> JSON:

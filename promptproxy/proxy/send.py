@@ -27,6 +27,15 @@ OPENAI_STREAMING = ("chat", "completion")
 
 
 # -- upstream errors -------------------------------------------------------------------------------
+IDENTIFIER = re.compile(r"[a-z0-9_.-]{1,64}")
+# Fields in which an upstream reports an error inside a 200 answer or event: Responses `error` and
+# `incomplete_details` (top level, or in an event's `response` snapshot), an OpenAI chunk's `error`.
+REPORTS = ("error", "incomplete_details")
+# Inside them: words are scrubbed; names are kept only if short identifiers, else the gateway's own (None: dropped).
+REPORT_WORDS = ("message", "param")
+REPORT_NAMES = {"type": "server_error", "code": ErrorCode.UPSTREAM_ERROR.value, "reason": None}
+
+
 def upstream_error(adapter, provider, status: int, raw: bytes, retry_after: float | None,
                    headers: dict | None = None) -> UpstreamError:
     """An upstream 4xx/5xx in our terms with its status; auth failures become 502."""
@@ -35,8 +44,8 @@ def upstream_error(adapter, provider, status: int, raw: bytes, retry_after: floa
     except orjson.JSONDecodeError:
         data = None
     message, typ, code = adapter.error(status, data)
-    # vLLM and llama.cpp send `"code": 400`; some servers send objects: our codes and types are short strings.
-    typ, code = _short(typ), _short(code)
+    # vLLM and llama.cpp send `"code": 400`, some servers objects, a hostile one its key: see `identifier`.
+    typ, code = identifier(typ, provider), identifier(code, provider)
     fault = {"fault": Fault.STATUS, "upstream_status": status, "retry_after": retry_after, "headers": headers}
     if status in (401, 403):
         return UpstreamError(502, "The upstream rejected the gateway's credentials for this provider.",
@@ -48,11 +57,51 @@ def upstream_error(adapter, provider, status: int, raw: bytes, retry_after: floa
                          code=code or ErrorCode.UPSTREAM_ERROR, **fault)
 
 
-def _short(value) -> str | None:
-    """An upstream error code or type as a short string (None stays None)."""
-    if value is None or value == "":
+def in_band_error(err: GatewayError, provider) -> GatewayError:
+    """An error an upstream reported inside its answer, rebuilt from scrubbed parts (see `identifier`)."""
+    return GatewayError(err.status, scrub(err.message, provider) or "The upstream reported an error.",
+                        type=identifier(err.type, provider), code=identifier(err.code, provider)
+                        or ErrorCode.UPSTREAM_ERROR)
+
+
+def identifier(value, provider) -> str | None:
+    """An upstream error type or code, scrubbed, if it is a short identifier (`[a-z0-9_.-]{1,64}`); else None.
+
+    Our codes and types are short strings: an integer code (vLLM's 400) is kept as text; an object, a sentence
+    or anything that held a secret (now `[redacted]`) is not an identifier and gives way to the gateway's own.
+    """
+    if value is None or value == "" or isinstance(value, bool):
         return None
-    return (value if isinstance(value, str) else orjson.dumps(value).decode())[:64]
+    text = scrub(_as_text(value), provider)
+    return text if IDENTIFIER.fullmatch(text) else None
+
+
+def scrub_reports(obj: dict, provider) -> dict:
+    """An answer or event with every error the upstream reported inside it made safe, in place (REPORTS)."""
+    for holder in (obj, obj.get("response")):
+        if isinstance(holder, dict):
+            for name in REPORTS:
+                if holder.get(name):
+                    holder[name] = _safe_report(holder[name], provider)
+    return obj
+
+
+def _safe_report(report, provider):
+    """One reported error rebuilt from the fields we know (others are dropped: nobody knows what they carry)."""
+    if not isinstance(report, dict):
+        return scrub(_as_text(report), provider)
+    out = {}
+    for name, value in report.items():
+        if name in REPORT_WORDS:
+            out[name] = None if value is None else scrub(_as_text(value), provider)
+        elif name in REPORT_NAMES:
+            out[name] = None if value is None else identifier(value, provider) or REPORT_NAMES[name]
+    return out
+
+
+def _as_text(value) -> str:
+    """A JSON value as text: strings as they are, anything else as its JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 SCRUB_LIMIT = 1000  # characters of upstream text kept, after redaction
@@ -239,6 +288,7 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
         if not isinstance(data, dict):
             raise ValueError("not an object")
         out, usage = adapter.parse(endpoint, data, call.public_model)
+        scrub_reports(out, call.serving.provider)  # a native Response that failed or stopped short
     except (ValueError, KeyError, TypeError):
         raise GatewayError(502, "The upstream sent a response the gateway could not understand.",
                            code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error") from None
@@ -284,6 +334,7 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
             for event in parser.feed(raw):
                 out = translator.feed(event)
                 for chunk in out.chunks:
+                    scrub_reports(chunk, provider)  # a relayed response.failed, an error next to choices
                     _collect_text(chunk, text_out)
                     if call.ttft_ms is None:
                         call.ttft_ms = round((time.perf_counter() - call.t0) * 1000, 3)
@@ -311,7 +362,7 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
     except Exception as exc:
         err = _stream_error(exc, provider, deadline)
         if isinstance(err, UpstreamText):  # an upstream's in-band error, in its own words
-            err.message = scrub(err.message, provider)
+            err = in_band_error(err, provider)
         call.fail(err)
         if err.status >= 500 or err.status == 408:  # an in-band client error says nothing about health
             gw.breakers.failure(provider, err.kind)
