@@ -166,26 +166,18 @@ def _dispatch(gw, principal, state, rid, method: str, params: dict) -> Response:
         if method == "tools/list":
             if not hub().servers(gw, principal):
                 return rpc_error(REFUSED, "This API key may use no MCP server, so it has no tools.", 200, rid)
-            return rpc_result(rid, {"tools": hub().list_tools(gw, principal, state)})
+            return rpc_result(rid, {"tools": hub().list_tools(gw, _call(principal, method), state)})
         if method == "tools/call":
-            return rpc_result(rid, _call_tool(gw, principal, state, params))
+            return rpc_result(rid, hub().call_tool(gw, _call(principal, method), state, params))
         if method == "prompts/list":
-            return rpc_result(rid, {"prompts": hub().list_prompts(gw, principal, state)})
+            return rpc_result(rid, {"prompts": hub().list_prompts(gw, principal, state, _call(principal, method))})
         if method == "prompts/get":
-            return rpc_result(rid, hub().get_prompt(gw, principal, state, params))
+            return rpc_result(rid, hub().get_prompt(gw, principal, state, params, _call(principal, method)))
     except McpError as exc:
         return rpc_error(exc.code, exc.message, 200, rid, exc.data)
     return rpc_error(METHOD_NOT_FOUND, f"Method not found: {method[:100]}.", 200, rid)
 
 
-def _call_tool(gw, principal, state, params: dict) -> dict:
-    """tools/call, recorded as one request-log row whatever happens."""
-    call = Call(endpoint="mcp/tools/call", inbound="mcp", client_ip=client_ip(), principal=principal,
-                model_name=str(params.get("name"))[:256])
-    try:
-        return hub().call_tool(gw, call, state, params)
-    except McpError as exc:
-        call.status, call.error_type, call.error_message = exc.status, exc.kind, exc.message[:500]
-        raise
-    finally:
-        gw.record(call)
+def _call(principal, method: str) -> Call:
+    """The request-log row of a method that may reach upstream servers; the hub admits and records it if it does."""
+    return Call(endpoint=f"mcp/{method}", inbound="mcp", client_ip=client_ip(), principal=principal)

@@ -1,1 +1,1 @@
-"""Shared types every layer may use: gateway errors and the per-request Call record."""
+"""Shared types every layer may use: gateway errors, the per-request Call record, reading within a deadline."""

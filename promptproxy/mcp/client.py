@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 
 import orjson
 import requests
+from urllib3.exceptions import HTTPError
 
+from ..core.deadline import chunks_until
 from ..proxy.catalog import McpServerInfo
 from ..proxy.sse import SSEParser
 
@@ -50,17 +53,21 @@ class McpClient:
         self.http = http
         self.connect_timeout = connect_timeout
 
-    def request(self, state: UpstreamSession, method: str, params: dict | None) -> dict:
-        """Send one request on the (lazily initialised) upstream session; a lost session is renewed once."""
+    def request(self, state: UpstreamSession, method: str, params: dict | None, deadline: float) -> dict:
+        """Send one request on the (lazily initialised) upstream session; a lost session is renewed once.
+
+        Everything, the handshake included, ends by `deadline` (perf_counter time): the server's `timeout` is a
+        total limit, as a provider's `total_timeout` is on /v1.
+        """
         with state.lock:
             if state.version is None:
-                self._initialize(state)
+                self._initialize(state, deadline)
         try:
-            return self._exchange(state, method, params)
+            return self._exchange(state, method, params, deadline)
         except SessionLost:
             with state.lock:
-                self._initialize(state)
-            return self._exchange(state, method, params)
+                self._initialize(state, deadline)
+            return self._exchange(state, method, params, deadline)
 
     def close(self, state: UpstreamSession) -> None:
         """End the upstream session (DELETE), ignoring failures: the server may not support it."""
@@ -73,23 +80,24 @@ class McpClient:
             state.session_id = None
 
     # -- internals -------------------------------------------------------------------------------
-    def _initialize(self, state: UpstreamSession) -> None:
+    def _initialize(self, state: UpstreamSession, deadline: float) -> None:
         state.session_id, state.version = None, None
         params = {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": CLIENT_INFO}
-        result = self._exchange(state, "initialize", params, initializing=True)
+        result = self._exchange(state, "initialize", params, deadline, initializing=True)
         version = result.get("protocolVersion") if isinstance(result, dict) else None
         if version not in PROTOCOL_VERSIONS:
             raise McpError(UPSTREAM_FAILED, f"MCP server `{self.server.name}` speaks an unsupported protocol "
                            "version.", status=502, kind="bad_upstream_response")
         state.version = version
-        self._post(state, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self._post(state, {"jsonrpc": "2.0", "method": "notifications/initialized"}, deadline)
 
-    def _exchange(self, state: UpstreamSession, method: str, params, initializing: bool = False) -> dict:
+    def _exchange(self, state: UpstreamSession, method: str, params, deadline: float,
+                  initializing: bool = False) -> dict:
         rid = next(_ids)
         message = {"jsonrpc": "2.0", "id": rid, "method": method}
         if params is not None:
             message["params"] = params
-        answer = self._post(state, message, initializing=initializing)
+        answer = self._post(state, message, deadline, initializing=initializing)
         reply = next((m for m in answer if isinstance(m, dict) and m.get("id") == rid and
                       ("result" in m or "error" in m)), None)
         if reply is None:
@@ -111,55 +119,72 @@ class McpClient:
             headers["MCP-Protocol-Version"] = state.version
         return headers
 
-    def _post(self, state: UpstreamSession, message: dict, initializing: bool = False) -> list:
+    def _post(self, state: UpstreamSession, message: dict, deadline: float, initializing: bool = False) -> list:
         """POST one message; returns the messages the server answered with (none for a notification)."""
         name = self.server.name
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise self._late()
         try:
             resp = self.http.post(self.server.url, data=orjson.dumps(message), headers=self._headers(state),
                                   stream=True, allow_redirects=False,
-                                  timeout=(self.connect_timeout, self.server.timeout))
+                                  timeout=(min(self.connect_timeout, left), left))
+        except requests.exceptions.ConnectTimeout:
+            raise McpError(UPSTREAM_FAILED, f"MCP server `{name}` did not accept the connection in time.",
+                           status=504, kind="upstream_timeout") from None
         except requests.exceptions.Timeout:
-            raise McpError(UPSTREAM_FAILED, f"MCP server `{name}` did not answer in time.", status=504,
-                           kind="upstream_timeout") from None
+            raise self._late() from None
         except (requests.RequestException, ValueError):
             raise McpError(UPSTREAM_FAILED, f"MCP server `{name}` could not be reached.", status=502,
                            kind="upstream_unavailable") from None
         with resp:
-            if resp.status_code == 404 and state.session_id and not initializing:
-                raise SessionLost
-            if resp.status_code >= 300:
-                raise McpError(UPSTREAM_FAILED, f"MCP server `{name}` answered HTTP {resp.status_code}.",
-                               status=502, kind="upstream_auth_failed" if resp.status_code in (401, 403)
-                               else "upstream_error")
-            if initializing and resp.headers.get("Mcp-Session-Id"):
-                state.session_id = resp.headers["Mcp-Session-Id"][:256]
-            if resp.status_code == 202 or "id" not in message:
-                return []
-            kind = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            if kind == "text/event-stream":
-                return self._events(resp, message["id"])
-            if kind != "application/json":
-                raise self._bad(f"answered with Content-Type `{kind[:60]}`")
-            body = self._read(resp)
             try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise self._bad("answered with invalid JSON") from None
-            return data if isinstance(data, list) else [data]
+                return self._answer(state, message, resp, deadline, initializing)
+            except TimeoutError:
+                raise self._late() from None
+            except (HTTPError, OSError, requests.RequestException):
+                raise McpError(UPSTREAM_FAILED, f"MCP server `{name}` broke the connection mid-answer.",
+                               status=502, kind="upstream_disconnect") from None
 
-    def _read(self, resp: requests.Response) -> bytes:
+    def _answer(self, state: UpstreamSession, message: dict, resp: requests.Response, deadline: float,
+                initializing: bool) -> list:
+        """The messages of one HTTP answer, read by the deadline."""
+        name = self.server.name
+        if resp.status_code == 404 and state.session_id and not initializing:
+            raise SessionLost
+        if resp.status_code >= 300:
+            raise McpError(UPSTREAM_FAILED, f"MCP server `{name}` answered HTTP {resp.status_code}.",
+                           status=502, kind="upstream_auth_failed" if resp.status_code in (401, 403)
+                           else "upstream_error")
+        if initializing and resp.headers.get("Mcp-Session-Id"):
+            state.session_id = resp.headers["Mcp-Session-Id"][:256]
+        if resp.status_code == 202 or "id" not in message:
+            return []
+        kind = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind == "text/event-stream":
+            return self._events(resp, message["id"], deadline)
+        if kind != "application/json":
+            raise self._bad(f"answered with Content-Type `{kind[:60]}`")
+        body = self._read(resp, deadline)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise self._bad("answered with invalid JSON") from None
+        return data if isinstance(data, list) else [data]
+
+    def _read(self, resp: requests.Response, deadline: float) -> bytes:
         chunks, size = [], 0
-        for chunk in resp.iter_content(65536):
+        for chunk in chunks_until(resp, deadline):
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise self._bad("sent an answer larger than the gateway's limit")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _events(self, resp: requests.Response, rid) -> list:
-        """Read SSE events until the answer to `rid`; server requests (sampling, elicitation) are refused."""
+    def _events(self, resp: requests.Response, rid, deadline: float) -> list:
+        """Read SSE events until the answer to `rid`; keep-alive comments do not extend the deadline."""
         parser, out, size = SSEParser(MAX_BODY_BYTES), [], 0
-        for chunk in resp.iter_content(65536):
+        for chunk in chunks_until(resp, deadline):
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise self._bad("sent an answer larger than the gateway's limit")
@@ -174,6 +199,10 @@ class McpClient:
                 if isinstance(msg, dict) and msg.get("id") == rid and "method" not in msg:
                     return out
         return out
+
+    def _late(self) -> McpError:
+        return McpError(UPSTREAM_FAILED, f"MCP server `{self.server.name}` did not answer within its time limit "
+                        f"({self.server.timeout:g} s).", status=504, kind="upstream_timeout")
 
     def _bad(self, what: str) -> McpError:
         return McpError(UPSTREAM_FAILED, f"MCP server `{self.server.name}` {what}.", status=502,

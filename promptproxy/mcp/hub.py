@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..core.call import Call
@@ -15,13 +16,14 @@ from ..core.errors import GatewayError
 from ..proxy import prompts as P
 from ..proxy.catalog import McpServerInfo, Principal
 from ..proxy.guarded_http import guarded_session
+from ..proxy.send import scrub
 from .client import LATEST, PROTOCOL_VERSIONS, McpClient, McpError, UpstreamSession
 
 log = logging.getLogger("promptproxy.mcp")
 SEP = "__"  # SERVER__TOOL: server names never hold "__", so the first one splits
 MAX_SESSIONS = 10_000
 MAX_PAGES = 20  # of one upstream's paginated tools/list or prompts/list
-INVALID_PARAMS, NOT_FOUND, REFUSED = -32602, -32602, -32001
+INVALID_PARAMS, NOT_FOUND, REFUSED, METHOD_NOT_FOUND = -32602, -32602, -32001, -32601
 
 
 @dataclass
@@ -111,58 +113,111 @@ class Hub:
         with self._lock:
             return state.upstreams.setdefault((server.id, server.url), UpstreamSession())
 
-    def _request(self, state: SessionState, server: McpServerInfo, method: str, params: dict | None) -> dict:
-        """One upstream request with the server's credentials; error text scrubbed of its secrets and URL."""
+    def _request(self, state: SessionState, server: McpServerInfo, method: str, params: dict | None,
+                 deadline: float | None = None) -> dict:
+        """One upstream request with the server's credentials, within its timeout.
+
+        Whatever the server answers (results, descriptions, errors) is scrubbed of its secrets and URL: a caller
+        granted one tool must never see the credential the administrator stored for the whole server.
+        """
+        deadline = deadline or time.perf_counter() + server.timeout
         try:
-            return self._client(server).request(self._upstream(state, server), method, params)
+            result = self._client(server).request(self._upstream(state, server), method, params, deadline)
         except McpError as exc:
             exc.message = scrub(exc.message, server)
             exc.data = None if exc.data is None else scrub_value(exc.data, server)
             raise
+        cursor = result.get("nextCursor")
+        result = scrub_value(result, server)
+        if cursor is not None:  # opaque, sent back only to the server that made it, never shown to the client
+            result["nextCursor"] = cursor
+        return result
 
     def _pages(self, state, server, method: str, key: str) -> list:
+        """Every page of a list, all within the server's one timeout."""
         items, cursor = [], None
+        deadline = time.perf_counter() + server.timeout
         for _ in range(MAX_PAGES):
-            result = self._request(state, server, method, {"cursor": cursor} if cursor else None)
+            result = self._request(state, server, method, {"cursor": cursor} if cursor else None, deadline)
             items.extend(i for i in result.get(key) or () if isinstance(i, dict) and isinstance(i.get("name"), str))
             cursor = result.get("nextCursor")
             if not cursor:
                 break
         return items
 
-    # -- methods ----------------------------------------------------------------------------------
-    def list_tools(self, gw, principal: Principal, state: SessionState) -> list:
-        """Every permitted tool of every permitted server, as SERVER__TOOL; an unreachable server is skipped."""
-        tools = []
-        for server in self.servers(gw, principal):
-            try:
-                found = self._pages(state, server, "tools/list", "tools")
-            except McpError as exc:
-                log.warning("tools/list: MCP server %s skipped: %s", server.name, exc.message)
-                continue
-            tools.extend({**t, "name": f"{server.name}{SEP}{t['name']}"} for t in found
-                         if principal.may_use_tool(server.name, t["name"]))
-        return tools
+    # -- limits and the log -------------------------------------------------------------------------
+    @staticmethod
+    @contextmanager
+    def _recorded(gw, call: Call):
+        """One request-log row for the call whatever happens (an McpError's outcome written on it)."""
+        try:
+            yield
+        except McpError as exc:
+            call.status, call.error_type, call.error_message = exc.status, exc.kind, exc.message[:500]
+            raise
+        finally:
+            gw.record(call)
 
-    def call_tool(self, gw, call: Call, state: SessionState, params: dict) -> dict:
-        """Forward tools/call to its server; the call is admitted by the caller's limits and recorded."""
-        server, tool = self._target(gw, call.principal, params.get("name"), "tool")
-        call.model_name = f"{server.name}{SEP}{tool}"[:256]
+    @staticmethod
+    @contextmanager
+    def _admitted(gw, call: Call):
+        """Admit the call by the caller's RPM, concurrency and budgets (a refusal is an McpError), then settle it."""
         try:
             admission = gw.limiter.admit(call, {})
         except GatewayError as exc:
             raise McpError(REFUSED, exc.message, {"status": exc.status, "retry_after": exc.headers.get("Retry-After")},
                            status=exc.status, kind=exc.kind) from None
         try:
-            result = self._request(state, server, "tools/call", {**params, "name": tool})
-            if result.get("isError"):
-                call.error_type = "tool_error"
-                return scrub_value(result, server)
-            return result
+            yield
         finally:
+            call.usage, call.cost = {"input_tokens": 0, "output_tokens": 0}, 0.0  # the row says so, not "unknown"
             admission.finish(call)
 
-    def list_prompts(self, gw, principal: Principal, state: SessionState) -> list:
+    def _fan_out(self, gw, call: Call, state: SessionState, method: str, key: str) -> list:
+        """(server, items) of each permitted server that answered a list method; one admission and one row.
+
+        A client's list is one request against its limits however many servers it reaches (docs/mcp.md);
+        nothing is admitted or recorded when it reaches none. A server that fails is skipped and named on the row.
+        """
+        servers = self.servers(gw, call.principal)
+        if not servers:
+            return []
+        answered, skipped = [], []
+        with self._recorded(gw, call), self._admitted(gw, call):
+            for server in servers:
+                try:
+                    answered.append((server, self._pages(state, server, method, key)))
+                except McpError as exc:  # many tool servers have no prompts (-32601): nothing to list there
+                    quiet = exc.code == METHOD_NOT_FOUND
+                    log.log(logging.INFO if quiet else logging.WARNING, "%s: MCP server %s skipped: %s", method,
+                            server.name, exc.message)
+                    if not quiet:
+                        skipped.append(f"{server.name} ({exc.kind})")
+            if skipped:
+                call.note = "skipped: " + ", ".join(skipped)
+        return answered
+
+    # -- methods ----------------------------------------------------------------------------------
+    def list_tools(self, gw, call: Call, state: SessionState) -> list:
+        """Every permitted tool of every permitted server, as SERVER__TOOL; an unreachable server is skipped."""
+        tools = []
+        for server, found in self._fan_out(gw, call, state, "tools/list", "tools"):
+            tools.extend({**t, "name": f"{server.name}{SEP}{t['name']}"} for t in found
+                         if call.principal.may_use_tool(server.name, t["name"]))
+        return tools
+
+    def call_tool(self, gw, call: Call, state: SessionState, params: dict) -> dict:
+        """Forward tools/call to its server; the call is admitted by the caller's limits and recorded."""
+        call.model_name = str(params.get("name"))[:256]  # as the client named it, even when it is unknown
+        with self._recorded(gw, call):
+            server, tool = self._target(gw, call.principal, params.get("name"), "tool")
+            with self._admitted(gw, call):
+                result = self._request(state, server, "tools/call", {**params, "name": tool})
+            if result.get("isError"):
+                call.error_type = "tool_error"
+            return result
+
+    def list_prompts(self, gw, principal: Principal, state: SessionState, call: Call) -> list:
         """Stored prompts (slug, description, variables as arguments), then upstream prompts as SERVER__NAME."""
         out = []
         for prompt in self.stored_prompts(gw, principal):
@@ -173,18 +228,16 @@ class Hub:
             out.append({"name": prompt.slug, "description": prompt.description,
                         "arguments": [{"name": v, "required": v not in defaults}
                                       for v in P.variables_in(version.text)]})
-        for server in self.servers(gw, principal):
-            try:
-                found = self._pages(state, server, "prompts/list", "prompts")
-            except McpError as exc:  # many tool servers have no prompts (-32601): nothing to list
-                log.info("prompts/list: MCP server %s skipped: %s", server.name, exc.message)
-                continue
+        for server, found in self._fan_out(gw, call, state, "prompts/list", "prompts"):
             out.extend({**p, "name": f"{server.name}{SEP}{p['name']}"} for p in found
                        if principal.may_use_tool(server.name, p["name"]))
         return out
 
-    def get_prompt(self, gw, principal: Principal, state: SessionState, params: dict) -> dict:
-        """A stored prompt filled literally as /v1 fills it, or an upstream prompt fetched from its server."""
+    def get_prompt(self, gw, principal: Principal, state: SessionState, params: dict, call: Call) -> dict:
+        """A stored prompt filled literally as /v1 fills it, or an upstream prompt fetched from its server.
+
+        Only the upstream case is admitted and recorded (on `call`): a stored prompt reaches no server.
+        """
         name, args = params.get("name"), params.get("arguments")
         if args is not None and not isinstance(args, dict):
             raise McpError(INVALID_PARAMS, "`arguments` must be an object.", status=400, kind="invalid_request")
@@ -197,8 +250,11 @@ class Hub:
                 raise McpError(INVALID_PARAMS, str(exc), status=400, kind=exc.code) from None
             return {"description": prompt.description,
                     "messages": [{"role": "user", "content": {"type": "text", "text": text}}]}
-        server, upstream_name = self._target(gw, principal, name, "prompt")
-        return self._request(state, server, "prompts/get", {**params, "name": upstream_name})
+        call.model_name = str(name)[:256]
+        with self._recorded(gw, call):
+            server, upstream_name = self._target(gw, principal, name, "prompt")
+            with self._admitted(gw, call):
+                return self._request(state, server, "prompts/get", {**params, "name": upstream_name})
 
     def _target(self, gw, principal: Principal, name, what: str) -> tuple[McpServerInfo, str]:
         """The server and upstream name behind SERVER__NAME; unknown and forbidden look the same."""
@@ -216,20 +272,13 @@ def negotiate(requested) -> str:
     return requested if requested in PROTOCOL_VERSIONS else LATEST
 
 
-def scrub(text: str, server: McpServerInfo) -> str:
-    """Replace the server's credentials and URL in text shown to a client."""
-    for secret in sorted(server.secrets(), key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return text.replace(server.url, f"<{server.name}>")
-
-
 def scrub_value(value, server: McpServerInfo):
-    """scrub() through JSON values."""
+    """proxy.send.scrub through a JSON value: every string, dict keys too, kept whole (never truncated)."""
     if isinstance(value, str):
-        return scrub(value, server)
+        return scrub(value, server, limit=None)
     if isinstance(value, list):
         return [scrub_value(v, server) for v in value]
     if isinstance(value, dict):
-        return {k: scrub_value(v, server) for k, v in value.items()}
+        return {scrub(k, server, limit=None) if isinstance(k, str) else k: scrub_value(v, server)
+                for k, v in value.items()}
     return value

@@ -121,9 +121,10 @@ class McpServerInfo:
     timeout: float
     broken: str | None = None  # why its secrets cannot be used
 
-    def secrets(self) -> list[str]:
-        """Every credential value, to scrub from anything shown to a client."""
-        return [s for s in (self.api_key, *self.headers.values()) if s]
+    @property
+    def base_url(self) -> str:
+        """The URL under the name proxy.send.scrub reads for providers (it redacts it from what clients see)."""
+        return self.url
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,14 +110,17 @@ PARTIAL = 8  # a run of this many characters of a secret is redacted wherever it
 REDACTED = "[redacted]"
 
 
-def scrub(text: str, provider, limit: int = SCRUB_LIMIT) -> str:
+def scrub(text: str, provider, limit: int | None = SCRUB_LIMIT) -> str:
     """Upstream text made safe to show: secrets redacted first, then truncated.
 
     The provider's key and extra header values are redacted case-insensitively, and so is any run of 8 or
     more of their characters (a key cut or re-cased by the upstream); its base URL is redacted whole.
-    Every path that carries upstream text to a client or the request log goes through here.
+    Every path that carries upstream text to a client or the request log goes through here (MCP servers too:
+    their `url` is their base URL). `limit=None` keeps the whole text (an MCP result the client needs whole).
     """
-    text = str(text or "")[:SCRUB_SCAN]
+    text = str(text or "")
+    if limit is not None:
+        text = text[:SCRUB_SCAN]
     # Extra headers are stored encrypted because they often carry credentials; very short values are skipped
     # so that a header like `X-Flag: 1` does not blank every digit.
     secrets = [str(v) for v in (provider.headers or {}).values() if len(str(v)) >= PARTIAL]
@@ -126,30 +129,41 @@ def scrub(text: str, provider, limit: int = SCRUB_LIMIT) -> str:
     if provider.base_url:
         text = re.sub(re.escape(str(provider.base_url)), REDACTED, text, flags=re.IGNORECASE)
     text = _redact_runs(text, secrets)
-    return text[:limit]
+    return text if limit is None else text[:limit]
+
+
+SHORT_SECRET = 4  # a key shorter than PARTIAL is redacted whole from this length (below, it would blank words)
 
 
 def _redact_runs(text: str, secrets: list[str]) -> str:
-    """Replace every stretch of text made of >= PARTIAL-character runs of a secret (case-insensitive)."""
+    """Replace every stretch of text made of >= PARTIAL-character runs of a secret (case-insensitive).
+
+    Each run is found with str.find, so a multi-megabyte MCP result costs a few scans, not a Python loop per
+    character.
+    """
     grams = {s.lower()[i:i + PARTIAL] for s in secrets for i in range(len(s) - PARTIAL + 1)}
-    if not grams or len(text) < PARTIAL:
+    grams.update(s.lower() for s in secrets if SHORT_SECRET <= len(s) < PARTIAL)
+    if not grams or len(text) < SHORT_SECRET:
         return text
     low = text.lower()
+    if len(low) != len(text):  # a few characters lower to two ("İ"): keep positions aligned with the text
+        low = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
     covered = bytearray(len(text))
-    for i in range(len(text) - PARTIAL + 1):
-        if low[i:i + PARTIAL] in grams:
-            covered[i:i + PARTIAL] = b"\x01" * PARTIAL
-    if not any(covered):
-        return text
+    for gram in grams:
+        at = low.find(gram)
+        while at >= 0:
+            covered[at:at + len(gram)] = b"\x01" * len(gram)
+            at = low.find(gram, at + 1)
     out, i = [], 0
     while i < len(text):
-        if covered[i]:
-            while i < len(text) and covered[i]:
-                i += 1
-            out.append(REDACTED)
-        else:
-            out.append(text[i])
-            i += 1
+        start = covered.find(1, i)
+        if start < 0:
+            out.append(text[i:])
+            break
+        end = covered.find(0, start)
+        end = len(text) if end < 0 else end
+        out.append(text[i:start] + REDACTED)
+        i = end
     return "".join(out)
 
 

@@ -12,6 +12,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
+from ..core.deadline import set_idle_timeout  # also imported from here by proxy.send
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..netguard import is_public
 from ..providers.base import UpstreamRequest
@@ -144,14 +145,6 @@ class PublicHTTPSConnectionPool(HTTPSConnectionPool):
     """Pool of PublicHTTPSConnection."""
 
     ConnectionCls = PublicHTTPSConnection
-
-
-def set_idle_timeout(resp: UpstreamResponse, seconds: float) -> None:
-    """After the headers, later reads wait at most the idle gap (not the first-byte timeout)."""
-    conn = getattr(resp.raw, "_connection", None) or getattr(resp.raw, "connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
 
 
 def read_body(resp: UpstreamResponse, limit: int, deadline: float | None = None) -> bytes:

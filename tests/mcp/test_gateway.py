@@ -37,9 +37,11 @@ def test_each_tool_call_is_a_request_log_row(app, live, mcp_seed):
 
     failed = with_session(live, mcp_seed.ann, run)
     assert failed.is_error and "failed: nope" in failed.content[0].text
-    rows = rows_when(app, 2)
+    rows = rows_when(app, 3)
+    # The SDK lists the tools after a first successful call (to check its output schema): a row too (issue 25).
     assert [(r.endpoint, r.model, r.status, r.error_type) for r in rows] == [
-        ("mcp/tools/call", "tools__add", 200, None), ("mcp/tools/call", "tools__fail", 200, "tool_error")]
+        ("mcp/tools/call", "tools__add", 200, None), ("mcp/tools/list", None, 200, None),
+        ("mcp/tools/call", "tools__fail", 200, "tool_error")]
     with app.app_context():
         key = db.session.scalar(sa.select(ApiKey).where(ApiKey.prefix == mcp_seed.ann[:7]))
         assert {(r.user_id, r.key_id, r.inbound_format) for r in rows} == {(key.user_id, key.id, "mcp")}
@@ -72,8 +74,8 @@ def test_a_per_tool_grant_lists_and_calls_only_that_tool(app, live, mcp_seed, to
     assert [t.name for t in listed.tools] == ["tools__add"]
     assert ok.structured_content == {"result": 9}
     assert "Unknown tool: tools__echo" in str(refused)
-    rows = rows_when(app, 2)
-    assert [(r.model, r.status, r.error_type) for r in rows] == [("tools__add", 200, None),
+    rows = rows_when(app, 3)
+    assert [(r.model, r.status, r.error_type) for r in rows] == [(None, 200, None), ("tools__add", 200, None),
                                                                  ("tools__echo", 404, "tool_not_found")]
 
 
@@ -169,7 +171,7 @@ def test_an_unreachable_server_is_a_json_rpc_error_and_a_502_row(app, live, mcp_
 
 def test_tool_calls_count_against_the_callers_rate_limit(app, live, mcp_seed, tools):
     with app.app_context():
-        manage.update_user("t", manage.get_user("tia"), rpm=1)
+        manage.update_user("t", manage.get_user("tia"), rpm=2)  # the SDK's own tools/list after a call counts
         db.session.commit()
 
     async def run(s):
@@ -180,24 +182,26 @@ def test_tool_calls_count_against_the_callers_rate_limit(app, live, mcp_seed, to
 
     first, limited = with_session(live, mcp_seed.tia, run)
     assert first.structured_content == {"result": 3}
-    assert "Rate limit reached for your user on requests per min (RPM): Limit 1" in str(limited)
+    assert "Rate limit reached for your user on requests per min (RPM): Limit 2" in str(limited)
     assert limited.error.data["status"] == 429
     calls = [h for h in tools.headers if h.get("content-length") and h.get("mcp-session-id")]
     assert calls  # the first call went upstream
-    rows = rows_when(app, 2)
-    assert [(r.status, r.error_type) for r in rows] == [(200, None), (429, "rate_limit_exceeded")]
+    rows = rows_when(app, 3)
+    assert [(r.endpoint, r.status, r.error_type) for r in rows] == [
+        ("mcp/tools/call", 200, None), ("mcp/tools/list", 200, None), ("mcp/tools/call", 429, "rate_limit_exceeded")]
 
 
 def test_log_json_shows_tool_calls(app, live, mcp_seed):
     from promptproxy.cli import cli
 
     with_session(live, mcp_seed.ann, lambda s: s.call_tool("tools__echo", {"text": "hello"}))
-    assert len(rows_when(app, 1)) == 1
+    assert len(rows_when(app, 2)) == 2  # the call, then the SDK's tools/list
     out = app.test_cli_runner().invoke(cli, ["log", "--json"])
     assert out.exit_code == 0, out.output
     assert '"endpoint":"mcp/tools/call"' in out.output and '"model":"tools__echo"' in out.output
+    assert '"endpoint":"mcp/tools/list"' in out.output
     with app.app_context():
-        assert db.session.scalar(sa.select(sa.func.count()).select_from(RequestLog)) == 1
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(RequestLog)) == 2
 
 
 def test_a_group_grant_gives_its_members_mcp_tools_and_a_key_still_narrows(app, live, mcp_seed):

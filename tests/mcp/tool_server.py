@@ -15,7 +15,8 @@ SECRET = "mcp-upstream-secret-9f8e7d6c"
 class ToolServer:
     """Tools `add`, `echo`, `fail`, `leak`; prompt `review`; every request's headers kept in `headers`."""
 
-    def __init__(self):
+    def __init__(self, extra=None):
+        """`extra(mcp)`, when given, registers more tools and prompts (the default set stays as listed above)."""
         self.headers: list[dict] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
@@ -46,6 +47,8 @@ class ToolServer:
             """Review some code."""
             return f"Please review: {code}"
 
+        if extra is not None:
+            extra(mcp)
         app = mcp.streamable_http_app()
         self.app = self._recording(app)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
