@@ -86,6 +86,9 @@ DEFAULTS = {
     "OIDC_CLIENT_ID": "",
     "OIDC_CLIENT_SECRET": "",
     "OIDC_ALLOWED_DOMAINS": "",  # comma-separated email domains whose unknown users are created as members
+    # further domains whose verified emails may sign in as the existing user with that email (`*`: any domain);
+    # the allowed domains always may. Outside both, SSO never signs in as an existing user (a password admin included)
+    "OIDC_LINK_DOMAINS": "",
     "OIDC_GROUPS_CLAIM": "",  # a claim listing group names: memberships of existing groups follow it
     "OIDC_ADMIN_GROUP": "",  # a name in that claim that makes the user an admin (and its absence a member)
     "OIDC_SCOPES": "openid email profile",

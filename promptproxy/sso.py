@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 
 import sqlalchemy as sa
 
@@ -18,19 +19,39 @@ class Refused(Exception):
     """A sign-in the gateway will not accept, with a message for the person."""
 
 
+def fold(text: str) -> str:
+    """An email or domain as compared: NFKC, then casefold (NFKC once more, so folding twice changes nothing).
+
+    `lower()` alone leaves full-width letters, ligatures and `ß` apart from the ASCII spelling an identity provider
+    may assert for the same address; every comparison here (user match, domain lists) goes through this one function.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text.strip()).casefold())
+
+
 def domains(value: str) -> frozenset[str]:
-    """PROMPTPROXY_OIDC_ALLOWED_DOMAINS as a set of lower-case domains."""
-    return frozenset(d.strip().lower().lstrip("@") for d in (value or "").split(",") if d.strip())
+    """A comma-separated list of email domains (PROMPTPROXY_OIDC_ALLOWED_DOMAINS, ..._LINK_DOMAINS), folded."""
+    return frozenset(fold(d).lstrip("@") for d in (value or "").split(",") if d.strip())
+
+
+def linkable(domain: str, cfg) -> bool:
+    """May a verified email of this (folded) domain sign in as the existing user with that email?
+
+    Only the domains the administrator named: OIDC_ALLOWED_DOMAINS (whose users are created, so they must come
+    back) and OIDC_LINK_DOMAINS (`*`: any). Otherwise any identity provider account asserting, say, the password
+    admin's address would become that admin.
+    """
+    named = domains(cfg.get("OIDC_ALLOWED_DOMAINS", "")) | domains(cfg.get("OIDC_LINK_DOMAINS", ""))
+    return domain in named or "*" in named
 
 
 def verified_email(claims: dict) -> str:
-    """The claims' email, only when the provider says it is verified."""
+    """The claims' email (stripped, as asserted), only when the provider says it is verified."""
     email = claims.get("email")
     if not isinstance(email, str) or "@" not in email:
         raise Refused("Your identity provider did not share an email address, so you cannot be matched to a user.")
     if claims.get("email_verified") is not True:
         raise Refused(f"Your identity provider has not verified {email}; only verified emails can sign in.")
-    return email.strip().lower()
+    return email.strip()
 
 
 def claim_groups(claims: dict, name: str) -> list[str] | None:
@@ -53,15 +74,35 @@ def _new_name(email: str) -> str:
     return name
 
 
+def _match(email: str) -> User | None:
+    """The one user whose email folds to the same as `email`; more than one is refused rather than guessed."""
+    key = fold(email)
+    rows = db.session.execute(sa.select(User.id, User.email).where(User.email.is_not(None))).all()
+    found = [user_id for user_id, stored in rows if fold(stored) == key]
+    if len(found) > 1:
+        log.warning("sso: %d users share the folded email of a sign-in; refused", len(found))
+        raise Refused(f"More than one user here has an email matching {email}. Ask an administrator.")
+    return db.session.get(User, found[0]) if found else None
+
+
 def sign_in(claims: dict, cfg) -> User:
-    """The user for verified claims: matched by email, or created as a member if the domain is allowed."""
+    """The user for verified claims: matched by email within the linkable domains, or created if the domain is allowed.
+
+    The domain is checked before any user is looked up, so the refusal is the same whether the address has an
+    account or not (the page tells nobody who exists here).
+    """
     email = verified_email(claims)
-    user = db.session.scalar(sa.select(User).where(User.email == email))
+    domain = fold(email).rsplit("@", 1)[1]
+    if not linkable(domain, cfg):
+        raise Refused(f"{email} has no account here that can sign in with single sign-on: its domain is not one "
+                      "this gateway accepts from the identity provider. Ask an administrator.")
+    user = _match(email)
     if user is None:
-        if email.rsplit("@", 1)[1] not in domains(cfg.get("OIDC_ALLOWED_DOMAINS", "")):
+        if domain not in domains(cfg.get("OIDC_ALLOWED_DOMAINS", "")):
             raise Refused(f"{email} has no account here, and its domain is not one whose users are created on "
                           "first sign-in. Ask an administrator to add you.")
-        user = manage.create_user(ACTOR, _new_name(email), email=email, role="member")
+        email = unicodedata.normalize("NFKC", email)  # stored as plain letters (manage lower-cases it)
+        user = manage.create_user(ACTOR, _new_name(email.lower()), email=email, role="member")
     if not user.active:
         raise Refused("Your account is disabled. Ask an administrator.")
     names = claim_groups(claims, cfg.get("OIDC_GROUPS_CLAIM", ""))

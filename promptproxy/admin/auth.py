@@ -23,6 +23,8 @@ from . import bp
 from .forms import LoginForm, SetupForm
 
 GENERIC_FAILURE = "Wrong email or password, or too many attempts. Try again later."
+HASH_LEASE = 60.0  # seconds a password-check slot stays taken by a worker killed mid-check (a check takes < 1 s)
+HASH_POLL = 0.02  # seconds between looks for a slot another worker may have freed (a check takes ~0.1-0.5 s)
 SETUP_KEY = "setup_token"
 # Checked for unknown emails and unusable accounts: same scrypt cost as a real password (manage.set_password), so
 # the answer takes as long whether the email exists or not. Its password is unknown; it never matches anything.
@@ -42,7 +44,7 @@ def _configure(state) -> None:
         app.extensions["admin_login_throttle"] = SharedThrottle(shared_file(app.config["SHARED_STORE"]), limit, 15 * 60)
     else:
         app.extensions["admin_login_throttle"] = Throttle(limit, 15 * 60)
-    app.extensions["admin_hash_slots"] = HashSlots(app.config.get("LOGIN_HASH_CONCURRENCY", 2))
+    app.extensions["admin_hash_slots"] = hash_slots_for(app.config)
 
 
 class Throttle:
@@ -99,20 +101,59 @@ def throttle() -> Throttle:
 
 
 class HashSlots:
-    """At most `cap` password checks at once: each scrypt check takes ~128 MiB, so a burst of logins is queued."""
+    """At most `cap` password checks at once: each scrypt check takes ~128 MiB, so a burst of logins is queued.
 
-    def __init__(self, cap: int):
+    The threads of this process queue on a semaphore. With `shared` (the leases of `serve --workers N`'s shared
+    file) a check also needs one of the instance's `cap` leases, so N workers together still hash `cap` at once.
+    """
+
+    def __init__(self, cap: int, shared=None):
         self.cap = max(int(cap), 1)
         self._slots = threading.BoundedSemaphore(self.cap)
+        self.shared = shared
 
     def check(self, stored: str, password: str, wait: float) -> bool | None:
         """The password check; None when no slot freed within `wait` seconds (the caller answers 429)."""
+        deadline = time.monotonic() + wait
         if not self._slots.acquire(timeout=wait):
             return None
         try:
-            return check_password_hash(stored, password)
+            lease = self._lease(deadline)
+            if lease is None:
+                return None
+            try:
+                return check_password_hash(stored, password)
+            finally:
+                if self.shared is not None:
+                    self.shared.release(lease)
         finally:
             self._slots.release()
+
+    def _lease(self, deadline: float):
+        """One of the instance's leases, polled until `deadline` (another process frees it); True when unshared."""
+        if self.shared is None:
+            return True
+        while (lease := self.shared.acquire()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(HASH_POLL, left))
+        return lease
+
+
+def hash_slots_for(cfg) -> HashSlots:
+    """Password-check slots for this process, shared with the other workers when there is a shared store.
+
+    The cap bounds one machine's memory, so it is per instance (the workers' shared file), not per Redis: a Redis
+    shared by several instances would make their caps one, and make password login (the way in when single sign-on
+    is down) depend on Redis.
+    """
+    cap = max(int(cfg.get("LOGIN_HASH_CONCURRENCY", 2)), 1)
+    if not cfg.get("SHARED_STORE"):
+        return HashSlots(cap)
+    from ..core.sharedstore import SharedSemaphore, shared_file
+
+    return HashSlots(cap, SharedSemaphore(shared_file(cfg["SHARED_STORE"]), "login-hash", cap, HASH_LEASE))
 
 
 def hash_slots() -> HashSlots:

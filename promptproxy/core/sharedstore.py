@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS entries (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_key_at ON entries (key, at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS leases_key ON leases (key, expires);
 """
 
 
@@ -191,6 +193,33 @@ class SharedCounters:
         with self.shared.tx() as conn:
             conn.execute("UPDATE counters SET value = value - 1 WHERE key = ?", (f"{self.prefix}:{key}",))
             conn.execute("DELETE FROM counters WHERE key = ? AND value <= 0", (f"{self.prefix}:{key}",))
+
+
+class SharedSemaphore:
+    """At most `cap` holders among all workers, each hold a lease that expires (the login's password-check slots).
+
+    Each hold is its own row with an expiry, so the slots of a worker killed while holding them come back after
+    `lease` seconds (one shared counter would keep them for good, or, refreshed by every acquire, never expire under
+    load). AUTOINCREMENT: a lease id is never reused, so a holder whose lease expired cannot release another's.
+    """
+
+    def __init__(self, shared: SharedFile, key: str, cap: int, lease: float, clock=time.time):
+        self.shared, self.key, self.cap, self.lease, self.clock = shared, key, cap, lease, clock
+
+    def acquire(self) -> int | None:
+        """A lease id if fewer than `cap` unexpired leases are held; None otherwise (nothing taken)."""
+        now = self.clock()
+        with self.shared.tx() as conn:
+            conn.execute("DELETE FROM leases WHERE key = ? AND expires <= ?", (self.key, now))
+            if conn.execute("SELECT count(*) FROM leases WHERE key = ?", (self.key,)).fetchone()[0] >= self.cap:
+                return None
+            return conn.execute("INSERT INTO leases (key, expires) VALUES (?, ?)",
+                                (self.key, now + self.lease)).lastrowid
+
+    def release(self, lease: int) -> None:
+        """Give a lease back (nothing happens if it expired meanwhile)."""
+        with self.shared.tx() as conn:
+            conn.execute("DELETE FROM leases WHERE id = ?", (lease,))
 
 
 _FILES: dict[str, SharedFile] = {}
