@@ -297,7 +297,7 @@ def user_update(name, email, role, password, active, add_groups, remove_groups, 
 @with_appcontext
 @committed
 def user_delete(name, hard):
-    """Delete a user and their keys (a user with request history is deactivated, so the log keeps their name)."""
+    """Delete a user, their keys and stored Responses (a user with request history is deactivated, not deleted)."""
     u = manage.get_user(name)
     if manage.delete_user(ACTOR, u, hard=hard) == "deactivated":
         say(f"deactivated user {name}: they have request history, so they are kept (keys revoked, login disabled) "

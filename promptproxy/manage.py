@@ -24,6 +24,7 @@ from .models import (
     PromptVersion,
     Provider,
     RequestLog,
+    StoredResponse,
     UsageRollup,
     User,
     utcnow,
@@ -223,9 +224,12 @@ def delete_user(actor: str, user: User, hard: bool = False) -> str:
 
     A deactivated user keeps their name and id (request rows, budgets and roll-ups stay attributed to them) but
     cannot log in or call the API: keys revoked, password, email and sessions cleared. `hard` deletes them even
-    with history, and anonymises or removes everything keyed by their id and their keys' ids.
+    with history, and anonymises or removes everything keyed by their id and their keys' ids. Either way their
+    stored Responses (whole conversations, kept only for them to read and continue) are removed; disabling a user
+    (`update_user(active=False)`) keeps them.
     """
     key_ids = db.session.scalars(sa.select(ApiKey.id).where(ApiKey.user_id == user.id)).all()
+    db.session.execute(sa.delete(StoredResponse).where(StoredResponse.user_id == user.id))
     if not hard and _has_history(user.id, key_ids):
         now = utcnow()
         db.session.execute(sa.update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))

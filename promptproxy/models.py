@@ -433,7 +433,8 @@ class StoredResponse(db.Model):
 
     __tablename__ = "stored_responses"
     id: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)  # resp_...
-    # No foreign keys: a deactivated user's or revoked key's answers stay readable until retention drops them.
+    # No foreign keys: a revoked key's answers stay readable by the user's other keys (on models those keys may
+    # use) until retention drops them; deleting the user removes them (manage.delete_user).
     user_id: so.Mapped[int] = so.mapped_column(index=True)
     key_id: so.Mapped[int | None]
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, index=True)

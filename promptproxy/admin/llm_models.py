@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import render_template
+from flask_login import current_user
 
 from .. import manage
 from ..extensions import db
@@ -41,14 +42,15 @@ def chosen_provider(form) -> Provider | None:
 @bp.get("/models")
 @login_required
 def models():
-    """Models, searchable by slug and upstream name."""
+    """Models: admins search slug and upstream name and get the create form; members see slugs they may use."""
     query = sa.select(Model).order_by(Model.slug)
-    scope = member_scope("models")
+    if current_user.is_admin:
+        return list_page(FOLDER, query, (Model.slug, Model.upstream_model), create_form=model_form(formdata=None))
+    scope = member_scope("models")  # None: a member allowed every model, still a member (no providers, no form)
     if scope is not None:
-        # members search slugs only: a search by upstream name would reveal it through which rows match
         query = query.where(Model.slug.in_(sorted(scope)))
-        return list_page(FOLDER, query, (Model.slug,), create_form=None)
-    return list_page(FOLDER, query, (Model.slug, Model.upstream_model), create_form=model_form(formdata=None))
+    # members search slugs only: a search by upstream name would reveal it through which rows match
+    return list_page(FOLDER, query, (Model.slug,), create_form=None)
 
 
 @bp.app_template_global("visible_fallbacks")

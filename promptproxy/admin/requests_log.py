@@ -19,6 +19,7 @@ FILTERS = ("user", "group", "key", "model", "prompt", "status", "since", "until"
 CSV_COLUMNS = ("created_at", "request_id", "user_id", "groups", "key_id", "model", "upstream_model", "prompt",
                "prompt_version", "endpoint", "stream", "status", "error_type", "input_tokens", "output_tokens",
                "cached_tokens", "usage_estimated", "cost", "latency_ms", "ttft_ms", "client_ip", "tags")
+ADMIN_ONLY_COLUMNS = ("upstream_model",)  # hidden from members on the page, so in their export too
 
 
 def parse_time(value: str) -> datetime | None:
@@ -127,6 +128,11 @@ def csv_cell(value) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def csv_columns() -> tuple[str, ...]:
+    """The export's columns for the viewer: members get none the request pages hide from them."""
+    return CSV_COLUMNS if current_user.is_admin else tuple(c for c in CSV_COLUMNS if c not in ADMIN_ONLY_COLUMNS)
+
+
 @bp.get("/requests.csv")
 @login_required
 def requests_csv():
@@ -137,14 +143,15 @@ def requests_csv():
     query = query.order_by(RequestLog.id).execution_options(yield_per=1000)
 
     memberships = group_names()
+    columns = csv_columns()
 
     def generate():
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for row in db.session.scalars(query):
             values = {"groups": " ".join(memberships.get(row.user_id, ()))}
-            writer.writerow([csv_cell(values[c] if c in values else getattr(row, c)) for c in CSV_COLUMNS])
+            writer.writerow([csv_cell(values[c] if c in values else getattr(row, c)) for c in columns])
             if buf.tell() > 64 * 1024:
                 yield buf.getvalue()
                 buf.seek(0)

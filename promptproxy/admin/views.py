@@ -106,7 +106,11 @@ def int_or_zero(value) -> int:
 
 
 def member_scope(kind: str) -> frozenset | None:
-    """Slugs of models or prompts a member may use; None for admins (and members allowed everything)."""
+    """Slugs of models or prompts the viewer may list; None = every one (admins, and members allowed everything).
+
+    None is "no limit", never "admin": a member allowed every model is still a member. Test `is_admin` for what
+    only administrators see (forms, providers, upstream names).
+    """
     if current_user.is_admin:
         return None
     models, prompts = user_access(current_user)

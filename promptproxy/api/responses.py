@@ -31,8 +31,7 @@ def get_response(response_id: str):
 @bp.delete("/responses/<response_id>")
 def delete_response(response_id: str):
     """Delete a stored response of the caller's own."""
-    user_id = _caller()
-    if not store.delete(response_id, user_id):
+    if not store.delete(response_id, _caller()):
         raise _not_found(response_id)
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
@@ -49,16 +48,17 @@ def list_input_items(response_id: str):
                           "last_id": items[-1]["id"] if items else None, "has_more": False})
 
 
-def _caller() -> int:
-    """The authenticated caller's user id."""
+def _caller():
+    """The authenticated caller (the key's principal: its user and the models this key may use)."""
     gw = gateway()
     gw.catalog.refresh()
     g.call.principal = authenticate(gw.catalog)
-    return g.call.principal.user_id
+    return g.call.principal
 
 
 def _owned(response_id: str):
-    """The caller's stored response, or the 404 OpenAI gives for anyone else's."""
+    """The caller's stored response, or the 404 OpenAI gives for an unknown id (anyone else's, or one on a model
+    this key may not use: existence is not revealed)."""
     found = store.load(response_id, _caller())
     if found is None:
         raise _not_found(response_id)

@@ -70,10 +70,11 @@ class ResponsesDialect:
         return Plan("chat", chat, chat)
 
     def _history(self, call, previous: str | None) -> list:
-        """The items a previous response (of this user) continues from; another user's id is a 404."""
+        """The items a previous response continues from: another user's, or one on a model this key may not use, is
+        a 404."""
         if not previous:
             return []
-        found = store.history(previous, call.principal.user_id)
+        found = store.history(previous, call.principal)
         if found is None:
             raise GatewayError(404, f"Previous response with id '{previous}' not found.",
                                param="previous_response_id", code=ErrorCode.RESPONSE_NOT_FOUND)

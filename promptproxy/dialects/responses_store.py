@@ -39,25 +39,30 @@ def save(
     return row
 
 
-def load(response_id: str, user_id: int) -> StoredResponse | None:
-    """The user's stored response; another user's id reads as missing, so the caller answers 404."""
-    return db.session.scalar(
-        sa.select(StoredResponse).where(StoredResponse.id == response_id, StoredResponse.user_id == user_id)
+def load(response_id: str, caller) -> StoredResponse | None:
+    """The caller's stored response, or None (the caller answers 404, as for an unknown id).
+
+    `caller` is the calling key's principal: the response must be its user's and on a model this key may use, so
+    a key narrowed away from a model cannot read what its user made there with another key.
+    """
+    row = db.session.scalar(
+        sa.select(StoredResponse).where(StoredResponse.id == response_id, StoredResponse.user_id == caller.user_id)
     )
+    return row if row is not None and caller.may_use_model(row.model) else None
 
 
-def delete(response_id: str, user_id: int) -> bool:
-    """Delete the user's stored response; False when there was none (or it is someone else's)."""
-    count = db.session.execute(
-        sa.delete(StoredResponse).where(StoredResponse.id == response_id, StoredResponse.user_id == user_id)
-    ).rowcount
+def delete(response_id: str, caller) -> bool:
+    """Delete a stored response the caller may read (see `load`); False when there was none for them."""
+    row = load(response_id, caller)
+    if row is not None:
+        db.session.delete(row)
     db.session.commit()
-    return bool(count)
+    return row is not None
 
 
-def history(response_id: str, user_id: int) -> list[JSON] | None:
+def history(response_id: str, caller) -> list[JSON] | None:
     """The items a turn with previous_response_id continues from: that response's context, input and output."""
-    row = load(response_id, user_id)
+    row = load(response_id, caller)
     if row is None:
         return None
     return response_items_for_history([*row.context, *row.input_items], row.response)

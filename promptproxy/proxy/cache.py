@@ -2,10 +2,10 @@
 
 Off unless the model, or the stored prompt the call uses, has a TTL: a prompt with a TTL sets the TTL and scope of
 every call that uses it, whatever its model; otherwise the model's apply. The key covers the scope (the user unless
-shared), the dialect, the model and its upstream name, the stored prompt version and the whole body except `stream`
-and `user`. Only 2xx answers are stored: whole ones as rendered, streams once they finished cleanly, assembled into
-the same whole answer (proxy/assemble.py). Entries live in the database (pruned as they expire and when the total
-passes its cap) or in Redis when REDIS_URL is set.
+shared), the dialect, the model and its upstream name, the stored prompt as injected (its id, mode and the version's
+number and whole content) and the whole body except `stream` and `user`. Only 2xx answers are stored: whole ones as
+rendered, streams once they finished cleanly, assembled into the same whole answer (proxy/assemble.py). Entries live
+in the database (pruned as they expire and when the total passes its cap) or in Redis when REDIS_URL is set.
 """
 from __future__ import annotations
 
@@ -52,12 +52,23 @@ def cache_key(call, dialect, body: dict) -> str:
     """A SHA-256 of everything that decides the answer, and of who may see it."""
     model = call.model
     scope = "shared" if settings(call)[1] == "shared" else f"user:{call.principal.user_id}"
-    version = call.version.version if call.version else None
     what = {"scope": scope, "dialect": dialect.name, "endpoint": call.endpoint, "model": model.slug,
             "upstream": [(d.provider.id, d.upstream_model) for d in model.deployments] or model.upstream_model,
-            "prompt": call.prompt.slug if call.prompt else None, "version": version,
-            "body": {k: v for k, v in body.items() if k not in SKIPPED}}
+            "prompt": injected(call), "body": {k: v for k, v in body.items() if k not in SKIPPED}}
     return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def injected(call) -> list | None:
+    """The stored prompt as the upstream gets it: prompt id, mode, and the version's number and whole content.
+
+    Slug and version number are not enough: a prompt deleted and created again under its old name starts at
+    version 1 again, and a mode change makes no new version. Either must be a miss, never the old prompt's answer.
+    """
+    if call.prompt is None:
+        return None
+    version = call.version
+    return [call.prompt.id, call.prompt.mode, version.version, version.text, version.variables, version.tools,
+            version.params]
 
 
 class ResponseCache:

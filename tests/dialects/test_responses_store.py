@@ -13,10 +13,18 @@ from promptproxy.dialects import responses_store
 from promptproxy.dialects.responses_wire import chat_to_response, input_items
 from promptproxy.extensions import db
 from promptproxy.models import StoredResponse, utcnow
+from promptproxy.proxy.catalog import Principal
 
 from ..conftest import base_config
 
-OWNER, STRANGER = 1, 2
+
+def caller(user_id: int) -> Principal:
+    """The principal of a key that may use every model (reads are scoped to the calling key)."""
+    return Principal(key_id=7, user_id=user_id, user_name=f"user{user_id}", role="member", user_active=True,
+                     expires_at=None, revoked=False, models=None, prompts=None)
+
+
+OWNER, STRANGER = caller(1), caller(2)
 
 
 def answer(response_id: str, text: str, request: dict, created_at: int | None = None) -> dict:
@@ -30,8 +38,8 @@ def store_turn(response_id: str, text: str, request: dict, previous: str | None 
     """Save one turn as the Responses dialect will: its history, its input and the answer."""
     context = responses_store.history(previous, OWNER) if previous else []
     return responses_store.save(
-        response=answer(response_id, text, request, created_at), user_id=OWNER, key_id=7, model="gpt-4o-mini",
-        input_items=input_items(request), context=context, previous_response_id=previous,
+        response=answer(response_id, text, request, created_at), user_id=OWNER.user_id, key_id=7,
+        model="gpt-4o-mini", input_items=input_items(request), context=context, previous_response_id=previous,
     )
 
 
