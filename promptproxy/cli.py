@@ -16,6 +16,7 @@ from .config import ConfigError
 from .extensions import db
 from .manage import ManageError
 from .models import ApiKey, Model, Prompt, PromptVersion, Provider, RequestLog, User, tagged, utcnow
+from .netguard import HOST_CHANGED
 
 ACTOR = "cli"
 
@@ -569,11 +570,15 @@ def provider_show(name, as_json):
 @with_appcontext
 @committed
 def provider_update(name, base_url, api_key, headers, **options):
-    """Change a provider."""
+    """Change a provider (a new host drops the stored key and headers unless new ones are given)."""
     p = manage.get_provider(name)
     changed = manage.update_provider(ACTOR, p, base_url=base_url, api_key=api_key, headers=parse_headers(headers),
                                      **options)
     say(f"updated provider {p.name}: {', '.join(changed) or 'nothing changed'}")
+    dropped = [secret for secret, note in changed.items() if note == HOST_CHANGED]
+    if dropped:
+        say(f"the host changed: the stored {' and '.join(dropped)} were dropped; give them again "
+            "(--api-key, --header)")
 
 
 @provider.command("delete")

@@ -18,6 +18,7 @@ from .crypto import SecretError
 from .extensions import db
 from .manage import ManageError
 from .models import Group, Model, Prompt, PromptLabel, PromptVersion, Provider, User
+from .netguard import HOST_CHANGED
 
 ACTOR = "apply"
 # `api_key_env` and `headers_env` may name only variables with this prefix: a file (reviewed less carefully than
@@ -267,11 +268,12 @@ def _provider(entry: Mapping, result: Result, environ: Mapping) -> None:
     if api_key is not None and (api_key != key_now or "base_url" in kwargs):
         kwargs["api_key"] = api_key  # also re-entered on a host change, which would otherwise clear it
         notes.append("api_key changed" if api_key != key_now else "api_key kept for the new host")
-    if headers is not None and headers != (headers_now or {}):
-        kwargs["headers"] = headers
-        notes.append("headers changed")
+    if headers is not None and (headers != (headers_now or {}) or "base_url" in kwargs):
+        kwargs["headers"] = headers  # also re-entered on a host change, which would otherwise drop them
+        notes.append("headers changed" if headers != (headers_now or {}) else "headers kept for the new host")
     if kwargs:
-        manage.update_provider(ACTOR, found, **kwargs)
+        changed = manage.update_provider(ACTOR, found, **kwargs)
+        notes += [f"{secret} dropped (new host)" for secret, note in changed.items() if note == HOST_CHANGED]
         result.add("update", "provider", name, notes)
 
 

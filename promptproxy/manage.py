@@ -28,7 +28,7 @@ from .models import (
     User,
     utcnow,
 )
-from .netguard import UnsafeURL, validate_base_url
+from .netguard import UnsafeURL, drop_secrets_on_host_change, validate_base_url
 from .providers import get_adapter
 from .proxy import tags as tag_rules
 from .proxy.grammar import valid_label, valid_slug
@@ -350,6 +350,8 @@ def _set_secret(provider: Provider, api_key: str | None, headers: dict | None) -
         provider.extra_headers_encrypted = box.encrypt(orjson.dumps(headers).decode()) if headers else None
 
 
+# Each secret of a provider and the columns holding it (netguard.drop_secrets_on_host_change).
+PROVIDER_SECRETS = {"api_key": ("api_key_encrypted", "api_key_hint"), "headers": ("extra_headers_encrypted",)}
 PROVIDER_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout", "stream_usage",
                    "anthropic_version", "default_max_tokens", "enabled", "responses_api", "reasoning_effort")
 
@@ -390,16 +392,15 @@ def _provider_options(provider: Provider, options: dict) -> dict:
 
 def update_provider(actor: str, provider: Provider, base_url: str | None = None, api_key: str | None = None,
                     headers: dict | None = None, name: str | None = None, **options) -> dict:
-    """Change a provider; a new host without a new key drops the old key (never sent to another host)."""
+    """Change a provider; a new host drops the stored key and headers not given anew (never sent to another host)."""
     changed = _provider_options(provider, options)
     if name is not None and name != provider.name:
         _unique(Provider, Provider.name, _slug(name, "provider name"), "provider", provider.id)
         provider.name = changed["name"] = name
     if base_url is not None:
         url = _check_url(base_url)
-        if urlhost(url) != urlhost(provider.base_url) and api_key is None and provider.api_key_encrypted:
-            provider.api_key_encrypted = provider.api_key_hint = None
-            changed["api_key"] = "cleared (host changed; enter the key again)"
+        changed.update(drop_secrets_on_host_change(provider, provider.base_url, url, PROVIDER_SECRETS,
+                                                   {"api_key": api_key, "headers": headers}))
         provider.base_url = changed["base_url"] = url
     if api_key is not None:
         changed["api_key"] = "replaced" if api_key else "cleared"
@@ -408,14 +409,6 @@ def update_provider(actor: str, provider: Provider, base_url: str | None = None,
     _set_secret(provider, api_key, headers)
     audit(actor, "update", "provider", provider.name, changed)
     return changed
-
-
-def urlhost(url: str) -> tuple:
-    """Scheme, host and port of a URL."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port
 
 
 def delete_provider(actor: str, provider: Provider) -> None:
