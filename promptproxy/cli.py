@@ -841,7 +841,7 @@ def prompt_dict(p: Prompt) -> dict:
     version = manage.get_version(p, live) if live else None
     return {"id": p.id, "slug": p.slug, "mode": p.mode, "description": p.description,
             "live_version": live, "latest_version": p.latest_version, "pinned": p.live_version is not None,
-            "cache_ttl": p.cache_ttl, "cache_scope": p.cache_scope,
+            "cache_ttl": p.cache_ttl, "cache_scope": p.cache_scope, "mcp": p.mcp,
             "text": version.text if version else None, "variables": version.variables if version else None,
             "tools": version.tools if version else None, "params": version.params if version else None}
 
@@ -864,6 +864,13 @@ def version_options(fn):
     return click.option("--variables", callback=json_arg, help='JSON defaults: {"lang": "French"}')(fn)
 
 
+def mcp_option(fn):
+    """Whether a stored prompt is published over MCP (unset on update: unchanged)."""
+    return click.option("--mcp/--no-mcp", default=None,
+                        help="Offer it over MCP (/mcp prompts/list and prompts/get hand its text to every key "
+                             "that may use it). Default: not offered.")(fn)
+
+
 @cli.group()
 def prompt():
     """Stored system prompts."""
@@ -876,6 +883,7 @@ def prompt():
 @click.option("--description", default="")
 @version_options
 @cache_options
+@mcp_option
 @with_appcontext
 @committed
 def prompt_create(slug, text, mode, description, **fields):
@@ -891,12 +899,14 @@ def prompt_create(slug, text, mode, description, **fields):
 @click.option("--description")
 @version_options
 @cache_options
+@mcp_option
 @with_appcontext
 @committed
-def prompt_update(slug, text, mode, description, variables, tools, params, note, cache_ttl, cache_scope):
+def prompt_update(slug, text, mode, description, variables, tools, params, note, cache_ttl, cache_scope, mcp):
     """Change a prompt; new text, variables, tools or params make a new version. --cache-ttl 0: the model's cache."""
     p = manage.get_prompt(slug)
-    manage.update_prompt(ACTOR, p, mode=mode, description=description, cache_ttl=cache_ttl, cache_scope=cache_scope)
+    manage.update_prompt(ACTOR, p, mode=mode, description=description, cache_ttl=cache_ttl, cache_scope=cache_scope,
+                         mcp=mcp)
     if text is not None or variables is not None or tools is not None or params is not None:
         current = manage.get_version(p, p.latest_version)
         v = manage.add_version(ACTOR, p, text if text is not None else current.text,

@@ -609,18 +609,23 @@ def get_prompt(ref: str) -> Prompt:
 
 
 def create_prompt(actor: str, slug: str, text: str, mode: str = "prepend", description: str = "",
-                  cache_ttl: int | None = None, cache_scope: str | None = None, **version_fields) -> Prompt:
-    """A new prompt with its version 1; a cache TTL makes calls using it cached whatever their model."""
+                  cache_ttl: int | None = None, cache_scope: str | None = None, mcp: bool = False,
+                  **version_fields) -> Prompt:
+    """A new prompt with its version 1; a cache TTL makes calls using it cached whatever their model.
+
+    `mcp` publishes it over MCP, where prompts/get hands its text to any key that may use it (off by default).
+    """
     slug = _slug(slug, "prompt slug")
     _unique(Prompt, Prompt.slug, slug, "prompt")
     if mode not in PROMPT_MODES:
         raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")
-    prompt = Prompt(slug=slug, mode=mode, description=description or "", latest_version=0, cache_scope="user")
+    prompt = Prompt(slug=slug, mode=mode, description=description or "", latest_version=0, cache_scope="user",
+                    mcp=bool(mcp))
     cache = _cache_fields(prompt, cache_ttl, cache_scope)
     db.session.add(prompt)
     db.session.flush()
     add_version(actor, prompt, text, **version_fields)
-    audit(actor, "create", "prompt", slug, {"mode": mode, **cache})
+    audit(actor, "create", "prompt", slug, {"mode": mode, **cache, **({"mcp": True} if mcp else {})})
     return prompt
 
 
@@ -659,9 +664,11 @@ def _check_version_fields(text, variables, tools, params) -> None:
 
 
 def update_prompt(actor: str, prompt: Prompt, mode: str | None = None, description: str | None = None,
-                  cache_ttl: int | None = None, cache_scope: str | None = None) -> dict:
-    """Change a prompt's mode, description or response cache (text changes make versions)."""
+                  cache_ttl: int | None = None, cache_scope: str | None = None, mcp: bool | None = None) -> dict:
+    """Change a prompt's mode, description, response cache or MCP publishing (text changes make versions)."""
     changed = _cache_fields(prompt, cache_ttl, cache_scope)
+    if mcp is not None and bool(mcp) != prompt.mcp:
+        prompt.mcp = changed["mcp"] = bool(mcp)
     if mode is not None and mode != prompt.mode:
         if mode not in PROMPT_MODES:
             raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")
