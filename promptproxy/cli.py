@@ -16,6 +16,7 @@ from .config import ConfigError
 from .extensions import db
 from .manage import ManageError
 from .models import ApiKey, Model, Prompt, PromptVersion, Provider, RequestLog, User, tagged, utcnow
+from .netguard import HOST_CHANGED
 
 ACTOR = "cli"
 
@@ -569,11 +570,15 @@ def provider_show(name, as_json):
 @with_appcontext
 @committed
 def provider_update(name, base_url, api_key, headers, **options):
-    """Change a provider."""
+    """Change a provider (a new host drops the stored key and headers unless new ones are given)."""
     p = manage.get_provider(name)
     changed = manage.update_provider(ACTOR, p, base_url=base_url, api_key=api_key, headers=parse_headers(headers),
                                      **options)
     say(f"updated provider {p.name}: {', '.join(changed) or 'nothing changed'}")
+    dropped = [secret for secret, note in changed.items() if note == HOST_CHANGED]
+    if dropped:
+        say(f"the host changed: the stored {' and '.join(dropped)} were dropped; give them again "
+            "(--api-key, --header)")
 
 
 @provider.command("delete")
@@ -836,7 +841,7 @@ def prompt_dict(p: Prompt) -> dict:
     version = manage.get_version(p, live) if live else None
     return {"id": p.id, "slug": p.slug, "mode": p.mode, "description": p.description,
             "live_version": live, "latest_version": p.latest_version, "pinned": p.live_version is not None,
-            "cache_ttl": p.cache_ttl, "cache_scope": p.cache_scope,
+            "cache_ttl": p.cache_ttl, "cache_scope": p.cache_scope, "mcp": p.mcp,
             "text": version.text if version else None, "variables": version.variables if version else None,
             "tools": version.tools if version else None, "params": version.params if version else None}
 
@@ -859,6 +864,13 @@ def version_options(fn):
     return click.option("--variables", callback=json_arg, help='JSON defaults: {"lang": "French"}')(fn)
 
 
+def mcp_option(fn):
+    """Whether a stored prompt is published over MCP (unset on update: unchanged)."""
+    return click.option("--mcp/--no-mcp", default=None,
+                        help="Offer it over MCP (/mcp prompts/list and prompts/get hand its text to every key "
+                             "that may use it). Default: not offered.")(fn)
+
+
 @cli.group()
 def prompt():
     """Stored system prompts."""
@@ -871,6 +883,7 @@ def prompt():
 @click.option("--description", default="")
 @version_options
 @cache_options
+@mcp_option
 @with_appcontext
 @committed
 def prompt_create(slug, text, mode, description, **fields):
@@ -886,12 +899,14 @@ def prompt_create(slug, text, mode, description, **fields):
 @click.option("--description")
 @version_options
 @cache_options
+@mcp_option
 @with_appcontext
 @committed
-def prompt_update(slug, text, mode, description, variables, tools, params, note, cache_ttl, cache_scope):
+def prompt_update(slug, text, mode, description, variables, tools, params, note, cache_ttl, cache_scope, mcp):
     """Change a prompt; new text, variables, tools or params make a new version. --cache-ttl 0: the model's cache."""
     p = manage.get_prompt(slug)
-    manage.update_prompt(ACTOR, p, mode=mode, description=description, cache_ttl=cache_ttl, cache_scope=cache_scope)
+    manage.update_prompt(ACTOR, p, mode=mode, description=description, cache_ttl=cache_ttl, cache_scope=cache_scope,
+                         mcp=mcp)
     if text is not None or variables is not None or tools is not None or params is not None:
         current = manage.get_version(p, p.latest_version)
         v = manage.add_version(ACTOR, p, text if text is not None else current.text,

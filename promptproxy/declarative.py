@@ -18,6 +18,7 @@ from .crypto import SecretError
 from .extensions import db
 from .manage import ManageError
 from .models import Group, Model, Prompt, PromptLabel, PromptVersion, Provider, User
+from .netguard import HOST_CHANGED
 
 ACTOR = "apply"
 # `api_key_env` and `headers_env` may name only variables with this prefix: a file (reviewed less carefully than
@@ -34,7 +35,7 @@ MODEL_KEYS = ("slug", "provider", "upstream_model", "kind", "endpoints", *manage
 DEPLOYMENT_KEYS = ("provider", "upstream_model", "weight", "priority", "rpm", "tpm")
 DEPLOYMENT_DEFAULTS = {"weight": 1, "priority": 0, "rpm": None, "tpm": None}
 PROMPT_KEYS = ("slug", "description", "mode", "text", "variables", "tools", "params", "note", "labels",
-               "live_version", "versions", "cache_ttl", "cache_scope")
+               "live_version", "versions", "cache_ttl", "cache_scope", "mcp")
 # One entry of a prompt's `versions` (its whole history, as `export` writes it).
 VERSION_KEYS = ("version", "text", "variables", "tools", "params", "note", "created_by", "created_at")
 LIMIT_KEYS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
@@ -60,7 +61,7 @@ TYPES = {
     "allowed_models": list, "allowed_prompts": list, "rpm": int, "tpm": int, "max_concurrent": int,
     "budget_usd": NUM, "budget_period": str, "url": str, "timeout": NUM, "all_mcp": bool, "allowed_mcp": list,
     "groups": list, "strategy": str, "cache_ttl": int, "cache_scope": str, "deployments": list, "weight": int,
-    "priority": int,
+    "priority": int, "mcp": bool,
 }
 
 
@@ -267,11 +268,12 @@ def _provider(entry: Mapping, result: Result, environ: Mapping) -> None:
     if api_key is not None and (api_key != key_now or "base_url" in kwargs):
         kwargs["api_key"] = api_key  # also re-entered on a host change, which would otherwise clear it
         notes.append("api_key changed" if api_key != key_now else "api_key kept for the new host")
-    if headers is not None and headers != (headers_now or {}):
-        kwargs["headers"] = headers
-        notes.append("headers changed")
+    if headers is not None and (headers != (headers_now or {}) or "base_url" in kwargs):
+        kwargs["headers"] = headers  # also re-entered on a host change, which would otherwise drop them
+        notes.append("headers changed" if headers != (headers_now or {}) else "headers kept for the new host")
     if kwargs:
-        manage.update_provider(ACTOR, found, **kwargs)
+        changed = manage.update_provider(ACTOR, found, **kwargs)
+        notes += [f"{secret} dropped (new host)" for secret, note in changed.items() if note == HOST_CHANGED]
         result.add("update", "provider", name, notes)
 
 
@@ -410,12 +412,13 @@ def _prompt(entry: Mapping, result: Result) -> None:
         found = manage.create_prompt(ACTOR, slug, first["text"], mode=entry.get("mode") or "prepend",
                                      description=entry.get("description") or "", note=first.get("note") or "",
                                      cache_ttl=entry.get("cache_ttl"), cache_scope=entry.get("cache_scope"),
-                                     **_version_fields(first))
+                                     mcp=bool(entry.get("mcp")), **_version_fields(first))
         if history:
             _stamp(manage.get_version(found, 1), first)
-        result.add("create", "prompt", slug, [f"mode {found.mode}", "version 1"])
+        result.add("create", "prompt", slug, [f"mode {found.mode}", "version 1"]
+                   + (["offered over MCP"] if found.mcp else []))
     else:
-        meta = _changed(found, entry, ("mode", "description", "cache_scope"))
+        meta = _changed(found, entry, ("mode", "description", "cache_scope", "mcp"))
         if entry.get("cache_ttl") is not None and (entry["cache_ttl"] or None) != found.cache_ttl:
             meta["cache_ttl"] = entry["cache_ttl"]
         if meta:
@@ -719,6 +722,7 @@ def _export_prompt(p: Prompt) -> dict:
         entry["live_version"] = p.live_version
     if p.cache_ttl:
         entry.update(cache_ttl=p.cache_ttl, cache_scope=p.cache_scope)
+    entry["mcp"] = p.mcp  # always written: applying the file elsewhere also unpublishes
     return entry
 
 

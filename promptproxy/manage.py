@@ -29,7 +29,7 @@ from .models import (
     User,
     utcnow,
 )
-from .netguard import UnsafeURL, validate_base_url
+from .netguard import UnsafeURL, drop_secrets_on_host_change, validate_base_url
 from .providers import get_adapter
 from .proxy import tags as tag_rules
 from .proxy.grammar import valid_label, valid_slug
@@ -354,6 +354,8 @@ def _set_secret(provider: Provider, api_key: str | None, headers: dict | None) -
         provider.extra_headers_encrypted = box.encrypt(orjson.dumps(headers).decode()) if headers else None
 
 
+# Each secret of a provider and the columns holding it (netguard.drop_secrets_on_host_change).
+PROVIDER_SECRETS = {"api_key": ("api_key_encrypted", "api_key_hint"), "headers": ("extra_headers_encrypted",)}
 PROVIDER_FIELDS = ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout", "stream_usage",
                    "anthropic_version", "default_max_tokens", "enabled", "responses_api", "reasoning_effort")
 
@@ -394,16 +396,15 @@ def _provider_options(provider: Provider, options: dict) -> dict:
 
 def update_provider(actor: str, provider: Provider, base_url: str | None = None, api_key: str | None = None,
                     headers: dict | None = None, name: str | None = None, **options) -> dict:
-    """Change a provider; a new host without a new key drops the old key (never sent to another host)."""
+    """Change a provider; a new host drops the stored key and headers not given anew (never sent to another host)."""
     changed = _provider_options(provider, options)
     if name is not None and name != provider.name:
         _unique(Provider, Provider.name, _slug(name, "provider name"), "provider", provider.id)
         provider.name = changed["name"] = name
     if base_url is not None:
         url = _check_url(base_url)
-        if urlhost(url) != urlhost(provider.base_url) and api_key is None and provider.api_key_encrypted:
-            provider.api_key_encrypted = provider.api_key_hint = None
-            changed["api_key"] = "cleared (host changed; enter the key again)"
+        changed.update(drop_secrets_on_host_change(provider, provider.base_url, url, PROVIDER_SECRETS,
+                                                   {"api_key": api_key, "headers": headers}))
         provider.base_url = changed["base_url"] = url
     if api_key is not None:
         changed["api_key"] = "replaced" if api_key else "cleared"
@@ -412,14 +413,6 @@ def update_provider(actor: str, provider: Provider, base_url: str | None = None,
     _set_secret(provider, api_key, headers)
     audit(actor, "update", "provider", provider.name, changed)
     return changed
-
-
-def urlhost(url: str) -> tuple:
-    """Scheme, host and port of a URL."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port
 
 
 def delete_provider(actor: str, provider: Provider) -> None:
@@ -620,18 +613,23 @@ def get_prompt(ref: str) -> Prompt:
 
 
 def create_prompt(actor: str, slug: str, text: str, mode: str = "prepend", description: str = "",
-                  cache_ttl: int | None = None, cache_scope: str | None = None, **version_fields) -> Prompt:
-    """A new prompt with its version 1; a cache TTL makes calls using it cached whatever their model."""
+                  cache_ttl: int | None = None, cache_scope: str | None = None, mcp: bool = False,
+                  **version_fields) -> Prompt:
+    """A new prompt with its version 1; a cache TTL makes calls using it cached whatever their model.
+
+    `mcp` publishes it over MCP, where prompts/get hands its text to any key that may use it (off by default).
+    """
     slug = _slug(slug, "prompt slug")
     _unique(Prompt, Prompt.slug, slug, "prompt")
     if mode not in PROMPT_MODES:
         raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")
-    prompt = Prompt(slug=slug, mode=mode, description=description or "", latest_version=0, cache_scope="user")
+    prompt = Prompt(slug=slug, mode=mode, description=description or "", latest_version=0, cache_scope="user",
+                    mcp=bool(mcp))
     cache = _cache_fields(prompt, cache_ttl, cache_scope)
     db.session.add(prompt)
     db.session.flush()
     add_version(actor, prompt, text, **version_fields)
-    audit(actor, "create", "prompt", slug, {"mode": mode, **cache})
+    audit(actor, "create", "prompt", slug, {"mode": mode, **cache, **({"mcp": True} if mcp else {})})
     return prompt
 
 
@@ -670,9 +668,11 @@ def _check_version_fields(text, variables, tools, params) -> None:
 
 
 def update_prompt(actor: str, prompt: Prompt, mode: str | None = None, description: str | None = None,
-                  cache_ttl: int | None = None, cache_scope: str | None = None) -> dict:
-    """Change a prompt's mode, description or response cache (text changes make versions)."""
+                  cache_ttl: int | None = None, cache_scope: str | None = None, mcp: bool | None = None) -> dict:
+    """Change a prompt's mode, description, response cache or MCP publishing (text changes make versions)."""
     changed = _cache_fields(prompt, cache_ttl, cache_scope)
+    if mcp is not None and bool(mcp) != prompt.mcp:
+        prompt.mcp = changed["mcp"] = bool(mcp)
     if mode is not None and mode != prompt.mode:
         if mode not in PROMPT_MODES:
             raise ManageError(f"mode must be one of {', '.join(PROMPT_MODES)}")

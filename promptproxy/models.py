@@ -244,6 +244,8 @@ class Prompt(db.Model):
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow, onupdate=utcnow)
     cache_ttl: so.Mapped[int | None]  # seconds; set, it overrides the model's response cache for calls using it
     cache_scope: so.Mapped[str] = so.mapped_column(sa.String(8), default="user", server_default="user")
+    # Published over MCP: offered (text included) by /mcp prompts/list and prompts/get to keys that may use it.
+    mcp: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
 
 
 class PromptVersion(db.Model):

@@ -76,3 +76,30 @@ def _check_host(host: str, resolve: bool) -> None:
     for info in infos:
         if not is_public(ipaddress.ip_address(info[4][0].split("%")[0])):
             raise UnsafeURL(f"base URL resolves to a private or special address{hint}")
+
+
+def urlhost(url: str) -> tuple:
+    """Scheme, host and port of a URL: what decides who receives the secrets sent to it."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+HOST_CHANGED = "cleared (host changed; enter it again)"
+
+
+def drop_secrets_on_host_change(row, old_url: str, new_url: str, secrets: dict[str, tuple[str, ...]],
+                                given: dict) -> dict[str, str]:
+    """A change of host drops every stored secret unless a new one is given in the same update.
+
+    `secrets` maps each secret's name to the row attributes holding it (the first says whether one is stored);
+    `given` maps names to what the update sets (None = not given). Returns {name: HOST_CHANGED} for each dropped.
+    """
+    if urlhost(new_url) == urlhost(old_url):
+        return {}  # same scheme, host and port: a new path reaches the same party
+    dropped = {}
+    for name, attrs in secrets.items():
+        if given.get(name) is None and getattr(row, attrs[0]):
+            for attr in attrs:
+                setattr(row, attr, None)
+            dropped[name] = HOST_CHANGED
+    return dropped

@@ -160,3 +160,6 @@ class PromptForm(FlaskForm):
                                          "their model's cache. Empty or 0: the model's cache setting applies.")
     cache_scope = SelectField("Cache scope", default="user",
                               choices=options([("user", "per user"), ("shared", "shared by everyone")]))
+    mcp = BooleanField("Offer over MCP",
+                       description="/mcp prompts/list and prompts/get hand its text to every key that may use it; "
+                                   "unticked, MCP clients never see it.")

@@ -56,7 +56,8 @@ def prompt_create():
     if form.validate_on_submit():
         prompt, error = save(lambda: manage.create_prompt(
             actor(), form.slug.data.strip(), form.text.data, mode=form.mode.data,
-            description=form.description.data or "", note=form.note.data or "", **cache_settings(form)))
+            description=form.description.data or "", note=form.note.data or "", mcp=form.mcp.data,
+            **cache_settings(form)))
         if error is None:
             return created(FOLDER, "admin.prompts", f"Created prompt {prompt.slug}.",
                            create_form=PromptForm(formdata=None))
@@ -89,7 +90,7 @@ def prompt_edit(prompt_id: int):
 
     def change():
         manage.update_prompt(actor(), prompt, mode=form.mode.data, description=form.description.data or "",
-                             **cache_settings(form))
+                             mcp=form.mcp.data, **cache_settings(form))
         if text != latest_text(prompt):
             manage.add_version(actor(), prompt, text, note=form.note.data or "")
         if request.form.get("make_live") and prompt.live_version is not None:

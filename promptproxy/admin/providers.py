@@ -7,6 +7,7 @@ from flask import render_template
 from .. import manage
 from ..extensions import db
 from ..models import Provider
+from ..netguard import HOST_CHANGED
 from ..providers import KINDS
 from . import bp
 from .auth import actor, admin_required
@@ -15,6 +16,7 @@ from .views import created, deleted, edit_view, form_error, list_page, number, s
 
 FOLDER = "providers"
 COLS = 5
+SECRET_NAMES = {"api_key": "API key", "headers": "extra headers"}
 
 
 def provider_form(**kwargs) -> ProviderForm:
@@ -73,7 +75,7 @@ def provider_row(provider_id: int):
 @bp.route("/providers/<int:provider_id>/edit", methods=["GET", "POST"])
 @admin_required
 def provider_edit(provider_id: int):
-    """Edit in place; an empty key field keeps the stored key."""
+    """Edit in place; an empty key field keeps the stored key (a new host drops it and the extra headers)."""
     provider = db.get_or_404(Provider, provider_id)
     form = provider_form(obj=provider)
     title = f"Edit provider {provider.name}"
@@ -83,12 +85,14 @@ def provider_edit(provider_id: int):
     if not form.validate():
         return edit_view(FOLDER, provider, form, COLS, title, 422)
     api_key = "" if form.clear_key.data else (form.api_key.data or None)
-    _, error = save(lambda: manage.update_provider(
+    changed, error = save(lambda: manage.update_provider(
         actor(), provider, base_url=form.base_url.data.strip(), api_key=api_key, name=form.name.data.strip(),
         **provider_options(form)))
     if error:
         return edit_view(FOLDER, provider, form, COLS, title, 422, error)
-    return updated(FOLDER, provider, "admin.providers", f"Saved provider {provider.name}.")
+    dropped = [SECRET_NAMES[s] for s, note in changed.items() if note == HOST_CHANGED]
+    note = f" The host changed: the stored {' and '.join(dropped)} were dropped." if dropped else ""
+    return updated(FOLDER, provider, "admin.providers", f"Saved provider {provider.name}.{note}")
 
 
 @bp.post("/providers/<int:provider_id>/delete")

@@ -146,8 +146,9 @@ def _initialize(gw, principal, rid, params) -> Response:
     """Refuse a key with no MCP access at once (403), never with an empty tool list; else open a session."""
     servers, prompts = hub().servers(gw, principal), hub().stored_prompts(gw, principal)
     if not servers and not prompts:
-        raise GatewayError(403, "This API key has no MCP access: it may use no MCP server and no stored prompt. "
-                           "Ask an administrator to grant some (promptproxy user update NAME --allow-mcp SERVER).",
+        raise GatewayError(403, "This API key has no MCP access: it may use no MCP server and no stored prompt "
+                           "offered over MCP. Ask an administrator to grant some (promptproxy user update NAME "
+                           "--allow-mcp SERVER).",
                            code="mcp_access_denied", type="permission_error")
     version = negotiate(params.get("protocolVersion") if isinstance(params, dict) else None)
     capabilities = {"prompts": {"listChanged": False}}

@@ -100,8 +100,8 @@ class Hub:
 
     @staticmethod
     def stored_prompts(gw, principal: Principal) -> list:
-        """The stored prompts the key may use, by slug."""
-        return [p for slug, p in sorted(gw.catalog.prompts.items()) if principal.may_use_prompt(slug)]
+        """The stored prompts published over MCP that the key may use, by slug."""
+        return [p for slug, p in sorted(gw.catalog.prompts.items()) if p.mcp and principal.may_use_prompt(slug)]
 
     def _client(self, server: McpServerInfo) -> McpClient:
         if server.broken:
@@ -242,7 +242,7 @@ class Hub:
         if args is not None and not isinstance(args, dict):
             raise McpError(INVALID_PARAMS, "`arguments` must be an object.", status=400, kind="invalid_request")
         prompt = gw.catalog.prompts.get(name) if isinstance(name, str) else None
-        if prompt is not None and principal.may_use_prompt(prompt.slug):
+        if prompt is not None and prompt.mcp and principal.may_use_prompt(prompt.slug):
             version = gw.catalog.version(prompt, prompt.live)
             try:
                 text = P.render(version.text, args or {}, version.variables)

@@ -9,13 +9,16 @@ from flask import current_app
 
 from ..crypto import hint
 from ..extensions import db
-from ..manage import ManageError, _check_url, _lookup, _unique, audit, urlhost
+from ..manage import ManageError, _check_url, _lookup, _unique, audit
 from ..models import McpServer
+from ..netguard import drop_secrets_on_host_change
 
 # Tool names reach clients as SERVER__TOOL, so a server name holds no "__" (the split must be unambiguous).
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,47}$")
 TOOL_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+# Each secret of a server and the columns holding it (netguard.drop_secrets_on_host_change).
+SECRETS = {"api_key": ("api_key_encrypted", "api_key_hint"), "headers": ("headers_encrypted", "header_names")}
 
 
 def check_name(name: str) -> str:
@@ -92,13 +95,8 @@ def update_server(actor: str, server: McpServer, url: str | None = None, api_key
         server.name = changed["name"] = name
     if url is not None:
         url = _check_url(url)
-        if urlhost(url) != urlhost(server.url):
-            if api_key is None and server.api_key_encrypted:
-                server.api_key_encrypted = server.api_key_hint = None
-                changed["api_key"] = "cleared (host changed; enter the key again)"
-            if headers is None and server.headers_encrypted:
-                server.headers_encrypted, server.header_names = None, None
-                changed["headers"] = "cleared (host changed; enter them again)"
+        changed.update(drop_secrets_on_host_change(server, server.url, url, SECRETS,
+                                                   {"api_key": api_key, "headers": headers}))
         server.url = changed["url"] = url
     if api_key is not None:
         changed["api_key"] = "replaced" if api_key else "cleared"

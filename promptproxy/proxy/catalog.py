@@ -107,6 +107,7 @@ class PromptInfo:
     splits: dict = field(default_factory=dict)  # label -> ((version, percent), ...) for a rollout
     cache_ttl: int | None = None  # set: the response cache TTL of every call using it, over the model's
     cache_scope: str = "user"
+    mcp: bool = False  # published over MCP: offered by /mcp prompts/list and prompts/get
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +323,7 @@ class Catalog:
             info = PromptInfo(id=p.id, slug=p.slug, mode=p.mode, live=p.live_version or p.latest_version,
                               labels=labels.get(p.id, {}), description=p.description or "",
                               splits=splits.get(p.id, {}), cache_ttl=p.cache_ttl,
-                              cache_scope=p.cache_scope or "user")
+                              cache_scope=p.cache_scope or "user", mcp=bool(p.mcp))
             prompts[p.slug] = info
             p_by_id[str(p.id)] = info
         self.models, self.models_by_id = models, by_id

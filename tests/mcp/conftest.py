@@ -31,7 +31,7 @@ def mcp_seed(app, tools) -> Keys:
     with app.app_context():
         create_server("t", "tools", tools.url, api_key=SECRET, headers={"X-Team": "blue"})
         manage.create_prompt("t", "greeter", "Greet {{name}} warmly in {{lang}}.", description="A greeting",
-                             variables={"lang": "English"})
+                             variables={"lang": "English"}, mcp=True)
         ann = manage.create_user("t", "ann", all_mcp=True, all_prompts=True)
         _, keys.ann = manage.create_key("t", ann)
         ned = manage.create_user("t", "ned", all_models=True)

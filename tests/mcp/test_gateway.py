@@ -132,7 +132,7 @@ def test_stored_prompts_are_listed_and_filled_literally_and_upstream_prompts_pre
 
 def test_prompts_the_key_may_not_use_are_neither_listed_nor_filled(app, live, mcp_seed):
     with app.app_context():
-        manage.create_prompt("t", "secret-plan", "Top secret.")
+        manage.create_prompt("t", "secret-plan", "Top secret.", mcp=True)  # published: only access keeps it away
         manage.update_user("t", manage.get_user("tia"), allow_prompts=["greeter"])
         db.session.commit()
 
