@@ -6,6 +6,7 @@ Golden files hold the input and the expected output; PROMPTPROXY_UPDATE_GOLDEN=1
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -96,9 +97,11 @@ def chunk(delta: dict | None = None, finish_reason: str | None = None) -> dict:
     return {"id": "chatcmpl-s", "object": "chat.completion.chunk", "choices": [choice]}
 
 
+@functools.cache
 def required_response_fields() -> list[str]:
-    """The fields the OpenAI spec marks required on a Response object."""
-    spec = yaml.safe_load(SPEC.read_text()) if SPEC.exists() else None
+    """The fields the OpenAI spec marks required on a Response object (the 2 MB spec is parsed once)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    spec = yaml.load(SPEC.read_text(), Loader=loader) if SPEC.exists() else None  # noqa: S506 (a safe loader)
     if spec is None:
         return ["id", "object", "created_at", "error", "incomplete_details", "instructions", "model", "tools",
                 "output", "parallel_tool_calls", "metadata", "tool_choice", "temperature", "top_p"]
