@@ -1,16 +1,15 @@
 """Two gateway processes sharing PostgreSQL and Redis behave as one gateway (needs both, so opt-in)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from ..cli_runner import cli_env, run_cli
 from ..conftest import PG_URL, REDIS_URL, log_rows
-from .procs import ROOT, Server, server_env
+from .procs import Server, server_env
 
 pytestmark = pytest.mark.skipif(
     not (PG_URL and REDIS_URL),
@@ -63,10 +62,9 @@ def test_key_revoked_on_the_cli_is_refused_by_both_processes(app, seeded, pair, 
         from promptproxy.models import ApiKey
 
         key_id = db.session.scalar(db.select(ApiKey.id).where(ApiKey.user_id == seeded.user_id))
-    env = server_env(db_url, tmp_path / "cli")
-    out = subprocess.run([sys.executable, "-m", "promptproxy.cli", "key", "revoke", str(key_id)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    # The servers are the other processes; the CLI writes the same database from this one (tests/cli_runner.py).
+    out = run_cli("key", "revoke", str(key_id), env=cli_env(db_url, tmp_path / "cli"), ok=False)
+    assert out.exit_code == 0, out.stderr
     for server in pair:
         deadline = time.monotonic() + 10  # catalog revision check: about a second per process
         status = chat(server.url, seeded.key).status_code

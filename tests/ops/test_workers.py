@@ -5,8 +5,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +15,10 @@ import requests
 from promptproxy import manage
 from promptproxy.extensions import db
 
+from ..cli_runner import cli_env, run_cli
 from ..conftest import log_rows, rows_when, wait_for
 from ..upstream import chunk
-from .procs import ROOT, Server, server_env
+from .procs import Server, server_env
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
@@ -213,16 +212,14 @@ def test_the_setup_throttle_counts_failures_of_all_workers(app, upstream, db_url
 
 
 def test_workers_must_be_a_positive_number_or_auto(db_url, tmp_path):
-    env = server_env(db_url, tmp_path / "instance")
-    out = subprocess.run([sys.executable, "-m", "promptproxy.cli", "serve", "--workers", "0"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
+    env = cli_env(db_url, tmp_path / "instance")  # refused before serving, so in-process (tests/cli_runner.py)
+    out = run_cli("serve", "--workers", "0", env=env, ok=False)
+    assert out.exit_code == 2
     assert "workers must be a positive number or 'auto', not '0'" in out.stderr
     assert "Traceback" not in out.stderr
     env["PROMPTPROXY_WORKERS"] = "many"
-    out = subprocess.run([sys.executable, "-m", "promptproxy.cli", "serve"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "not 'many'" in out.stderr
+    out = run_cli("serve", env=env, ok=False)
+    assert out.exit_code == 2 and "not 'many'" in out.stderr
 
 
 def running(pid: int) -> bool:
