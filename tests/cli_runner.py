@@ -20,14 +20,16 @@ SQLite files close and PostgreSQL connections go back). Warnings are written to 
 handler would. The program name is `promptproxy`, as in the console script's `--help`.
 
 It starts no server: `serve` reaching the server fails with an error (start servers as subprocesses,
-tests/ops/procs.py). Keep real subprocesses for what needs a process of its own: the console script itself
-(tests/test_cli_smoke.py), `serve`, signals, and what a fresh interpreter imports.
+tests/ops/procs.py). Keep real subprocesses for what needs a process of its own: `serve`, signals, what a fresh
+interpreter imports, and the console script itself: `run_console(ARGS, env=...)` runs `.venv/bin/promptproxy` and
+returns the same Result (a few smoke tests in tests/test_cli_smoke.py; everything else goes through `run_cli`).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -102,6 +104,20 @@ def run_cli(*args, env: dict | None = None, ok: bool = True, input=None) -> Resu
         for app in apps:
             _close(app)
     result = Result(args, code, *(s.getvalue().decode("utf-8", "replace") for s in (out, err, mixed)))
+    if ok:
+        assert result.exit_code == 0, str(result)
+    return result
+
+
+def run_console(*args, env: dict | None = None, ok: bool = True) -> Result:
+    """Run the installed console script (`.venv/bin/promptproxy ARGS`) as a real process: for the few smoke tests of
+    the script itself (tests/test_cli_smoke.py); `output` is stdout then stderr."""
+    script = Path(sys.executable).parent / PROG
+    assert script.exists(), f"no console script at {script}: install the package (make install-test)"
+    args = tuple(str(a) for a in args)
+    done = subprocess.run([str(script), *args], env=process_env(env), cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    result = Result(args, done.returncode, done.stdout, done.stderr, done.stdout + done.stderr)
     if ok:
         assert result.exit_code == 0, str(result)
     return result

@@ -19,6 +19,8 @@ import yaml
 
 from ..conftest import REDIS_URL, free_port
 
+pytestmark = pytest.mark.slow  # the image's entrypoint script and `serve` as real processes
+
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()

@@ -8,13 +8,13 @@ import pytest
 import requests
 
 from ..cli_runner import cli_env, run_cli
-from ..conftest import PG_URL, REDIS_URL, log_rows
+from ..conftest import PG_URL, REDIS_URL, rows_when
 from .procs import Server, server_env
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (PG_URL and REDIS_URL),
     reason="scale-out needs a shared database and Redis: set PROMPTPROXY_TEST_DATABASE_URL (PostgreSQL) "
-           "and PROMPTPROXY_TEST_REDIS_URL")
+           "and PROMPTPROXY_TEST_REDIS_URL")]
 
 
 @pytest.fixture
@@ -45,11 +45,7 @@ def test_two_processes_write_one_consistent_request_log(app, seeded, pair):
     assert [r.status_code for r in responses] == [200] * n
     ids = {r.headers["x-request-id"] for r in responses}
     assert len(ids) == n
-    deadline = time.monotonic() + 15
-    rows = log_rows(app)
-    while len(rows) < n and time.monotonic() < deadline:
-        time.sleep(0.1)
-        rows = log_rows(app)
+    rows = rows_when(app, n, wait=15)
     assert {r.request_id for r in rows} == ids
     assert len(rows) == n
 
