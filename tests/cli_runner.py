@@ -17,7 +17,8 @@ What a separate process would have kept to itself is put back after every run: o
 FLASK_RUN_FROM_CLI), the working directory, logging (create_app sets levels; `db upgrade` runs Alembic's fileConfig,
 which replaces the root handlers), and the app the command built (its threads stopped and its engine disposed, so
 SQLite files close and PostgreSQL connections go back). Warnings are written to stderr as Python's last-resort
-handler would. The program name is `promptproxy`, as in the console script's `--help`.
+handler would. The program name is `promptproxy`, as in the console script's `--help`. Like CliRunner it swaps
+process-wide state while it runs: one run at a time, from the test's own thread.
 
 It starts no server: `serve` reaching the server fails with an error (start servers as subprocesses,
 tests/ops/procs.py). Keep real subprocesses for what needs a process of its own: `serve`, signals, what a fresh

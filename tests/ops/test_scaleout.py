@@ -25,7 +25,9 @@ def pair(app, seeded, db_url, tmp_path):
         for i in range(2):
             env = server_env(db_url, tmp_path / f"instance{i}", PROMPTPROXY_REDIS_URL=REDIS_URL,
                              PROMPTPROXY_LOG_FLUSH_INTERVAL="0.1")
-            servers.append(Server(env, tmp_path / f"server{i}.log"))
+            # One process each (not `--workers auto`): each worker's catalog sees the revoked key on its own second,
+            # and with a quick in-process CLI the last request below could reach one that has not yet looked.
+            servers.append(Server(env, tmp_path / f"server{i}.log", workers=1))
         yield servers
     finally:
         for server in servers:
