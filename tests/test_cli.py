@@ -4,11 +4,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import openai
@@ -21,16 +18,14 @@ from promptproxy.cli import cli
 from promptproxy.extensions import db
 from promptproxy.models import RequestLog, User
 
-from .conftest import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from .cli_runner import process_env, run_cli
+from .ops.procs import Server
 
 
 @pytest.fixture
 def cli_env(tmp_path, db_url):
-    """Environment for CLI subprocesses on the test's database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
-    env.update(PYTHONPATH=str(ROOT), PROMPTPROXY_DATABASE_URL=db_url, PROMPTPROXY_INSTANCE_PATH=str(tmp_path / "inst"),
+    """PROMPTPROXY_* settings for the CLI on the test's database."""
+    env = dict(PROMPTPROXY_DATABASE_URL=db_url, PROMPTPROXY_INSTANCE_PATH=str(tmp_path / "inst"),
                PROMPTPROXY_SECRET_KEY="s" * 40, PROMPTPROXY_ENCRYPTION_KEY="e" * 40,
                PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS="1")
     if not os.environ.get("PROMPTPROXY_TEST_DATABASE_URL"):
@@ -41,32 +36,26 @@ def cli_env(tmp_path, db_url):
     return env
 
 
-def pp(env, *args, ok=True):
-    """Run `promptproxy ARGS` and return the completed process."""
-    proc = subprocess.run([sys.executable, "-m", "promptproxy.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+@pytest.fixture
+def pp(cli_env):
+    """`promptproxy ARGS` on the test's database (tests/cli_runner.py: in-process, fails unless exit 0 when ok)."""
+    return partial(run_cli, env=cli_env)
 
 
-def test_from_empty_database_to_a_working_call(cli_env, upstream):
-    pp(cli_env, "db", "upgrade")
-    pp(cli_env, "provider", "create", "local", "--kind", "openai", "--base-url", upstream.url + "/v1",
+@pytest.mark.slow
+def test_from_empty_database_to_a_working_call(pp, cli_env, upstream, tmp_path):
+    pp("db", "upgrade")
+    pp("provider", "create", "local", "--kind", "openai", "--base-url", upstream.url + "/v1",
        "--api-key", "sk-cli-upstream-9876")
-    pp(cli_env, "model", "create", "gpt-4o-mini", "--provider", "local", "--upstream-model", "llama3:8b")
-    pp(cli_env, "prompt", "create", "translator", "--text", "Translate into French.")
-    pp(cli_env, "user", "create", "alice", "--email", "alice@example.com", "--all-models", "--all-prompts")
-    out = pp(cli_env, "key", "create", "--user", "alice", "--name", "laptop", "--expires", "2099-01-01").stdout
+    pp("model", "create", "gpt-4o-mini", "--provider", "local", "--upstream-model", "llama3:8b")
+    pp("prompt", "create", "translator", "--text", "Translate into French.")
+    pp("user", "create", "alice", "--email", "alice@example.com", "--all-models", "--all-prompts")
+    out = pp("key", "create", "--user", "alice", "--name", "laptop", "--expires", "2099-01-01").stdout
     key = out.strip().splitlines()[-1]
     assert key.startswith("pp-") and len(key) > 40
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "promptproxy.cli", "serve", "--port", str(port),
-                               "--threads", "8"], env=cli_env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = Server(process_env(cli_env), tmp_path / "server.log", threads=8)  # `serve` itself: a real process
     try:
-        _wait_port(port)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=30)
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=30)
         resp = client.chat.completions.create(model="gpt-4o-mini:translator",
                                               messages=[{"role": "user", "content": "Good morning"}])
         assert resp.choices[0].message.content == "Bonjour!"
@@ -75,88 +64,77 @@ def test_from_empty_database_to_a_working_call(cli_env, upstream):
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     finally:
-        server.terminate()
-        output = server.communicate(timeout=20)[0]
+        server.stop()
+    output = server.output()
     assert "sk-cli-upstream-9876" not in output and key not in output
-    rows = [json.loads(line) for line in pp(cli_env, "log", "--user", "alice", "--json").stdout.splitlines()]
+    rows = [json.loads(line) for line in pp("log", "--user", "alice", "--json").stdout.splitlines()]
     assert [(r["status"], r["model"], r["prompt"]) for r in rows] == [(404, "nope", None),
                                                                       (200, "gpt-4o-mini", "translator")]
     assert rows[1]["input_tokens"] == 11 and rows[1]["output_tokens"] == 7
-    listing = pp(cli_env, "key", "list").stdout
+    listing = pp("key", "list").stdout
     assert key not in listing and key[-4:] in listing
-    shown = pp(cli_env, "provider", "show", "local", "--json").stdout
+    shown = pp("provider", "show", "local", "--json").stdout
     assert "sk-cli-upstream-9876" not in shown and json.loads(shown)["api_key"] == "sk-…9876"
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"server on port {port} did not start")
-
-
-def test_resource_commands_list_show_update_delete(cli_env, upstream):
-    pp(cli_env, "db", "upgrade")
-    pp(cli_env, "provider", "create", "p1", "--base-url", upstream.url + "/v1")
-    pp(cli_env, "model", "create", "m1", "--provider", "p1", "--upstream-model", "x", "--kind", "completion")
-    pp(cli_env, "prompt", "create", "pr", "--text", "v1 text", "--mode", "replace")
-    pp(cli_env, "user", "create", "u1")
-    assert "m1" in pp(cli_env, "model", "list").stdout
-    assert json.loads(pp(cli_env, "model", "show", "m1", "--json").stdout)["kind"] == "completion"
-    pp(cli_env, "model", "update", "m1", "--input-price", "0.15", "--output-price", "0.6")
-    assert json.loads(pp(cli_env, "model", "show", "m1", "--json").stdout)["output_price"] == 0.6
-    pp(cli_env, "prompt", "update", "pr", "--text", "v2 text")
-    versions = [json.loads(x) for x in pp(cli_env, "prompt", "versions", "pr", "--json").stdout.splitlines()]
+def test_resource_commands_list_show_update_delete(pp, upstream):
+    pp("db", "upgrade")
+    pp("provider", "create", "p1", "--base-url", upstream.url + "/v1")
+    pp("model", "create", "m1", "--provider", "p1", "--upstream-model", "x", "--kind", "completion")
+    pp("prompt", "create", "pr", "--text", "v1 text", "--mode", "replace")
+    pp("user", "create", "u1")
+    assert "m1" in pp("model", "list").stdout
+    assert json.loads(pp("model", "show", "m1", "--json").stdout)["kind"] == "completion"
+    pp("model", "update", "m1", "--input-price", "0.15", "--output-price", "0.6")
+    assert json.loads(pp("model", "show", "m1", "--json").stdout)["output_price"] == 0.6
+    pp("prompt", "update", "pr", "--text", "v2 text")
+    versions = [json.loads(x) for x in pp("prompt", "versions", "pr", "--json").stdout.splitlines()]
     assert [(v["version"], v["live"]) for v in versions] == [(2, True), (1, False)]
-    pp(cli_env, "prompt", "rollback", "pr", "1")
-    assert json.loads(pp(cli_env, "prompt", "show", "pr", "--json").stdout)["text"] == "v1 text"
-    pp(cli_env, "user", "update", "u1", "--rpm", "5", "--allow-model", "m1")
-    shown = json.loads(pp(cli_env, "user", "show", "u1", "--json").stdout)
+    pp("prompt", "rollback", "pr", "1")
+    assert json.loads(pp("prompt", "show", "pr", "--json").stdout)["text"] == "v1 text"
+    pp("user", "update", "u1", "--rpm", "5", "--allow-model", "m1")
+    shown = json.loads(pp("user", "show", "u1", "--json").stdout)
     assert shown["rpm"] == 5 and shown["allowed_models"] == ["m1"] and "password_hash" not in shown
-    key_id = pp(cli_env, "key", "create", "--user", "u1").stdout.splitlines()[0].split()[2]
-    pp(cli_env, "key", "revoke", key_id)
-    assert "revoked" in pp(cli_env, "key", "list", "--user", "u1").stdout
-    assert pp(cli_env, "provider", "delete", "p1", ok=False).returncode == 1
-    pp(cli_env, "model", "delete", "m1")
-    pp(cli_env, "provider", "delete", "p1")
-    pp(cli_env, "user", "delete", "u1")
-    assert "u1" not in pp(cli_env, "user", "list").stdout
+    key_id = pp("key", "create", "--user", "u1").stdout.splitlines()[0].split()[2]
+    pp("key", "revoke", key_id)
+    assert "revoked" in pp("key", "list", "--user", "u1").stdout
+    assert pp("provider", "delete", "p1", ok=False).exit_code == 1
+    pp("model", "delete", "m1")
+    pp("provider", "delete", "p1")
+    pp("user", "delete", "u1")
+    assert "u1" not in pp("user", "list").stdout
 
 
-def test_provider_dialect_flags_create_show_update(cli_env, upstream):
-    pp(cli_env, "db", "upgrade")
-    pp(cli_env, "provider", "create", "native", "--base-url", upstream.url + "/v1", "--responses-api",
+def test_provider_dialect_flags_create_show_update(pp, upstream):
+    pp("db", "upgrade")
+    pp("provider", "create", "native", "--base-url", upstream.url + "/v1", "--responses-api",
        "--reasoning-effort")
-    shown = json.loads(pp(cli_env, "provider", "show", "native", "--json").stdout)
+    shown = json.loads(pp("provider", "show", "native", "--json").stdout)
     assert (shown["responses_api"], shown["reasoning_effort"]) == (True, True)
-    out = pp(cli_env, "provider", "update", "native", "--no-responses-api").stdout
+    out = pp("provider", "update", "native", "--no-responses-api").stdout
     assert "responses_api" in out and "reasoning_effort" not in out
-    shown = json.loads(pp(cli_env, "provider", "show", "native", "--json").stdout)
+    shown = json.loads(pp("provider", "show", "native", "--json").stdout)
     assert (shown["responses_api"], shown["reasoning_effort"]) == (False, True)
-    pp(cli_env, "provider", "update", "native", "--responses-api", "--no-reasoning-effort")
-    assert "responses_api: True" in pp(cli_env, "provider", "show", "native").stdout
-    pp(cli_env, "provider", "create", "plain", "--base-url", upstream.url + "/v1")
-    shown = json.loads(pp(cli_env, "provider", "show", "plain", "--json").stdout)
+    pp("provider", "update", "native", "--responses-api", "--no-reasoning-effort")
+    assert "responses_api: True" in pp("provider", "show", "native").stdout
+    pp("provider", "create", "plain", "--base-url", upstream.url + "/v1")
+    shown = json.loads(pp("provider", "show", "plain", "--json").stdout)
     assert (shown["responses_api"], shown["reasoning_effort"]) == (False, False)
 
 
-def test_responses_api_is_refused_on_an_anthropic_provider(cli_env, upstream):
-    pp(cli_env, "db", "upgrade")
-    proc = pp(cli_env, "provider", "create", "claude", "--kind", "anthropic", "--base-url", upstream.url,
+def test_responses_api_is_refused_on_an_anthropic_provider(pp, upstream):
+    pp("db", "upgrade")
+    proc = pp("provider", "create", "claude", "--kind", "anthropic", "--base-url", upstream.url,
               "--responses-api", ok=False)
-    assert proc.returncode == 1 and "responses_api applies to OpenAI-compatible providers only" in proc.stderr
+    assert proc.exit_code == 1 and "responses_api applies to OpenAI-compatible providers only" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "claude" not in pp(cli_env, "provider", "list").stdout
-    pp(cli_env, "provider", "create", "claude", "--kind", "anthropic", "--base-url", upstream.url,
+    assert "claude" not in pp("provider", "list").stdout
+    pp("provider", "create", "claude", "--kind", "anthropic", "--base-url", upstream.url,
        "--reasoning-effort")
-    proc = pp(cli_env, "provider", "update", "claude", "--responses-api", ok=False)
-    assert proc.returncode == 1 and "responses_api applies to OpenAI-compatible providers only" in proc.stderr
-    assert json.loads(pp(cli_env, "provider", "show", "claude", "--json").stdout)["responses_api"] is False
-    pp(cli_env, "provider", "update", "claude", "--no-responses-api")
+    proc = pp("provider", "update", "claude", "--responses-api", ok=False)
+    assert proc.exit_code == 1 and "responses_api applies to OpenAI-compatible providers only" in proc.stderr
+    assert json.loads(pp("provider", "show", "claude", "--json").stdout)["responses_api"] is False
+    pp("provider", "update", "claude", "--no-responses-api")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -167,25 +145,25 @@ def test_responses_api_is_refused_on_an_anthropic_provider(cli_env, upstream):
     (["prompt", "create", "a:b", "--text", "x"], "prompt slug must be"),
     (["key", "create", "--user", "x", "--expires", "tomorrow"], "YYYY-MM-DD"),
 ])
-def test_bad_arguments_give_one_line_error_and_nonzero_exit(cli_env, args, message):
-    pp(cli_env, "db", "upgrade")
-    proc = pp(cli_env, *args, ok=False)
-    assert proc.returncode != 0
+def test_bad_arguments_give_one_line_error_and_nonzero_exit(pp, args, message):
+    pp("db", "upgrade")
+    proc = pp(*args, ok=False)
+    assert proc.exit_code != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_missing_database_schema_is_a_clear_error(cli_env):
-    proc = pp(cli_env, "user", "list", ok=False)
+def test_missing_database_schema_is_a_clear_error(pp):
+    proc = pp("user", "list", ok=False)
     if os.environ.get("PROMPTPROXY_TEST_DATABASE_URL"):
         pytest.skip("the PostgreSQL test database is already migrated")
-    assert proc.returncode == 1 and "promptproxy db upgrade" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.exit_code == 1 and "promptproxy db upgrade" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_audit_events_for_cli_changes(cli_env, db_url):
-    pp(cli_env, "db", "upgrade")
-    pp(cli_env, "user", "create", "u1")
-    pp(cli_env, "user", "update", "u1", "--rpm", "3")
+def test_audit_events_for_cli_changes(pp, cli_env, db_url):
+    pp("db", "upgrade")
+    pp("user", "create", "u1")
+    pp("user", "update", "u1", "--rpm", "3")
     engine = sa.create_engine(cli_env["PROMPTPROXY_DATABASE_URL"])
     with engine.connect() as conn:
         events = conn.execute(sa.text("SELECT actor, action, target FROM audit_events ORDER BY id")).all()

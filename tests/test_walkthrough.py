@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,7 @@ import requests
 
 from promptproxy import config
 
-from .conftest import free_port
-from .test_cli import _wait_port
+from .conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -43,6 +43,15 @@ def second_shell(instance: Path) -> dict:
     return env
 
 
+def listening(port: int) -> bool:
+    """Something accepts connections on the loopback port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
 def bash(env: dict, script: str) -> subprocess.CompletedProcess:
     """Run lines as a person would type them, stopping at the first failure."""
     return subprocess.run(["bash", "-c", "set -eo pipefail\n" + script], env=env, cwd=ROOT, capture_output=True,
@@ -55,12 +64,13 @@ def mock_upstream():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "bench/mock_upstream.py", "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port)
+    assert wait_for(lambda: listening(port), 20), f"mock upstream on port {port} did not start"
     yield port
     proc.terminate()
     proc.wait(10)
 
 
+@pytest.mark.slow
 def test_make_run_settings_let_the_walk_through_run_as_written(tmp_path, mock_upstream):
     env = second_shell(tmp_path / "instance")
     made = subprocess.run(["make", "-s", "dev-settings"], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -82,7 +92,7 @@ def test_make_run_settings_let_the_walk_through_run_as_written(tmp_path, mock_up
     server = subprocess.Popen(["promptproxy", "serve", "--port", str(port), "--threads", "8"], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_port(port)
+        assert wait_for(lambda: listening(port), 20), f"server on port {port} did not start"
         requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).raise_for_status()
         call_env = {**env, "PP_KEY": key}
         curl = sh_blocks(step(4))[0].replace("8090", str(port))

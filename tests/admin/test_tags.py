@@ -5,12 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
+from functools import partial
 
 import pytest
 import sqlalchemy as sa
@@ -19,9 +16,9 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.models import ApiKey, AuditEvent
 
-from ..conftest import ENC_KEY, log_rows
+from ..cli_runner import cli_env, run_cli
+from ..conftest import log_rows
 
-ROOT = Path(__file__).resolve().parents[2]
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -95,16 +92,8 @@ def test_key_form_sets_default_tags_and_refuses_bad_ones(admin_web, app, people)
 
 @pytest.fixture
 def cli(db_url, tmp_path, seeded):
-    """Run `python -m promptproxy.cli ...` against the test database."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": db_url,
-           "PROMPTPROXY_SECRET_KEY": "test-secret-key-0123456789abcdefgh", "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY,
-           "PROMPTPROXY_INSTANCE_PATH": str(tmp_path / "cli-instance")}
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "promptproxy.cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
-
-    return run
+    """`promptproxy ARGS` against the test database (tests/cli_runner.py); the tests check the exit code."""
+    return partial(run_cli, env=cli_env(db_url, tmp_path / "cli-instance"), ok=False)
 
 
 def key_tags(app, key_id: int):
@@ -114,17 +103,17 @@ def key_tags(app, key_id: int):
 
 def test_cli_key_tags_create_update_clear_and_refuse(cli, app):
     made = cli("key", "create", "--user", "alice", "--tag", "team-a", "--tag", "svc:x")
-    assert made.returncode == 0, made.stderr
+    assert made.exit_code == 0, made.stderr
     key_id = int(re.search(r"created key (\d+)", made.stdout + made.stderr).group(1))
     assert key_tags(app, key_id) == ["team-a", "svc:x"]
-    assert cli("key", "update", str(key_id), "--tag", "b").returncode == 0
+    assert cli("key", "update", str(key_id), "--tag", "b").exit_code == 0
     assert key_tags(app, key_id) == ["b"]
     refused = cli("key", "update", str(key_id), "--tag", "b c")
-    assert refused.returncode != 0 and "The tag `b c` is not valid" in refused.stderr
+    assert refused.exit_code != 0 and "The tag `b c` is not valid" in refused.stderr
     assert "Traceback" not in refused.stderr and key_tags(app, key_id) == ["b"]
     refused = cli("key", "create", "--user", "alice", *[f"--tag=t{i}" for i in range(11)])
-    assert refused.returncode != 0 and "Too many tags: at most 10 per key, got 11." in refused.stderr
-    assert cli("key", "update", str(key_id), "--no-tags").returncode == 0
+    assert refused.exit_code != 0 and "Too many tags: at most 10 per key, got 11." in refused.stderr
+    assert cli("key", "update", str(key_id), "--no-tags").exit_code == 0
     assert key_tags(app, key_id) is None
     with app.app_context():
         details = [e.details for e in db.session.scalars(sa.select(AuditEvent).where(AuditEvent.target_type == "key"))]
@@ -141,7 +130,7 @@ def test_cli_log_filters_by_tag(cli, app, seeded):
                     headers={"Authorization": f"Bearer {seeded.key}", "x-promptproxy-tags": tags})
     rows = log_rows(app)
     out = cli("log", "--tag", "night-batch", "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.exit_code == 0, out.stderr
     found = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [(r["request_id"], r["tags"]) for r in found] == [(rows[0].request_id, "night-batch")]
 

@@ -1,10 +1,5 @@
-"""`promptproxy webhook ...` as real subprocesses: exit codes, messages, stored values, guard refusals."""
+"""`promptproxy webhook ...` through the console entry point: exit codes, messages, stored values, guard refusals."""
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import orjson
 import pytest
@@ -13,23 +8,18 @@ import sqlalchemy as sa
 from promptproxy.extensions import db
 from promptproxy.models import AuditEvent, Webhook
 
-from ..conftest import ENC_KEY
+from ..cli_runner import Result, cli_env, run_cli
 from .conftest import deliveries
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec-canary-5f2e9a"
 
 
 @pytest.fixture
 def cli(db_url, tmp_path):
-    """Run `python -m promptproxy.cli ...`; private=True allows loopback URLs (as development setups do)."""
-    def run(*args: str, private: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": db_url,
-               "PROMPTPROXY_SECRET_KEY": "test-secret-key-0123456789abcdefgh", "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY,
-               "PROMPTPROXY_INSTANCE_PATH": str(tmp_path / "cli-instance"),
-               "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1" if private else "0"}
-        return subprocess.run([sys.executable, "-m", "promptproxy.cli", "webhook", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+    """`promptproxy webhook ARGS` (tests/cli_runner.py); private=True allows loopback URLs, as development does."""
+    def run(*args: str, private: bool = True) -> Result:
+        env = cli_env(db_url, tmp_path / "cli-instance", PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS="1" if private else "0")
+        return run_cli("webhook", *args, env=env, ok=False)
 
     return run
 
@@ -44,7 +34,7 @@ def hooks(app) -> list[Webhook]:
 def test_create_list_update_delete(cli, app, receiver):
     done = cli("create", "ops", "--url", receiver.url, "--events", "budget,provider", "--format", "slack",
                "--secret", SECRET)
-    assert done.returncode == 0 and done.stdout.strip() == "created webhook ops (id 1)"
+    assert done.exit_code == 0 and done.stdout.strip() == "created webhook ops (id 1)"
     stored = hooks(app)[0]
     assert stored.events == ["budget", "provider"] and stored.format == "slack"
     assert stored.secret_encrypted.startswith("v1:") and SECRET not in stored.secret_encrypted
@@ -52,7 +42,7 @@ def test_create_list_update_delete(cli, app, receiver):
     assert listed == {"id": 1, "name": "ops", "url": receiver.url.split("/hook")[0] + "/…",
                       "events": ["budget", "provider"], "format": "slack", "secret": True, "enabled": True}
     done = cli("update", "ops", "--events", "errors", "--disabled", "--secret", "")
-    assert done.returncode == 0 and done.stdout.strip() == "updated webhook ops: events, enabled, secret"
+    assert done.exit_code == 0 and done.stdout.strip() == "updated webhook ops: events, enabled, secret"
     stored = hooks(app)[0]
     assert stored.events == ["errors"] and not stored.enabled and stored.secret_encrypted is None
     assert cli("delete", "ops").stdout.strip() == "deleted webhook ops" and hooks(app) == []
@@ -66,10 +56,10 @@ def test_create_list_update_delete(cli, app, receiver):
 def test_test_command_reports_delivery_and_failure(cli, app, receiver):
     cli("create", "ops", "--url", receiver.url)
     done = cli("test", "ops")
-    assert done.returncode == 0 and done.stdout.strip() == "test delivery 1 delivered (HTTP 200)"
+    assert done.exit_code == 0 and done.stdout.strip() == "test delivery 1 delivered (HTTP 200)"
     receiver.statuses = [500]
     done = cli("test", "ops")
-    assert done.returncode == 1
+    assert done.exit_code == 1
     assert "test delivery 2 failed: HTTP 500 (status pending; retried by the server)" in done.stdout
     assert [d.status for d in deliveries(app)] == ["delivered", "pending"]
 
@@ -89,23 +79,23 @@ def test_test_command_reports_delivery_and_failure(cli, app, receiver):
 ])
 def test_error_paths_change_nothing(cli, app, args, code, message):
     done = cli(*args)
-    assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr
+    assert done.exit_code == code and message in done.stderr and "Traceback" not in done.stderr
     assert hooks(app) == []
 
 
 def test_duplicate_name_is_refused(cli, app, receiver):
     cli("create", "ops", "--url", receiver.url)
     done = cli("create", "ops", "--url", receiver.url)
-    assert done.returncode == 1 and "webhook `ops` already exists" in done.stderr and len(hooks(app)) == 1
+    assert done.exit_code == 1 and "webhook `ops` already exists" in done.stderr and len(hooks(app)) == 1
 
 
 def test_address_guard_on_create_and_update(cli, app, receiver):
     done = cli("create", "ops", "--url", "http://169.254.169.254/latest", private=False)
-    assert done.returncode == 1 and "webhook URL points at a private or special address" in done.stderr
+    assert done.exit_code == 1 and "webhook URL points at a private or special address" in done.stderr
     assert hooks(app) == []
     cli("create", "ops", "--url", "https://hooks.example.com/services/T0/B0/x", private=True)
     for url in ("http://10.1.2.3/h", "http://[::1]/h", "http://localhost/h", "http://2130706433/h"):
         done = cli("update", "ops", "--url", url, "--events", "budget", private=False)
-        assert done.returncode == 1 and "webhook URL" in done.stderr, url
+        assert done.exit_code == 1 and "webhook URL" in done.stderr, url
     stored = hooks(app)[0]
     assert stored.url == "https://hooks.example.com/services/T0/B0/x" and len(stored.events) == 4

@@ -1,10 +1,7 @@
-"""The CLI forms scripts rely on, run as real subprocesses: exit codes, stored values, audit events."""
+"""The CLI forms scripts rely on, through the console entry point: exit codes, stored values, audit events."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from functools import partial
 
 import pytest
 import sqlalchemy as sa
@@ -12,24 +9,14 @@ import sqlalchemy as sa
 from promptproxy.extensions import db
 from promptproxy.models import ApiKey, AuditEvent, Model, User
 
-from ..conftest import ENC_KEY
+from ..cli_runner import cli_env, run_cli
 from .conftest import chat
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def cli(db_url, tmp_path, seeded):
-    """Run `python -m promptproxy.cli ...` against the test database."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": db_url,
-           "PROMPTPROXY_SECRET_KEY": "test-secret-key-0123456789abcdefgh", "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY,
-           "PROMPTPROXY_INSTANCE_PATH": str(tmp_path / "cli-instance")}
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "promptproxy.cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
-
-    return run
+    """`promptproxy ARGS` against the test database (tests/cli_runner.py); the tests check the exit code."""
+    return partial(run_cli, env=cli_env(db_url, tmp_path / "cli-instance"), ok=False)
 
 
 def fetch(app, model, **where):
@@ -51,7 +38,7 @@ def test_user_update_full_form(cli, app):
     done = cli("user", "update", "bob", "--rpm", "60", "--tpm", "40000", "--max-concurrent", "4",
                "--budget", "25.5", "--period", "week", "--allow-model", "embed", "--allow-model", "text-davinci",
                "--allow-prompt", "translator", "--all-prompts")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert done.stdout.startswith("updated user bob")
     bob = fetch(app, User, name="bob")
     assert (bob.rpm, bob.tpm, bob.max_concurrent, bob.budget_usd, bob.budget_period) == (60, 40000, 4, 25.5, "week")
@@ -62,13 +49,13 @@ def test_user_update_full_form(cli, app):
     assert event.details["rpm"] == 60 and event.details["budget_period"] == "week"
     assert event.details["allowed_models"] == ["gpt-4o-mini", "embed", "text-davinci"]
     done = cli("user", "update", "bob", "--all-models")
-    assert done.returncode == 0 and fetch(app, User, name="bob").all_models is True
+    assert done.exit_code == 0 and fetch(app, User, name="bob").all_models is True
 
 
 def test_key_update_full_form_and_limits_apply_to_requests(cli, app, live, seeded):
     done = cli("key", "update", "1", "--rpm", "1", "--tpm", "500", "--max-concurrent", "2", "--budget", "3",
                "--period", "day", "--allow-model", "gpt-4o-mini", "--allow-prompt", "translator")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     key = fetch(app, ApiKey, id=1)
     assert (key.rpm, key.tpm, key.max_concurrent, key.budget_usd, key.budget_period) == (1, 500, 2, 3.0, "day")
     assert (key.allowed_models, key.allowed_prompts) == (["gpt-4o-mini"], ["translator"])
@@ -80,10 +67,10 @@ def test_key_update_full_form_and_limits_apply_to_requests(cli, app, live, seede
 
 
 def test_key_all_flags_mean_no_narrowing(cli, app):
-    assert cli("key", "update", "2", "--no-all-models", "--allow-model", "gpt-4o-mini").returncode == 0
+    assert cli("key", "update", "2", "--no-all-models", "--allow-model", "gpt-4o-mini").exit_code == 0
     assert fetch(app, ApiKey, id=2).allowed_models == ["gpt-4o-mini"]
     done = cli("key", "update", "2", "--all-models", "--all-prompts")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     key = fetch(app, ApiKey, id=2)
     assert (key.allowed_models, key.allowed_prompts) == (None, None)  # everything its user may use, no more
     assert audits(app)[-1].details == {"all_models": True, "all_prompts": True}
@@ -92,7 +79,7 @@ def test_key_all_flags_mean_no_narrowing(cli, app):
 def test_model_update_prices(cli, app, live, seeded, upstream):
     done = cli("model", "update", "gpt-4o-mini", "--input-price", "2.5", "--output-price", "10",
                "--cached-input-price", "1.25")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     model = fetch(app, Model, slug="gpt-4o-mini")
     assert (model.input_price, model.output_price, model.cached_input_price) == (2.5, 10.0, 1.25)
     [event] = audits(app)
@@ -116,7 +103,7 @@ def test_model_update_prices(cli, app, live, seeded, upstream):
 ])
 def test_cli_errors_exit_non_zero_and_change_nothing(cli, app, args, code, message):
     done = cli(*args)
-    assert done.returncode == code
+    assert done.exit_code == code
     assert message in done.stderr
     assert audits(app) == []
     assert fetch(app, User, name="bob").rpm is None

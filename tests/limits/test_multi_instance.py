@@ -20,9 +20,9 @@ from .conftest import chat, parallel, set_limits
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (PG_URL and REDIS_URL),
-    reason="needs PROMPTPROXY_TEST_DATABASE_URL (PostgreSQL) and PROMPTPROXY_TEST_REDIS_URL (Redis) to share state")
+    reason="needs PROMPTPROXY_TEST_DATABASE_URL (PostgreSQL) and PROMPTPROXY_TEST_REDIS_URL (Redis) to share state")]
 
 
 @pytest.fixture

@@ -10,14 +10,15 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from ..conftest import REDIS_URL, free_port
+from ..conftest import REDIS_URL, free_port, wait_for
+
+pytestmark = pytest.mark.slow  # the image's entrypoint script and `serve` as real processes
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
@@ -85,29 +86,34 @@ def documented_admin_command() -> tuple[str, list[str]]:
 
 
 def serve(env: dict, *argv: str) -> subprocess.Popen:
-    """Start a service's default command (the server) and wait until /readyz answers 200."""
+    """Start a service's default command (the server); return once /readyz answers 200 and it printed its banner
+    (with workers, another worker can answer /readyz before the first one prints it)."""
     env = {**env, "PROMPTPROXY_PORT": str(free_port())}
-    proc = subprocess.Popen([str(ENTRYPOINT), *argv], env=env, cwd=tmp_cwd(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = Path(tmp_cwd(env)) / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(ENTRYPOINT), *argv], env=env, cwd=tmp_cwd(env), stdout=out,
+                                stderr=subprocess.STDOUT)
+    proc.log = log  # what stop() returns
     url = f"http://127.0.0.1:{env['PROMPTPROXY_PORT']}/readyz"
-    deadline = time.monotonic() + 60
-    while True:
+
+    def ready() -> bool:
         try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return proc
+            return requests.get(url, timeout=2).status_code == 200 and "serving on" in log.read_text()
         except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the service did not become ready:\n" + proc.communicate()[0])
-        time.sleep(0.1)
+            return proc.poll() is not None  # it exited: stop waiting
+
+    if not wait_for(ready, 60) or proc.poll() is not None:
+        proc.kill()
+        proc.wait()
+        pytest.fail("the service did not become ready:\n" + log.read_text())
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> tuple[int, str]:
     """SIGTERM as `docker stop` sends it; the exit code and what the process printed."""
     proc.terminate()
-    output = proc.communicate(timeout=60)[0]
-    return proc.returncode, output
+    proc.wait(60)
+    return proc.returncode, proc.log.read_text()
 
 
 def test_migrate_then_the_documented_create_admin_then_a_replica_serves(service_env):

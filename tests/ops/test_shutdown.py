@@ -11,6 +11,8 @@ from ..conftest import log_rows
 from ..upstream import chunk
 from .procs import Server, server_env
 
+pytestmark = pytest.mark.slow  # a real `promptproxy serve` process per test
+
 
 @pytest.fixture
 def gateway_proc(app, seeded, db_url, tmp_path):

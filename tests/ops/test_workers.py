@@ -5,10 +5,7 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,9 +14,10 @@ import requests
 from promptproxy import manage
 from promptproxy.extensions import db
 
+from ..cli_runner import cli_env, run_cli
 from ..conftest import log_rows, rows_when, wait_for
 from ..upstream import chunk
-from .procs import ROOT, Server, server_env
+from .procs import Server, server_env
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
@@ -76,6 +74,7 @@ def pair(app, seeded, db_url, tmp_path):
     server.stop()
 
 
+@pytest.mark.slow
 def test_rpm_is_exact_across_workers(app, seeded, upstream, pair):
     set_user_limits(app, rpm=9)
     statuses = []
@@ -93,6 +92,7 @@ def test_rpm_is_exact_across_workers(app, seeded, upstream, pair):
     assert sorted(r.status for r in rows) == sorted(statuses)
 
 
+@pytest.mark.slow
 def test_concurrency_cap_is_exact_across_workers(app, seeded, upstream, pair):
     set_user_limits(app, max_concurrent=2)
     release, arrived = threading.Event(), threading.Semaphore(0)
@@ -117,6 +117,7 @@ def test_concurrency_cap_is_exact_across_workers(app, seeded, upstream, pair):
     assert sorted(r.status_code for r in results) == [200, 200] + [429] * 6
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_gateway_keeps_serving(app, seeded, upstream, pair):
     before = pids(pair)
     os.kill(before[1], signal.SIGKILL)
@@ -130,6 +131,7 @@ def test_a_killed_worker_is_restarted_and_the_gateway_keeps_serving(app, seeded,
     assert len(rows_when(app, 16)) == 16
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_group_drains_a_stream_and_every_worker_flushes_rows(app, seeded, upstream, db_url, tmp_path):
     server = start(db_url, tmp_path, PROMPTPROXY_LOG_FLUSH_INTERVAL="3600", PROMPTPROXY_SHUTDOWN_GRACE="20")
     try:
@@ -159,9 +161,11 @@ def test_sigterm_to_the_group_drains_a_stream_and_every_worker_flushes_rows(app,
             os.kill(pid, signal.SIGTERM)
         assert wait_for(lambda: "stopping 2 workers" in server.output(), 10)
         assert wait_for(lambda: refused(server.url), 10)  # soon nobody accepts any more, on any worker
-        # Outlast waitress's 5 s wait for worker threads: a worker that took the second SIGTERM as "stop now"
-        # would have cut the stream by then.
-        time.sleep(6)
+        # A worker that took the second SIGTERM as "stop now" would leave its loop at once, wait up to waitress's
+        # 5 s for its threads, flush and exit, cutting the stream: watch for that (both workers gone) past those 5 s.
+        # The wait is the point (nothing shows earlier that it will not happen); it ends at once if it does.
+        assert not wait_for(lambda: server.output().count("request log flushed") >= 2 or server.proc.poll() is not None,
+                            6), server.output()
         assert server.proc.poll() is None  # still draining the stream
         release.set()
         assert "jour" in resp.text
@@ -186,6 +190,7 @@ def setup_attempt(base: str, token: str) -> requests.Response:
         "csrf_token": csrf, "token": token, "name": "root", "email": "root@example.com", "password": "pw-long-enough"})
 
 
+@pytest.mark.slow
 def test_the_setup_token_is_announced_once_and_accepted_by_any_worker(app, upstream, db_url, tmp_path):
     server = start(db_url, tmp_path)
     try:
@@ -197,6 +202,7 @@ def test_the_setup_token_is_announced_once_and_accepted_by_any_worker(app, upstr
         server.stop()
 
 
+@pytest.mark.slow
 def test_the_setup_throttle_counts_failures_of_all_workers(app, upstream, db_url, tmp_path):
     server = start(db_url, tmp_path, PROMPTPROXY_LOGIN_MAX_FAILURES="4")
     try:
@@ -213,16 +219,14 @@ def test_the_setup_throttle_counts_failures_of_all_workers(app, upstream, db_url
 
 
 def test_workers_must_be_a_positive_number_or_auto(db_url, tmp_path):
-    env = server_env(db_url, tmp_path / "instance")
-    out = subprocess.run([sys.executable, "-m", "promptproxy.cli", "serve", "--workers", "0"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
+    env = cli_env(db_url, tmp_path / "instance")  # refused before serving, so in-process (tests/cli_runner.py)
+    out = run_cli("serve", "--workers", "0", env=env, ok=False)
+    assert out.exit_code == 2
     assert "workers must be a positive number or 'auto', not '0'" in out.stderr
     assert "Traceback" not in out.stderr
     env["PROMPTPROXY_WORKERS"] = "many"
-    out = subprocess.run([sys.executable, "-m", "promptproxy.cli", "serve"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "not 'many'" in out.stderr
+    out = run_cli("serve", env=env, ok=False)
+    assert out.exit_code == 2 and "not 'many'" in out.stderr
 
 
 def running(pid: int) -> bool:
@@ -234,6 +238,7 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_workers_stop_when_their_supervisor_is_killed(app, seeded, upstream, db_url, tmp_path):
     server = start(db_url, tmp_path)
     try:

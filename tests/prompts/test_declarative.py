@@ -1,9 +1,6 @@
 """`promptproxy apply` and `export`: create and update from YAML, idempotent, dry-run, no secrets in clear."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from promptproxy.cli import cli
 from promptproxy.extensions import db
 from promptproxy.models import AuditEvent, Model, Prompt, PromptVersion, Provider, User
 
+from ..cli_runner import run_cli
 from ..conftest import ENC_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,17 +253,12 @@ def test_load_uses_safe_yaml_only():
 
 def test_scripts_set_up_a_gateway_from_an_empty_database(tmp_path):
     """The console entry point, as a script would run it: migrate, dry-run, apply twice, export."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": f"sqlite:///{tmp_path / 'pp.db'}",
-           "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY, "PROMPTPROXY_SECRET_KEY": "s" * 40,
-           "PROMPTPROXY_INSTANCE_PATH": str(tmp_path), "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1",
-           "UPSTREAM_OPENAI_API_KEY": SECRET}
-    env.pop("PROMPTPROXY_TEST_DATABASE_URL", None)
+    env = {"PROMPTPROXY_DATABASE_URL": f"sqlite:///{tmp_path / 'pp.db'}", "PROMPTPROXY_ENCRYPTION_KEY": ENC_KEY,
+           "PROMPTPROXY_SECRET_KEY": "s" * 40, "PROMPTPROXY_INSTANCE_PATH": str(tmp_path),
+           "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1", "UPSTREAM_OPENAI_API_KEY": SECRET}
 
     def pp(*args):
-        done = subprocess.run([sys.executable, "-m", "promptproxy.cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return run_cli(*args, env=env).stdout  # tests/cli_runner.py: fails the test unless the exit code is 0
 
     pp("db", "upgrade")
     assert pp("apply", str(EXAMPLE), "--dry-run").splitlines()[-1].startswith("dry run: ")

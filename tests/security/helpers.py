@@ -1,31 +1,28 @@
-"""Shared helpers for the security tests: the CLI as a subprocess, raw HTTP, a second (attacker) server."""
+"""Shared helpers for the security tests: the CLI's settings for the test app, raw HTTP."""
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
+
+from ..cli_runner import process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli_env(app, **extra) -> dict:
-    """Environment for `python -m promptproxy.cli` against the test app's database and keys."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
-    env.update({
-        "PYTHONPATH": str(ROOT), "PROMPTPROXY_DATABASE_URL": app.config["DATABASE_URL"],
-        "PROMPTPROXY_SECRET_KEY": app.config["SECRET_KEY"], "PROMPTPROXY_ENCRYPTION_KEY": app.config["ENCRYPTION_KEY"],
-        "PROMPTPROXY_INSTANCE_PATH": app.instance_path, "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1",
-    })
+def app_env(app, **extra) -> dict:
+    """PROMPTPROXY_* settings for the CLI (tests/cli_runner.py's run_cli) on the test app's database and keys."""
+    env = {
+        "PROMPTPROXY_DATABASE_URL": app.config["DATABASE_URL"], "PROMPTPROXY_SECRET_KEY": app.config["SECRET_KEY"],
+        "PROMPTPROXY_ENCRYPTION_KEY": app.config["ENCRYPTION_KEY"], "PROMPTPROXY_INSTANCE_PATH": app.instance_path,
+        "PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS": "1",
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
-def run_cli(app, *args, **env) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would; returns the finished process (text output)."""
-    return subprocess.run([sys.executable, "-m", "promptproxy.cli", *args], cwd=ROOT, env=cli_env(app, **env),
-                          capture_output=True, text=True, timeout=60)
+def cli_env(app, **extra) -> dict:
+    """The whole environment for a `promptproxy serve` subprocess on the test app's database and keys."""
+    return process_env(app_env(app, **extra))
 
 
 def raw_http(base: str, data: bytes, timeout: float = 10) -> bytes:

@@ -14,8 +14,9 @@ from promptproxy import manage
 from promptproxy.cli import cli
 from promptproxy.extensions import db
 
+from ..cli_runner import run_cli
 from ..conftest import log_rows
-from .helpers import run_cli
+from .helpers import app_env
 
 PROVIDER_SECRET = "sk-canary-PROVIDER-7f3a9c1e5b2d4f60"
 HEADER_SECRET = "hdr-canary-ORG-55aa66bb77cc"
@@ -143,9 +144,9 @@ def test_canary_secrets_never_leak(live, app, canary, upstream, caplog):
     drive(live, canary, upstream)
     log_rows(app)
     cli_outputs(app, canary)
-    done = run_cli(app, "log", "--json", "--limit", "100")
-    assert done.returncode == 0
-    canary.add("cli subprocess log --json", done.stdout + done.stderr)
+    done = run_cli("log", "--json", "--limit", "100", env=app_env(app), ok=False)
+    assert done.exit_code == 0
+    canary.add("cli log --json", done.stdout + done.stderr)
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == len(log_rows(app)) == 18
     database_dump(app, canary)

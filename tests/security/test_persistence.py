@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from promptproxy.extensions import db
 from promptproxy.models import RequestLog
 
-from ..conftest import free_port, log_rows
+from ..conftest import free_port, log_rows, wait_for
 from .helpers import ROOT, cli_env
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -124,8 +124,7 @@ def test_kill_9_under_load_keeps_the_database_intact(app, seeded, upstream):
     threads = [threading.Thread(target=load, args=(server.url, seeded.key, stop, sent)) for _ in range(8)]
     for t in threads:
         t.start()
-    while len(sent) < 150:
-        time.sleep(0.02)
+    assert wait_for(lambda: len(sent) >= 150, 60)
     server.stop(signal.SIGKILL)
     stop.set()
     for t in threads:

@@ -13,9 +13,10 @@ from promptproxy.manage import ManageError
 from promptproxy.models import Provider
 from promptproxy.netguard import UnsafeURL, validate_base_url
 
+from ..cli_runner import run_cli
 from ..conftest import base_config
 from ..upstream import Upstream
-from .helpers import run_cli
+from .helpers import app_env
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -173,9 +174,9 @@ def test_public_hosts_pass(strict):
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/", "http://0x7f000001/v1", "http://u:p@example.com/"])
 def test_cli_refuses_unsafe_base_urls_in_one_line(app, url):
-    done = run_cli(app, "provider", "create", "evil", "--base-url", url, "--api-key", "sk-canary-cli",
-                   PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS="0")
-    assert done.returncode == 1
+    done = run_cli("provider", "create", "evil", "--base-url", url, "--api-key", "sk-canary-cli",
+                   env=app_env(app, PROMPTPROXY_ALLOW_PRIVATE_UPSTREAMS="0"), ok=False)
+    assert done.exit_code == 1
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("Error: base URL ")
     assert "sk-canary-cli" not in done.stdout + done.stderr

@@ -14,8 +14,9 @@ from promptproxy.crypto import Box, SecretError
 from promptproxy.extensions import db
 from promptproxy.models import AuditEvent, Provider
 
+from ..cli_runner import run_cli
 from ..conftest import ENC_KEY, base_config
-from .helpers import run_cli
+from .helpers import app_env
 
 NEW_KEY = "a-brand-new-encryption-key-0123456789"
 SECRET = "sk-upstream-secret-1234"
@@ -38,9 +39,10 @@ def add_header_secret(app) -> None:
 def test_rotation_reencrypts_everything_is_idempotent_and_round_trips(app, seeded, upstream, tmp_path):
     add_header_secret(app)
     before_key, before_headers = stored(app)
-    done = run_cli(app, "rotate-encryption-key", PROMPTPROXY_ENCRYPTION_KEY=NEW_KEY,
-                   PROMPTPROXY_OLD_ENCRYPTION_KEYS=f"some-older-key-xxxxxxxxxxxxxxxxxxxxx,{ENC_KEY}")
-    assert done.returncode == 0, done.stderr
+    done = run_cli("rotate-encryption-key", ok=False, env=app_env(
+        app, PROMPTPROXY_ENCRYPTION_KEY=NEW_KEY,
+        PROMPTPROXY_OLD_ENCRYPTION_KEYS=f"some-older-key-xxxxxxxxxxxxxxxxxxxxx,{ENC_KEY}"))
+    assert done.exit_code == 0, done.stderr
     assert "re-encrypted 2 secret(s); 0 already under the current key" in done.stdout
     after_key, after_headers = stored(app)
     assert after_key != before_key and after_headers != before_headers
@@ -49,9 +51,9 @@ def test_rotation_reencrypts_everything_is_idempotent_and_round_trips(app, seede
     assert new_box.decrypt(after_headers) == '{"X-Org":"org-secret-9876"}'
     with pytest.raises(SecretError):
         Box(ENC_KEY).decrypt(after_key)
-    again = run_cli(app, "rotate-encryption-key", PROMPTPROXY_ENCRYPTION_KEY=NEW_KEY,
-                    PROMPTPROXY_OLD_ENCRYPTION_KEYS=ENC_KEY)
-    assert again.returncode == 0 and "re-encrypted 0 secret(s); 2 already under the current key" in again.stdout
+    again = run_cli("rotate-encryption-key", ok=False, env=app_env(
+        app, PROMPTPROXY_ENCRYPTION_KEY=NEW_KEY, PROMPTPROXY_OLD_ENCRYPTION_KEYS=ENC_KEY))
+    assert again.exit_code == 0 and "re-encrypted 0 secret(s); 2 already under the current key" in again.stdout
     assert stored(app) == (after_key, after_headers)
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent)
@@ -72,8 +74,8 @@ def test_rotation_reencrypts_everything_is_idempotent_and_round_trips(app, seede
 
 def test_rotation_with_the_wrong_key_is_one_clear_line_and_changes_nothing(app, seeded):
     before = stored(app)
-    done = run_cli(app, "rotate-encryption-key", PROMPTPROXY_ENCRYPTION_KEY=NEW_KEY)
-    assert done.returncode == 1
+    done = run_cli("rotate-encryption-key", env=app_env(app, PROMPTPROXY_ENCRYPTION_KEY=NEW_KEY), ok=False)
+    assert done.exit_code == 1
     [line] = done.stderr.strip().splitlines()
     assert line == ("Error: providers `local` (api_key_encrypted): cannot be decrypted with PROMPTPROXY_ENCRYPTION_KEY "
                     "or any of PROMPTPROXY_OLD_ENCRYPTION_KEYS; nothing was changed")
@@ -178,9 +180,9 @@ def test_production_refuses_one_key_for_both(tmp_path):
 
 
 def test_production_cli_without_keys_prints_one_line_and_exits_non_zero(app):
-    done = run_cli(app, "serve", PROMPTPROXY_ENV="production", PROMPTPROXY_SECRET_KEY="",
-                   PROMPTPROXY_ENCRYPTION_KEY="")
-    assert done.returncode == 2
+    done = run_cli("serve", ok=False, env=app_env(app, PROMPTPROXY_ENV="production", PROMPTPROXY_SECRET_KEY="",
+                                                  PROMPTPROXY_ENCRYPTION_KEY=""))
+    assert done.exit_code == 2
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("Error: PROMPTPROXY_SECRET_KEY must be set to at least 32 random characters in production")
     assert "Traceback" not in done.stderr and "serving" not in done.stdout

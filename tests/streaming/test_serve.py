@@ -89,6 +89,7 @@ def served(app, seeded, db_url, tmp_path):
         proc.stdout.close()
 
 
+@pytest.mark.slow
 def test_serve_streams_200_at_once(served, seeded, upstream, app):
     url, banner = served
     assert "threads=512" in banner
