@@ -16,10 +16,12 @@ from ..conftest import flush_logs, log_rows, rows_when
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(app):
-    """Real retry logic with millisecond backoff, so fault tests stay fast."""
-    app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004,
-                                                      retry_after_cap=20.0)
+def fast_retries(request):
+    """Real retry logic with millisecond backoff, so fault tests stay fast (only where a test has an app)."""
+    if "app" in request.fixturenames:
+        app = request.getfixturevalue("app")
+        app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004,
+                                                          retry_after_cap=20.0)
 
 
 @pytest.fixture
