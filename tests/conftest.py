@@ -40,10 +40,12 @@ def worker_database_url(url: str | None, worker: str | None) -> str | None:
 
 PG_URL = worker_database_url(os.environ.get("PROMPTPROXY_TEST_DATABASE_URL"), WORKER)
 REDIS_URL = os.environ.get("PROMPTPROXY_TEST_REDIS_URL")
+# The prefix of the keys that an app or `serve` without a prefix of its own writes: this worker's alone.
+REDIS_PREFIX = f"pp-test-{WORKER or 'main'}"
 if WORKER and PG_URL:  # tests and the processes they start read the variable too: they see this worker's database
     os.environ["PROMPTPROXY_TEST_DATABASE_URL"] = PG_URL
-if WORKER and REDIS_URL:  # keys of an app or `serve` that sets no prefix of its own stay apart from other workers'
-    os.environ["PROMPTPROXY_REDIS_PREFIX"] = f"pp-test-{WORKER}"
+if REDIS_URL:
+    os.environ["PROMPTPROXY_REDIS_PREFIX"] = REDIS_PREFIX
 
 
 def free_port() -> int:
@@ -68,6 +70,27 @@ def migrate(url: str, instance: Path) -> None:
     with app.app_context():
         upgrade()
         db.engine.dispose()
+
+
+def flush_prefix(url: str, prefix: str) -> None:
+    """Delete the keys under `prefix` (never a whole Redis database: other workers and runs share it)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_redis_keys():
+    """Start from no keys under this worker's prefix (a run that ended early can leave some behind)."""
+    if REDIS_URL:
+        flush_prefix(REDIS_URL, REDIS_PREFIX)
+    yield
+    if REDIS_URL:
+        flush_prefix(REDIS_URL, REDIS_PREFIX)
 
 
 def create_database(url: str) -> None:
