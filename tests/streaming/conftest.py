@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
@@ -12,7 +11,7 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.proxy.resilience import RetryPolicy
 
-from ..conftest import flush_logs, log_rows, rows_when
+from ..conftest import flush_logs, rows_when
 
 
 @pytest.fixture(autouse=True)
@@ -55,12 +54,7 @@ def events(raw: bytes) -> list:
 
 def one_row(app, wait: float = 5.0):
     """The single request-log row, waiting briefly for a stream's row to be queued."""
-    deadline = time.monotonic() + wait
-    while True:
-        rows = log_rows(app)
-        if rows or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+    rows = rows_when(app, 1, wait)
     assert len(rows) == 1, rows
     return rows[0]
 
