@@ -36,9 +36,9 @@ def code_names(code: types.CodeType) -> set[str]:
 
 
 def _ours(obj) -> bool:
-    """Test code (helpers, fixtures, servers), as opposed to the product or a library."""
+    """Test code (helpers, fixtures, servers), as opposed to the product, a library or this reader."""
     name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None) or ""
-    return name == "tests" or name.startswith("tests.")
+    return (name == "tests" or name.startswith("tests.")) and name != __name__
 
 
 def _functions(obj) -> list:
