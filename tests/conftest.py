@@ -1,6 +1,13 @@
-"""Fixtures: a migrated database (SQLite, or PostgreSQL when asked), the app, a live gateway, a real upstream."""
+"""Fixtures: a migrated database (SQLite, or PostgreSQL when asked), the app, a live gateway, a real upstream.
+
+The suite runs in parallel (`pytest -n auto`, pytest-xdist): each worker has its own PostgreSQL database and Redis
+key prefix, and shares its expensive servers (the fake upstreams per module, Chromium per session) between tests,
+resetting them for each test.
+"""
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import shutil
 import socket
@@ -16,11 +23,30 @@ from promptproxy import create_app, manage
 from promptproxy.extensions import db
 from promptproxy.server import make_server
 
+from . import needs, speedups
 from .upstream import Upstream
 
-PG_URL = os.environ.get("PROMPTPROXY_TEST_DATABASE_URL")
-REDIS_URL = os.environ.get("PROMPTPROXY_TEST_REDIS_URL")
+speedups.install()  # before any app is made
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1... in an xdist worker; None in a plain run
 ENC_KEY = "test-encryption-key-0123456789abcdef"
+
+
+def worker_database_url(url: str | None, worker: str | None) -> str | None:
+    """The worker's own PostgreSQL database, `<name>_<worker>` (the given one in a plain run)."""
+    if not url or not worker:
+        return url
+    parsed = sa.engine.make_url(url)
+    return parsed.set(database=f"{parsed.database}_{worker}").render_as_string(hide_password=False)
+
+
+PG_URL = worker_database_url(os.environ.get("PROMPTPROXY_TEST_DATABASE_URL"), WORKER)
+REDIS_URL = os.environ.get("PROMPTPROXY_TEST_REDIS_URL")
+# The prefix of the keys that an app or `serve` without a prefix of its own writes: this worker's alone.
+REDIS_PREFIX = f"pp-test-{WORKER or 'main'}"
+if WORKER and PG_URL:  # tests and the processes they start read the variable too: they see this worker's database
+    os.environ["PROMPTPROXY_TEST_DATABASE_URL"] = PG_URL
+if REDIS_URL:
+    os.environ["PROMPTPROXY_REDIS_PREFIX"] = REDIS_PREFIX
 
 
 def free_port() -> int:
@@ -47,11 +73,47 @@ def migrate(url: str, instance: Path) -> None:
         db.engine.dispose()
 
 
+def flush_prefix(url: str, prefix: str) -> None:
+    """Delete the keys under `prefix` (never a whole Redis database: other workers and runs share it)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_redis_keys():
+    """Start from no keys under this worker's prefix (a run that ended early can leave some behind)."""
+    if REDIS_URL:
+        flush_prefix(REDIS_URL, REDIS_PREFIX)
+    yield
+    if REDIS_URL:
+        flush_prefix(REDIS_URL, REDIS_PREFIX)
+
+
+def create_database(url: str) -> None:
+    """Create the database of `url` unless it exists, through the server's `postgres` database."""
+    target = sa.engine.make_url(url)
+    engine = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database})
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def template_db(tmp_path_factory):
-    """Migrate once: a template SQLite file, or the PostgreSQL schema."""
+    """Migrate once per worker: a template SQLite file, or the worker's PostgreSQL schema."""
     instance = tmp_path_factory.mktemp("instance")
     if PG_URL:
+        if WORKER:
+            create_database(PG_URL)
         engine = sa.create_engine(PG_URL)
         with engine.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA public CASCADE"))
@@ -79,6 +141,31 @@ def db_url(template_db, tmp_path):
     return f"sqlite:///{target}"
 
 
+CHEAP_SCRYPT = "scrypt:1024:8:1"
+
+
+@pytest.fixture(autouse=True)
+def cheap_passwords(monkeypatch):
+    """Passwords hashed with scrypt at N=2^10 instead of production's 2^17 (manage.set_password).
+
+    The same algorithm and code path, but each hash and each login check takes about a millisecond instead of a
+    few hundred (admin/conftest.py's `people` does the same with `cheap_hash`). The cost is read from the stored
+    hash, so logins check these at the same low cost, and so does the stand-in hash that a login with an unknown
+    email is checked against (it costs what a real password costs, here as in production).
+    """
+    from werkzeug import security
+
+    from promptproxy.admin import auth
+
+    real = security.generate_password_hash
+
+    def cheap(password: str, method: str = "scrypt", salt_length: int = 16) -> str:
+        return real(password, CHEAP_SCRYPT if method.startswith("scrypt") else method, salt_length)
+
+    monkeypatch.setattr(security, "generate_password_hash", cheap)
+    monkeypatch.setattr(auth, "DUMMY_HASH", real("unknown-" + os.urandom(8).hex(), CHEAP_SCRYPT))
+
+
 @pytest.fixture
 def app(db_url, tmp_path, monkeypatch):
     """The app on a fresh database."""
@@ -97,22 +184,36 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture
-def upstream():
-    """A real local OpenAI-compatible HTTP server."""
+@pytest.fixture(scope="module")
+def upstream_server():
+    """The module's OpenAI-compatible upstream (tests take it through `upstream`, which resets it)."""
     server = Upstream().start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def claude():
-    """A real local HTTP server speaking Anthropic's Messages API (tests/anthropic_upstream.py)."""
+def upstream(upstream_server):
+    """A real local OpenAI-compatible HTTP server, as new: nothing recorded, default answers, no delay."""
+    upstream_server.reset()
+    return upstream_server
+
+
+@pytest.fixture(scope="module")
+def claude_server():
+    """The module's Anthropic-format upstream (tests take it through `claude`, which resets it)."""
     from .anthropic_upstream import AnthropicUpstream
 
     server = AnthropicUpstream().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def claude(claude_server):
+    """A real local HTTP server speaking Anthropic's Messages API (tests/anthropic_upstream.py), as new."""
+    claude_server.reset()
+    return claude_server
 
 
 @pytest.fixture
@@ -129,6 +230,61 @@ def live(app):
         wasyncore.close_all(server._map, ignore_all=True)
     thread.join(5)
     server.task_dispatcher.shutdown(timeout=5)  # end the worker threads, or every test leaks 64 of them
+
+
+# -- a real browser (Debian's Chromium driven by Playwright; no browser download) ------------------------------
+CHROMIUM = os.environ.get("PROMPTPROXY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Chromium:
+    """One Chromium per worker, and the event loop Playwright's sync API runs it on."""
+
+    def __init__(self):
+        from playwright.sync_api import sync_playwright
+
+        self.playwright = sync_playwright().start()
+        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # The sync API leaves its loop set as the thread's running loop between calls, and asyncio.run() refuses
+        # to start under a running loop: tests without the browser (the MCP and Agents SDK clients) run with it
+        # unset, browser tests with it set again (enter/leave).
+        self.loop = asyncio.get_running_loop()
+        self.leave()
+
+    def enter(self):
+        """Make Playwright's loop the running one again, for a test that drives the browser."""
+        asyncio._set_running_loop(self.loop)
+        if not self.browser.is_connected():  # it crashed or was closed: a new one for the tests after
+            self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        return self.browser
+
+    def leave(self) -> None:
+        """Close what the test opened (its contexts) and unset the loop."""
+        for context in self.browser.contexts:
+            context.close()
+        asyncio._set_running_loop(None)
+
+    def close(self) -> None:
+        """Close Chromium and Playwright's driver at the end of the session."""
+        asyncio._set_running_loop(self.loop)
+        self.browser.close()
+        self.playwright.stop()
+
+
+@pytest.fixture(scope="session")
+def _chromium():
+    """Chromium launched once per session (per worker); tests take it through `browser`."""
+    chromium = Chromium()
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def browser(_chromium):
+    """The shared Chromium; every context a test opens (a fresh one per test) is closed after it."""
+    yield _chromium.enter()
+    _chromium.leave()
 
 
 class Seed:
@@ -196,3 +352,25 @@ def rows_when(app, count: int, wait: float = 10.0):
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
+
+
+# -- collection: markers from what each test needs ---------------------------------------------------------------
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by markers
+def pytest_collection_modifyitems(config, items):
+    """Mark each test `browser`, `agents`, `slow`, `postgres` from what it uses (tests/needs.py)."""
+    reader = needs.Reader(needs.agent_binaries())
+    for item in items:
+        for name in sorted(needs.markers_for(item, reader)):
+            item.add_marker(name)
+
+
+def pytest_collection_finish(session):
+    """Keep the garbage collector off what importing the suite built (a fifth of the run's time went to it).
+
+    Every full collection walked the ~300,000 objects of the imported libraries and modules, which live as long as
+    the process; frozen, collections only look at what the tests made. Fewer, larger young collections do the
+    rest (each test allocates a whole app).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)

@@ -78,6 +78,8 @@ class Upstream:
         self.requests: list[dict] = []
         self.handler = self.default
         self.delay = 0.0
+        self.disconnects = 0
+        self.epoch = 0  # which test's requests these are: reset() starts the next (the server is shared)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,9 +97,13 @@ class Upstream:
                     body = None
                 req = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body,
                        "raw": raw}
+                epoch = outer.epoch
                 outer.requests.append(req)
                 if outer.delay:
                     time.sleep(outer.delay)
+                if outer.epoch != epoch:  # an earlier test's request, still sleeping when the next test began
+                    self.close_connection = True
+                    return
                 status, headers, payload = outer.handler(req)
                 self.send_response(status)
                 for name, value in headers.items():
@@ -109,7 +115,7 @@ class Upstream:
                     try:
                         self.wfile.write(data)
                     except (BrokenPipeError, ConnectionResetError):  # the gateway gave up waiting
-                        outer.disconnects += 1
+                        outer.disconnected(epoch)
                     return
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
@@ -128,17 +134,17 @@ class Upstream:
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError, OSError):
-                    outer.disconnects += 1
+                    outer.disconnected(epoch)
 
             do_POST = do_GET = _serve
 
-        self.disconnects = 0
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
+        self._attributes = set(vars(self)) | {"_attributes"}
 
     def default(self, req):
         """OpenAI-like answers for chat, completions, embeddings, with SSE when asked."""
@@ -187,6 +193,22 @@ class Upstream:
                                                                       "total_tokens": 14}}) + "\n\n"
             yield "data: [DONE]\n\n"
         return gen()
+
+    def disconnected(self, epoch: int) -> None:
+        """Count a client that went away mid-answer, if it was the current test's."""
+        if epoch == self.epoch:
+            self.disconnects += 1
+
+    def reset(self) -> Upstream:
+        """Forget what earlier tests recorded and configured: a module's tests share one server."""
+        self.epoch += 1
+        self.requests = []
+        self.handler = self.default
+        self.delay = 0.0
+        self.disconnects = 0
+        for name in set(vars(self)) - self._attributes:  # anything a test set on it, e.g. a scripted answer
+            delattr(self, name)
+        return self
 
     def start(self) -> Upstream:
         """Serve in a background thread."""

@@ -10,6 +10,8 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
+from ..conftest import CHROMIUM, browser  # noqa: F401 - for the modules that import them from here
+
 ADMIN_PW = "admin-password-1"
 MEMBER_PW = "member-password-1"
 TOKEN_RE = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
@@ -95,25 +97,9 @@ def member_web(app, people) -> Web:
     return _logged_in(app, "mia@example.com", MEMBER_PW)
 
 
-# -- a real browser (Debian's chromium driven by Playwright; no browser download) ---------------------------
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
+# -- a real browser: the worker's one Chromium (`browser`, tests/conftest.py), a fresh context per test --------
 @pytest.fixture
-def browser():
-    """Chromium driven by Playwright (no browser download)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
+def page(browser):  # noqa: F811 - the fixture imported above
     """A desktop page that records CSP violations, script errors and every 404 (a missing asset included)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()

@@ -18,7 +18,7 @@ from promptproxy.extensions import db
 from promptproxy.models import User
 
 from ..conftest import free_port
-from .conftest import ADMIN_PW, ARGS, CHROMIUM, login
+from .conftest import ADMIN_PW, CHROMIUM, login
 
 OIDC_DIR = Path(__file__).resolve().parents[1] / "oidc"
 NODE = shutil.which("node")
@@ -36,33 +36,33 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(
            "(npm ci --prefix tests/oidc)")]
 
 
-@pytest.fixture
-def idp(app, live, tmp_path):
-    """oidc-provider on a free loopback port, its client registered for this gateway; SSO configured to use it."""
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    """oidc-provider on a free loopback port for the module's tests; its issuer URL.
+
+    Nothing of one test's sign-in stays for the next: the provider keeps sessions, grants and interactions by the
+    browser's cookies, and each test has a fresh browser context. Its client allows any loopback port in the
+    redirect URI (RFC 8252), so every test's gateway, on a port of its own, can use it.
+    """
     port = free_port()
     env = {**os.environ, "OIDC_ACCOUNTS": json.dumps(ACCOUNTS), "OIDC_CLIENT_ID": "promptproxy",
            "OIDC_CLIENT_SECRET": "test-client-secret-0123456789"}
-    log = open(tmp_path / "idp.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([NODE, str(OIDC_DIR / "provider.mjs"), str(port), live + "/admin/login/oidc/callback"],
+    log_path = tmp_path_factory.mktemp("idp") / "idp.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([NODE, str(OIDC_DIR / "provider.mjs"), str(port),
+                             "http://127.0.0.1/admin/login/oidc/callback"],
                             cwd=OIDC_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
     issuer = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
-            assert proc.poll() is None, (tmp_path / "idp.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             try:
                 if requests.get(issuer + "/.well-known/openid-configuration", timeout=1).ok:
                     break
             except requests.ConnectionError:
                 assert time.monotonic() < deadline, "the OpenID Provider did not start in 30 s"
                 time.sleep(0.05)
-        app.config.update(OIDC_ISSUER=issuer, OIDC_CLIENT_ID="promptproxy",
-                          OIDC_CLIENT_SECRET="test-client-secret-0123456789", OIDC_ALLOWED_DOMAINS="corp.example",
-                          OIDC_GROUPS_CLAIM="groups", OIDC_ADMIN_GROUP="pp-admins",
-                          OIDC_SCOPES="openid email profile groups", OIDC_NAME="Corp SSO")
-        with app.app_context():
-            groups.create_group("t", "research")
-            db.session.commit()
         yield issuer
     finally:
         proc.terminate()
@@ -71,14 +71,22 @@ def idp(app, live, tmp_path):
 
 
 @pytest.fixture
-def page():
-    """A fresh Chromium page (Playwright, no browser download)."""
-    from playwright.sync_api import sync_playwright
+def idp(app, provider):
+    """The module's OpenID Provider, with SSO configured to use it and the group its claims name."""
+    app.config.update(OIDC_ISSUER=provider, OIDC_CLIENT_ID="promptproxy",
+                      OIDC_CLIENT_SECRET="test-client-secret-0123456789", OIDC_ALLOWED_DOMAINS="corp.example",
+                      OIDC_GROUPS_CLAIM="groups", OIDC_ADMIN_GROUP="pp-admins",
+                      OIDC_SCOPES="openid email profile groups", OIDC_NAME="Corp SSO")
+    with app.app_context():
+        groups.create_group("t", "research")
+        db.session.commit()
+    return provider
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser.new_context().new_page()
-        browser.close()
+
+@pytest.fixture
+def page(browser):
+    """A page in a fresh context of the shared Chromium (no cookies from another test)."""
+    return browser.new_context().new_page()
 
 
 def sign_in(page, live, account: str) -> None:

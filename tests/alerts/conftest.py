@@ -12,7 +12,7 @@ from promptproxy.alerts import webhooks
 from promptproxy.extensions import db
 from promptproxy.models import WebhookDelivery
 
-from ..admin.conftest import admin_web, browser, member_web, page, people  # noqa: F401 - dashboard and Chromium fixtures
+from ..admin.conftest import admin_web, member_web, page, people  # noqa: F401 - dashboard and Chromium fixtures
 
 
 class Receiver:
@@ -40,7 +40,8 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/secret-path"
 
     def start(self) -> Receiver:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: stop() waits for the loop to notice (0.5 s per test at the default interval).
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -1,14 +1,12 @@
 """Fixtures for Claude tests: a local Anthropic-format upstream and a Claude-backed model."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..conftest import log_rows
+from ..conftest import rows_when
 
 CLAUDE_SECRET = "sk-ant-upstream-secret-5678"
 # USD per million tokens, Claude Sonnet's list prices: input, output, cache read, cache write.
@@ -27,9 +25,4 @@ def claude_model(app, seeded, claude):
 
 def settled_rows(app, count: int = 1, patience: float = 10.0):
     """Log rows once `count` exist: a stream's row is written after its last byte reaches the client."""
-    deadline = time.monotonic() + patience
-    rows = log_rows(app)
-    while len(rows) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-        rows = log_rows(app)
-    return rows
+    return rows_when(app, count, patience)

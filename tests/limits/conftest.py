@@ -13,7 +13,7 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.proxy.limits import Limiter
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, WORKER, flush_prefix
 
 
 def set_limits(app, user: str = "alice", key_id: int | None = None, **limits) -> None:
@@ -52,23 +52,12 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def flush_prefix(url: str, prefix: str) -> None:
-    """Delete only this run's keys."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 @pytest.fixture
 def redis_prefix():
     """A key prefix unique to this test; its keys are deleted afterwards."""
     if not REDIS_URL:
         pytest.skip("PROMPTPROXY_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/15)")
-    prefix = f"pp-test-{uuid.uuid4().hex[:12]}"
+    prefix = f"pp-test-{WORKER or 'main'}-{uuid.uuid4().hex[:12]}"
     yield prefix
     flush_prefix(REDIS_URL, prefix)
 

@@ -12,12 +12,21 @@ from promptproxy.mcp.servers import create_server
 from .tool_server import SECRET, ToolServer
 
 
+@pytest.fixture(scope="module")
+def tool_servers():
+    """The module's MCP server, started on first use (`tools` starts another if a test stopped it)."""
+    started: list[ToolServer] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture
-def tools():
-    """A real MCP server on 127.0.0.1."""
-    server = ToolServer().start()
-    yield server
-    server.stop()
+def tools(tool_servers):
+    """A real MCP server on 127.0.0.1, with nothing recorded yet."""
+    if not tool_servers or not tool_servers[-1].running:
+        tool_servers.append(ToolServer().start())
+    return tool_servers[-1].reset()
 
 
 class Keys:

@@ -68,6 +68,16 @@ class ToolServer:
         assert wait_for(lambda: self.server.started, 20)
         return self
 
+    @property
+    def running(self) -> bool:
+        """Serving (not stopped by a test)."""
+        return self.thread.is_alive() and not self.server.should_exit
+
+    def reset(self) -> ToolServer:
+        """Forget the headers of earlier tests' requests (a module's tests share the server)."""
+        self.headers = []
+        return self
+
     def stop(self) -> None:
         """Stop serving."""
         self.server.should_exit = True

@@ -8,23 +8,16 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..conftest import log_rows
+from ..conftest import CHROMIUM, log_rows
 
-CHROMIUM = os.environ.get("PROMPTPROXY_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no chromium at {CHROMIUM}")]
 
 
 @pytest.fixture
-def browser_page():
-    """A headless chromium page."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new"])
-        page = browser.new_page()
-        yield page
-        browser.close()
+def browser_page(browser):
+    """A page of the shared headless Chromium (tests/conftest.py), in a fresh context."""
+    return browser.new_page()
 
 
 def test_playground_streams_an_answer_in_the_browser(app, live, seeded, upstream, browser_page):

@@ -14,17 +14,25 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(app):
-    """Real retry logic with millisecond backoff."""
-    app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004)
+def fast_retries(request):
+    """Real retry logic with millisecond backoff, for the tests that have an app (no app is made for the others)."""
+    if "app" in request.fixturenames:
+        app = request.getfixturevalue("app")
+        app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004)
 
 
-@pytest.fixture
-def second():
-    """Another real OpenAI-compatible upstream."""
+@pytest.fixture(scope="module")
+def second_server():
+    """The module's second upstream (tests take it through `second`, which resets it)."""
     server = Upstream().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def second(second_server):
+    """Another real OpenAI-compatible upstream, as new."""
+    return second_server.reset()
 
 
 def deploy(app, url: str, name: str = "second", slug: str = "gpt-4o-mini", **fields) -> int:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
@@ -12,14 +11,16 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.proxy.resilience import RetryPolicy
 
-from ..conftest import flush_logs, log_rows, rows_when
+from ..conftest import flush_logs, rows_when
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(app):
-    """Real retry logic with millisecond backoff, so fault tests stay fast."""
-    app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004,
-                                                      retry_after_cap=20.0)
+def fast_retries(request):
+    """Real retry logic with millisecond backoff, so fault tests stay fast (only where a test has an app)."""
+    if "app" in request.fixturenames:
+        app = request.getfixturevalue("app")
+        app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004,
+                                                          retry_after_cap=20.0)
 
 
 @pytest.fixture
@@ -53,12 +54,7 @@ def events(raw: bytes) -> list:
 
 def one_row(app, wait: float = 5.0):
     """The single request-log row, waiting briefly for a stream's row to be queued."""
-    deadline = time.monotonic() + wait
-    while True:
-        rows = log_rows(app)
-        if rows or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+    rows = rows_when(app, 1, wait)
     assert len(rows) == 1, rows
     return rows[0]
 
