@@ -230,7 +230,8 @@ def test_a_session_without_password_needs_a_single_sign_on_login(app, people):
 
 
 def test_the_last_admin_is_not_demoted_by_a_missing_claim(app):
-    cfg = {"OIDC_GROUPS_CLAIM": "groups", "OIDC_ADMIN_GROUP": "pp-admins", "OIDC_ALLOWED_DOMAINS": ""}
+    cfg = {"OIDC_GROUPS_CLAIM": "groups", "OIDC_ADMIN_GROUP": "pp-admins", "OIDC_ALLOWED_DOMAINS": "",
+           "OIDC_LINK_DOMAINS": "x.example"}  # linking an existing user needs its domain listed (issue 25)
     with app.app_context():
         manage.create_user("t", "solo", email="solo@x.example", role="admin")
         db.session.commit()
