@@ -10,6 +10,8 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.models import StoredResponse, User
 
+from ..conftest import rows_when
+
 
 @pytest.fixture
 def keys(app, seeded, live):
@@ -107,6 +109,7 @@ def test_deleting_a_user_removes_their_stored_responses(app, keys, seeded, hard)
     kept = carol.responses.create(model="gpt-4o-mini", input="Not alice's")
     carol.close()
     assert stored(app, seeded.user_id) == 1
+    assert len(rows_when(app, 2)) == 2  # her request row is written (the log is asynchronous): she has history
     with app.app_context():
         outcome = manage.delete_user("t", db.session.get(User, seeded.user_id), hard=hard)
         db.session.commit()
