@@ -108,22 +108,28 @@ def create_database(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def template_db(tmp_path_factory):
-    """Migrate once per worker: a template SQLite file, or the worker's PostgreSQL schema."""
+def sqlite_template(tmp_path_factory) -> Path:
+    """A migrated SQLite file to copy, made once per worker (also in a PostgreSQL run, for a test that wants one)."""
     instance = tmp_path_factory.mktemp("instance")
-    if PG_URL:
-        if WORKER:
-            create_database(PG_URL)
-        engine = sa.create_engine(PG_URL)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-            conn.execute(sa.text("CREATE SCHEMA public"))
-        engine.dispose()
-        migrate(PG_URL, instance)
-        return PG_URL
     path = instance / "template.db"
     migrate(f"sqlite:///{path}", instance)
     return path
+
+
+@pytest.fixture(scope="session")
+def template_db(request, tmp_path_factory):
+    """Migrate once per worker: the template SQLite file, or the worker's PostgreSQL schema."""
+    if not PG_URL:
+        return request.getfixturevalue("sqlite_template")
+    if WORKER:
+        create_database(PG_URL)
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    migrate(PG_URL, tmp_path_factory.mktemp("instance"))
+    return PG_URL
 
 
 @pytest.fixture
@@ -178,42 +184,76 @@ def app(db_url, tmp_path, monkeypatch):
         db.engine.dispose()
 
 
+def use_fast_retries(request, **policy) -> None:
+    """Real retry logic with millisecond backoff on the test's app, if it has one (no app is made for the others).
+
+    For the autouse fixtures of folders whose tests make upstreams fail on purpose (api, routing, streaming).
+    """
+    if "app" in request.fixturenames:
+        from promptproxy.proxy.resilience import RetryPolicy
+
+        gateway = request.getfixturevalue("app").extensions["promptproxy"]
+        gateway.retry = RetryPolicy(**{"max_retries": 2, "backoff": 0.001, "backoff_max": 0.004, **policy})
+
+
 @pytest.fixture
 def client(app):
     """Flask test client."""
     return app.test_client()
 
 
-@pytest.fixture(scope="module")
-def upstream_server():
-    """The module's OpenAI-compatible upstream (tests take it through `upstream`, which resets it)."""
-    server = Upstream().start()
-    yield server
-    server.stop()
+class SharedServer:
+    """One test server for a module's tests, reset for each: started on first use, again if a test stopped it."""
+
+    def __init__(self, start):
+        self.start = start
+        self.started: list = []
+
+    def take(self):
+        """The server, as new for the test about to run."""
+        if not self.started or not self.started[-1].running:
+            self.started.append(self.start())
+        return self.started[-1].reset()
+
+    def stop(self) -> None:
+        for server in self.started:
+            if server.running:
+                server.stop()
 
 
-@pytest.fixture
-def upstream(upstream_server):
-    """A real local OpenAI-compatible HTTP server, as new: nothing recorded, default answers, no delay."""
-    upstream_server.reset()
-    return upstream_server
+def shared_server(start):
+    """A module-scoped fixture holding the SharedServer that `start()` makes; a test fixture takes it from there."""
+
+    @pytest.fixture(scope="module")
+    def fixture():
+        servers = SharedServer(start)
+        yield servers
+        servers.stop()
+
+    fixture.__doc__ = "The module's shared server (tests take it through the fixture named without `_servers`)."
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def claude_server():
-    """The module's Anthropic-format upstream (tests take it through `claude`, which resets it)."""
+def start_claude():
     from .anthropic_upstream import AnthropicUpstream
 
-    server = AnthropicUpstream().start()
-    yield server
-    server.stop()
+    return AnthropicUpstream().start()
+
+
+upstream_servers = shared_server(lambda: Upstream().start())
+claude_servers = shared_server(start_claude)
 
 
 @pytest.fixture
-def claude(claude_server):
+def upstream(upstream_servers):
+    """A real local OpenAI-compatible HTTP server, as new: nothing recorded, default answers, no delay."""
+    return upstream_servers.take()
+
+
+@pytest.fixture
+def claude(claude_servers):
     """A real local HTTP server speaking Anthropic's Messages API (tests/anthropic_upstream.py), as new."""
-    claude_server.reset()
-    return claude_server
+    return claude_servers.take()
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ class Reader:
         found: set[str] = set()
         if id(obj) in self.agent_binaries:
             found.add("agents")
-        if obj is subprocess or obj in SPAWNERS:
+        if obj is subprocess or _spawner(obj):
             found.add("slow")
         if _ours(obj):
             for func in _functions(obj):

@@ -8,8 +8,9 @@ import pytest
 import requests
 
 from . import needs
-from .conftest import wait_for, worker_database_url
+from .conftest import SharedServer, wait_for, worker_database_url
 from .e2e import clients
+from .upstream import Upstream
 
 MARKERS = ("browser", "agents", "slow", "postgres")
 
@@ -89,6 +90,20 @@ def test_a_reset_upstream_forgets_what_the_last_test_left_and_drops_its_late_req
     assert upstream.handler == upstream.default and upstream.delay == 0.0
     resp = requests.post(upstream.url + "/v1/chat/completions", json={"model": "m"}, timeout=5)
     assert resp.status_code == 200 and len(upstream.requests) == 1
+
+
+def test_a_shared_server_that_a_test_stopped_is_started_anew_for_the_next():
+    servers = SharedServer(lambda: Upstream().start())
+    first = servers.take()
+    assert servers.take() is first  # shared while it runs
+    first.stop()  # as a test that takes the upstream down would
+    second = servers.take()
+    try:
+        assert second is not first and second.running
+        assert requests.get(second.url + "/v1/models", timeout=5).status_code == 200
+    finally:
+        servers.stop()
+    assert not second.running
 
 
 def test_each_worker_has_its_own_postgresql_database():

@@ -80,10 +80,14 @@ class Upstream:
         self.delay = 0.0
         self.disconnects = 0
         self.epoch = 0  # which test's requests these are: reset() starts the next (the server is shared)
+        self.stopped = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: without TCP_NODELAY the body waited for the client's
+            # delayed ACK of the headers, ~40 ms per answer on a keep-alive connection (real servers set it too).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -215,8 +219,14 @@ class Upstream:
         self.thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        """Serving (not stopped by a test)."""
+        return self.thread.is_alive() and not self.stopped
+
     def stop(self) -> None:
         """Shut down."""
+        self.stopped = True
         self.server.shutdown()
         self.server.server_close()
 

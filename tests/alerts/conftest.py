@@ -24,6 +24,8 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # the body is not held back until the headers are acknowledged
+
             def log_message(self, *args):
                 pass
 

@@ -6,11 +6,17 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..conftest import rows_when
+from ..conftest import rows_when, use_fast_retries
 
 CLAUDE_SECRET = "sk-ant-upstream-secret-5678"
 # USD per million tokens, Claude Sonnet's list prices: input, output, cache read, cache write.
 CLAUDE_PRICES = {"input_price": 3.0, "output_price": 15.0, "cached_input_price": 0.3, "cache_write_price": 3.75}
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(request):
+    """Real retry logic with millisecond backoff: tests of upstream errors wait for no backoff."""
+    use_fast_retries(request)
 
 
 @pytest.fixture

@@ -271,6 +271,7 @@ class CaptureServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # the body is not held back until the headers are acknowledged
 
             def log_message(self, *args):
                 pass

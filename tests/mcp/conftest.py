@@ -9,24 +9,16 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.mcp.servers import create_server
 
+from ..conftest import shared_server
 from .tool_server import SECRET, ToolServer
 
-
-@pytest.fixture(scope="module")
-def tool_servers():
-    """The module's MCP server, started on first use (`tools` starts another if a test stopped it)."""
-    started: list[ToolServer] = []
-    yield started
-    for server in started:
-        server.stop()
+tools_servers = shared_server(lambda: ToolServer().start())
 
 
 @pytest.fixture
-def tools(tool_servers):
+def tools(tools_servers):
     """A real MCP server on 127.0.0.1, with nothing recorded yet."""
-    if not tool_servers or not tool_servers[-1].running:
-        tool_servers.append(ToolServer().start())
-    return tool_servers[-1].reset()
+    return tools_servers.take()
 
 
 class Keys:

@@ -12,17 +12,17 @@ from promptproxy.cli import cli
 from promptproxy.extensions import db
 from promptproxy.models import Prompt, PromptLabel, PromptVersion
 
-from ..conftest import base_config, migrate
+from ..conftest import base_config
 
 SECRET = "sk-moving-secret-0123456789"
 
 
 @pytest.fixture
-def fresh(tmp_path_factory):
+def fresh(tmp_path_factory, sqlite_template):
     """A second, empty server on its own SQLite database (the first may be PostgreSQL: a move across both)."""
     instance = tmp_path_factory.mktemp("target")
     url = f"sqlite:///{instance / 'target.db'}"
-    migrate(url, instance)
+    shutil.copy(sqlite_template, instance / "target.db")  # migrated once per worker, as `template_db` is
     other = create_app(base_config(url, instance))
     yield other
     other.extensions["promptproxy"].close()

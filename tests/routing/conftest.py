@@ -5,8 +5,8 @@ import pytest
 
 from promptproxy import manage
 from promptproxy.extensions import db
-from promptproxy.proxy.resilience import RetryPolicy
 
+from ..conftest import shared_server, use_fast_retries
 from ..limits.conftest import redis_prefix  # noqa: F401 - the shared per-test Redis prefix
 from ..upstream import Upstream
 
@@ -15,24 +15,17 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture(autouse=True)
 def fast_retries(request):
-    """Real retry logic with millisecond backoff, for the tests that have an app (no app is made for the others)."""
-    if "app" in request.fixturenames:
-        app = request.getfixturevalue("app")
-        app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004)
+    """Real retry logic with millisecond backoff."""
+    use_fast_retries(request)
 
 
-@pytest.fixture(scope="module")
-def second_server():
-    """The module's second upstream (tests take it through `second`, which resets it)."""
-    server = Upstream().start()
-    yield server
-    server.stop()
+second_servers = shared_server(lambda: Upstream().start())
 
 
 @pytest.fixture
-def second(second_server):
+def second(second_servers):
     """Another real OpenAI-compatible upstream, as new."""
-    return second_server.reset()
+    return second_servers.take()
 
 
 def deploy(app, url: str, name: str = "second", slug: str = "gpt-4o-mini", **fields) -> int:

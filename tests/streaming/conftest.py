@@ -9,18 +9,14 @@ import requests
 
 from promptproxy import manage
 from promptproxy.extensions import db
-from promptproxy.proxy.resilience import RetryPolicy
 
-from ..conftest import flush_logs, rows_when
+from ..conftest import flush_logs, rows_when, use_fast_retries
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(request):
-    """Real retry logic with millisecond backoff, so fault tests stay fast (only where a test has an app)."""
-    if "app" in request.fixturenames:
-        app = request.getfixturevalue("app")
-        app.extensions["promptproxy"].retry = RetryPolicy(max_retries=2, backoff=0.001, backoff_max=0.004,
-                                                          retry_after_cap=20.0)
+    """Real retry logic with millisecond backoff, so fault tests stay fast."""
+    use_fast_retries(request, retry_after_cap=20.0)
 
 
 @pytest.fixture
