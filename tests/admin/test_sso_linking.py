@@ -19,7 +19,7 @@ from promptproxy.models import User
 
 from .conftest import ADMIN_PW, cheap_hash, login, people  # noqa: F401 - fixtures used by name
 from .test_sso import READY as REAL_PROVIDER
-from .test_sso import idp  # noqa: F401 - the real OpenID Provider, for the one end-to-end test
+from .test_sso import idp, provider  # noqa: F401 - the real OpenID Provider, for the one end-to-end test
 from .test_sso import sign_in as real_sign_in
 
 
@@ -47,7 +47,7 @@ class Discovery(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def provider(app):
+def discovery(app):
     """A discovery server on a free loopback port; SSO configured to use it, corp.example allowed."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
     issuer = f"http://127.0.0.1:{server.server_address[1]}"
@@ -64,12 +64,12 @@ def provider(app):
 
 
 @pytest.fixture
-def asserts(app, provider, monkeypatch):
+def asserts(app, discovery, monkeypatch):
     """`asserts(claims, userinfo=None)`: the identity provider's verified answer for the next callback (and its
     userinfo endpoint's, when given; otherwise Authlib's real userinfo call)."""
     def give(claims: dict, userinfo: dict | None = None) -> None:
         with app.test_request_context():
-            registered = oidc.client()  # Authlib's client, its discovery document read from `provider`
+            registered = oidc.client()  # Authlib's client, its discovery document read from `discovery`
         monkeypatch.setattr(registered, "authorize_access_token", lambda **kw: {"access_token": "at",
                                                                                 "userinfo": dict(claims)})
         if userinfo is not None:
@@ -212,8 +212,8 @@ def test_userinfo_verifying_the_same_address_is_accepted(app, asserts):
     assert callback(client).status_code == 303 and signed_in_as(client) == "boss (member)"
 
 
-def test_a_provider_without_userinfo_endpoint_is_a_refusal_not_a_500(app, provider, asserts):
-    del provider.doc["userinfo_endpoint"]
+def test_a_provider_without_userinfo_endpoint_is_a_refusal_not_a_500(app, discovery, asserts):
+    del discovery.doc["userinfo_endpoint"]
     asserts({"sub": "n1"})  # no email in the ID token: the gateway would ask the userinfo endpoint
     resp = callback(app.test_client())
     assert resp.status_code == 403 and "did not share an email address" in resp.get_data(as_text=True)
@@ -221,9 +221,9 @@ def test_a_provider_without_userinfo_endpoint_is_a_refusal_not_a_500(app, provid
 
 # -- an incomplete discovery document ----------------------------------------------------------------------------
 @pytest.mark.parametrize("missing", ["authorization_endpoint", "token_endpoint", "jwks_uri"])
-def test_a_discovery_document_without_an_endpoint_shows_provider_unavailable(app, people, provider,  # noqa: F811
+def test_a_discovery_document_without_an_endpoint_shows_provider_unavailable(app, people, discovery,  # noqa: F811
                                                                              missing):
-    del provider.doc[missing]
+    del discovery.doc[missing]
     client = app.test_client()
     resp = client.get("/admin/login/oidc")
     assert resp.status_code == 502
@@ -231,22 +231,22 @@ def test_a_discovery_document_without_an_endpoint_shows_provider_unavailable(app
     assert login(client, "root@example.com", ADMIN_PW).status_code == 303
 
 
-def test_the_document_once_whole_again_is_used_without_a_restart(app, provider):
-    whole = dict(provider.doc)
-    del provider.doc["authorization_endpoint"]
+def test_the_document_once_whole_again_is_used_without_a_restart(app, discovery):
+    whole = dict(discovery.doc)
+    del discovery.doc["authorization_endpoint"]
     assert app.test_client().get("/admin/login/oidc").status_code == 502
-    provider.doc = whole
+    discovery.doc = whole
     resp = app.test_client().get("/admin/login/oidc")
     assert resp.status_code == 302 and resp.headers["Location"].startswith(whole["authorization_endpoint"] + "?")
 
 
-def test_a_callback_against_an_incomplete_document_shows_provider_unavailable(app, provider):
+def test_a_callback_against_an_incomplete_document_shows_provider_unavailable(app, discovery):
     client = app.test_client()
     started = client.get("/admin/login/oidc")
     assert started.status_code == 302
     state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
     del app.extensions[oidc.KEY]  # as after a restart: the document is read again, now without its JWKS address
-    del provider.doc["jwks_uri"]
+    del discovery.doc["jwks_uri"]
     resp = client.get(f"/admin/login/oidc/callback?code=c&state={state}")
     assert resp.status_code == 502
     assert "The identity provider cannot be reached right now" in resp.get_data(as_text=True)
