@@ -46,11 +46,11 @@ def serve(layer: str, port: int, upstream: str) -> None:
             session = requests.Session()
             session.trust_env = False
             session.mount("http://", HTTPAdapter(pool_maxsize=64, max_retries=0))
-        elif layer == "flask+urllib3":  # the gateway's upstream client (promptproxy.proxy.upstream.Upstreams)
+        elif layer == "flask+urllib3":  # the gateway's upstream client (promptproxy.transport.upstream.Upstreams)
             from types import SimpleNamespace
 
             from promptproxy.providers.base import UpstreamRequest
-            from promptproxy.proxy.upstream import Upstreams
+            from promptproxy.transport.upstream import Upstreams
 
             pools = Upstreams(pool_size=64)
             provider = SimpleNamespace(id=1, base_url=upstream, connect_timeout=5.0)

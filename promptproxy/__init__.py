@@ -37,7 +37,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.session_interface = ApiAwareSessionInterface()
     csrf.init_app(app)
 
-    from .proxy.catalog import install_revision_hook
+    from .core.catalog import install_revision_hook
     from .proxy.gateway import Gateway
 
     install_revision_hook()

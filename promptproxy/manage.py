@@ -8,6 +8,8 @@ import orjson
 import sqlalchemy as sa
 from flask import current_app
 
+from .core.grammar import valid_label, valid_slug
+from .core.prompts import variables_in
 from .crypto import hash_key, hint
 from .extensions import db
 from .models import (
@@ -32,8 +34,6 @@ from .models import (
 from .netguard import UnsafeURL, drop_secrets_on_host_change, validate_base_url
 from .providers import get_adapter
 from .proxy import tags as tag_rules
-from .proxy.grammar import valid_label, valid_slug
-from .proxy.prompts import variables_in
 
 ROLES = ("admin", "member")
 MODEL_KINDS = ("chat", "completion", "embedding")

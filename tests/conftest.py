@@ -190,7 +190,7 @@ def use_fast_retries(request, **policy) -> None:
     For the autouse fixtures of folders whose tests make upstreams fail on purpose (api, routing, streaming).
     """
     if "app" in request.fixturenames:
-        from promptproxy.proxy.resilience import RetryPolicy
+        from promptproxy.routing.resilience import RetryPolicy
 
         gateway = request.getfixturevalue("app").extensions["promptproxy"]
         gateway.retry = RetryPolicy(**{"max_retries": 2, "backoff": 0.001, "backoff_max": 0.004, **policy})

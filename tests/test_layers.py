@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "promptproxy"
-SHARED = ("promptproxy.core", "promptproxy.proxy.catalog", "promptproxy.proxy.usage", "promptproxy.proxy.sse",
-          "promptproxy.proxy.grammar", "promptproxy.proxy.prompts", "promptproxy.models", "promptproxy.extensions",
+SHARED = ("promptproxy.core", "promptproxy.core.catalog", "promptproxy.core.usage", "promptproxy.core.sse",
+          "promptproxy.core.grammar", "promptproxy.core.prompts", "promptproxy.models", "promptproxy.extensions",
           "promptproxy.crypto", "promptproxy.netguard", "promptproxy.config")
 # Lower rank = lower layer. A module may import its own rank or lower, never higher.
-RANKS = [(0, SHARED), (1, ("promptproxy.providers", "promptproxy.mcp.client")),
-         (2, ("promptproxy.proxy", "promptproxy.rollups", "promptproxy.alerts", "promptproxy.mcp")),
+RANKS = [(0, SHARED), (1, ("promptproxy.providers", "promptproxy.mcp.client", "promptproxy.transport")),
+         (2, ("promptproxy.proxy", "promptproxy.rollups", "promptproxy.alerts", "promptproxy.mcp",
+              "promptproxy.routing", "promptproxy.ratelimit", "promptproxy.observe", "promptproxy.cache")),
          (3, ("promptproxy.dialects",)),
          (4, ("promptproxy.api", "promptproxy.admin", "promptproxy.cli", "promptproxy.cli_webhook"))]
 

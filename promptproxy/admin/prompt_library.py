@@ -11,7 +11,9 @@ from flask_login import current_user
 
 from .. import manage, stats
 from ..api.routes import stream_response
+from ..core import prompts as P
 from ..core.call import Call
+from ..core.catalog import principal_from
 from ..core.errors import GatewayError
 from ..dialects.anthropic import AnthropicDialect
 from ..dialects.envelopes import openai_body
@@ -20,8 +22,6 @@ from ..dialects.responses import ResponsesDialect
 from ..extensions import db
 from ..models import ApiKey, Model, Prompt, PromptLabel, PromptVersion, User
 from ..proxy import pipeline
-from ..proxy import prompts as P
-from ..proxy.catalog import principal_from
 from . import bp
 from .auth import actor, admin_required
 from .views import hx_target, save

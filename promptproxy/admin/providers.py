@@ -36,7 +36,7 @@ def provider_options(form) -> dict:
 @bp.app_context_processor
 def breaker_helper() -> dict:
     """`breaker(provider_id)`: this process's circuit-breaker state for a provider row."""
-    from ..proxy.resilience import breaker_states
+    from ..routing.resilience import breaker_states
 
     return {"breaker": lambda provider_id: breaker_states().get(provider_id)}
 

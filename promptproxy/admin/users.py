@@ -7,9 +7,9 @@ from flask_login import current_user
 
 from .. import groups as manage_groups
 from .. import manage
+from ..core.catalog import user_access
 from ..extensions import db
 from ..models import Group, Model, Prompt, User
-from ..proxy.catalog import user_access
 from . import bp
 from .auth import actor, admin_required
 from .forms import UserEditForm, UserForm, options

@@ -7,9 +7,9 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from ..core.catalog import user_access
 from ..extensions import db
 from ..manage import ManageError
-from ..proxy.catalog import user_access
 
 PER_PAGE = 25
 

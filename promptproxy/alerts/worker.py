@@ -13,7 +13,7 @@ from ..crypto import SecretError
 from ..extensions import db
 from ..models import ApiKey, BudgetUsage, Group, RequestLog, User, Webhook, WebhookDelivery, utcnow
 from ..netguard import UnsafeURL, validate_base_url
-from ..proxy.guarded_http import guarded_session
+from ..transport.guarded_http import guarded_session
 from . import delivery, outbox
 from .events import BudgetSettled, CircuitChanged, EventQueue
 

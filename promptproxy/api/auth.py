@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import request
 
+from ..core.catalog import Principal, now
 from ..core.errors import ErrorCode, GatewayError
-from ..proxy.catalog import Principal, now
 
 MAX_KEY_LENGTH = 256
 

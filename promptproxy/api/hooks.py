@@ -10,7 +10,7 @@ from ..core.call import Call
 from ..core.errors import GatewayError
 from ..errors import html_error
 from ..extensions import db
-from ..proxy.tracing import TRACE_HEADERS
+from ..observe.tracing import TRACE_HEADERS
 from .errors import error_response
 
 log = logging.getLogger("promptproxy.api")

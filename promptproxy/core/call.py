@@ -49,7 +49,7 @@ class Call:
     tags: tuple = ()  # the key's default tags and the client's (proxy/tags.py)
     tag_header: str | None = None  # the x-promptproxy-tags header as received
     trace_headers: dict | None = None  # incoming W3C trace context, read only when tracing is on
-    trace: object = None  # the tracer's spans for this call (proxy/tracing.py); None when tracing is off
+    trace: object = None  # the tracer's spans for this call (observe/tracing.py); None when tracing is off
     cache_control: str | None = None  # the client's Cache-Control request header
     cache_hit: bool = False  # answered from the exact response cache
     cost_saved: float | None = None  # on a hit: what the upstream call would have cost

@@ -5,12 +5,12 @@ import copy
 import re
 
 from ..core.errors import ErrorCode, GatewayError
+from ..core.usage import prompt_tokens
 from ..providers import get_adapter
 from ..providers.anthropic import BETA_FIELD
 from ..proxy import inject
 from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag, validate_messages
-from ..proxy.usage import prompt_tokens
 from . import anthropic_wire as wire
 from .envelopes import anthropic_body, event_name, frame
 

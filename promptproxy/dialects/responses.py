@@ -10,10 +10,10 @@ import time
 import orjson
 
 from ..core.errors import ErrorCode, GatewayError
+from ..core.usage import prompt_tokens
 from ..proxy import inject
 from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag
-from ..proxy.usage import prompt_tokens
 from . import responses_store as store
 from . import responses_wire as wire
 from .envelopes import event_name, frame

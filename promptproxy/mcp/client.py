@@ -10,9 +10,9 @@ import orjson
 import requests
 from urllib3.exceptions import HTTPError
 
+from ..core.catalog import McpServerInfo
 from ..core.deadline import chunks_until
-from ..proxy.catalog import McpServerInfo
-from ..proxy.sse import SSEParser
+from ..core.sse import SSEParser
 
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
 LATEST = PROTOCOL_VERSIONS[0]

@@ -11,12 +11,12 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ..core import prompts as P
 from ..core.call import Call
+from ..core.catalog import McpServerInfo, Principal
 from ..core.errors import GatewayError
-from ..proxy import prompts as P
-from ..proxy.catalog import McpServerInfo, Principal
-from ..proxy.guarded_http import guarded_session
 from ..proxy.send import scrub
+from ..transport.guarded_http import guarded_session
 from .client import LATEST, PROTOCOL_VERSIONS, McpClient, McpError, UpstreamSession
 
 log = logging.getLogger("promptproxy.mcp")

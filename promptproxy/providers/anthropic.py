@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import orjson
 
-from ..proxy.catalog import ProviderInfo
-from ..proxy.sse import Event
+from ..core.catalog import ProviderInfo
+from ..core.sse import Event
 from . import anthropic_wire as wire
 from .anthropic_stream import AnthropicStreamToOpenAI
 from .base import StreamOutput, UpstreamRequest, UpstreamText

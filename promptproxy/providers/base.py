@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from ..core.catalog import ProviderInfo
 from ..core.errors import GatewayError
-from ..proxy.catalog import ProviderInfo
-from ..proxy.sse import Event
+from ..core.sse import Event
 
 
 class UpstreamText(GatewayError):

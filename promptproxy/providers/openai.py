@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import orjson
 
-from ..proxy.catalog import ProviderInfo
-from ..proxy.sse import Event
-from ..proxy.usage import normalize_openai
+from ..core.catalog import ProviderInfo
+from ..core.sse import Event
+from ..core.usage import normalize_openai
 from .base import StreamOutput, UpstreamRequest
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings",

@@ -1,1 +1,1 @@
-"""The request path: resolve, inject, send, relay, record."""
+"""The call lifecycle: resolve, inject, send, relay, record; features register on its stages."""

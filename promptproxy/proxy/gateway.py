@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 from ..alerts.worker import AlertWorker
+from ..cache.response_cache import ResponseCache
+from ..core.catalog import Catalog
+from ..core.sse import MAX_EVENT_BYTES
 from ..crypto import Box
-from .admission import NullLimiter
-from .cache import ResponseCache
-from .catalog import Catalog
-from .deployments import Deployments
-from .logwriter import LogWriter
-from .resilience import Breakers, RetryPolicy
-from .sse import MAX_EVENT_BYTES
-from .tracing import make_tracer
-from .upstream import Upstreams
+from ..observe.logwriter import LogWriter
+from ..observe.tracing import make_tracer
+from ..ratelimit.admission import NullLimiter
+from ..routing.deployments import Deployments
+from ..routing.resilience import Breakers, RetryPolicy
+from ..transport.upstream import Upstreams
 
 
 def make_limiter(app):
     """The real limiter (memory, or Redis with PROMPTPROXY_REDIS_URL) unless LIMITS_ENABLED is off."""
     if not app.config.get("LIMITS_ENABLED", True):
         return NullLimiter()
-    from .limits import Limiter
+    from ..ratelimit.limiter import Limiter
 
     return Limiter(app)
 

@@ -3,10 +3,10 @@
 by the prompt's mode; stored tools come first; stored parameters fill gaps or win when locked."""
 from __future__ import annotations
 
+from ..core import prompts as P
 from ..core.errors import ErrorCode, GatewayError
 from ..providers.anthropic_wire import anthropic_tools
 from ..providers.wire_common import TranslationError
-from . import prompts as P
 
 # Stored-prompt parameters under their Anthropic names; OpenAI-only ones (penalties, seed...) are not sent.
 ANTHROPIC_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "max_tokens": "max_tokens",

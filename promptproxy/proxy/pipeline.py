@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..cache import assemble
+from ..cache import response_cache as cache
 from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
-from . import assemble, cache, send, tags
+from . import send, tags
 from .resolve import check_routing_keys, resolve
 
 

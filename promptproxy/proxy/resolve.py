@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import hashlib
 
+from ..core.catalog import ModelInfo, PromptInfo
 from ..core.errors import ErrorCode, GatewayError, model_not_found, prompt_not_found
+from ..core.grammar import parse_model
 from ..models import KIND_ENDPOINT
 from ..providers import get_adapter
-from .catalog import ModelInfo, PromptInfo
-from .grammar import parse_model
 
 # Body keys that could steer an upstream (another gateway, a proxy) to a host of the client's choosing.
 # Compared case-insensitively: `API_BASE` is the same key to many servers.

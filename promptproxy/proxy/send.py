@@ -7,17 +7,17 @@ import time
 import orjson
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
+from ..core.catalog import ModelInfo
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
+from ..core.sse import SSEParser
+from ..core.usage import cost, count_tokens, estimate_input
 from ..providers import get_adapter
 from ..providers.base import UpstreamText
 from ..providers.openai import UpstreamStreamError
 from ..providers.wire_common import TranslationError
 from ..providers.wire_common import UpstreamStreamError as WireStreamError
-from . import deployments, resilience
-from .catalog import ModelInfo
-from .sse import SSEParser
-from .upstream import UpstreamResponse, drain, iter_raw, read_body, set_idle_timeout
-from .usage import cost, count_tokens, estimate_input
+from ..routing import deployments, resilience
+from ..transport.upstream import UpstreamResponse, drain, iter_raw, read_body, set_idle_timeout
 
 PASS_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
                 "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",

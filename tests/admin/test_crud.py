@@ -324,7 +324,7 @@ def test_audit_page_lists_dashboard_changes(admin_web):
 def test_open_circuit_breaker_is_shown_on_the_providers_page(app, admin_web):
     from promptproxy import manage
     from promptproxy.extensions import db
-    from promptproxy.proxy.resilience import Breakers
+    from promptproxy.routing.resilience import Breakers
 
     with app.app_context():
         provider = manage.create_provider("t", "flaky", "openai", "http://127.0.0.1:9/v1")

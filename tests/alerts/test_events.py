@@ -9,8 +9,8 @@ from promptproxy import create_app, manage
 from promptproxy.alerts.events import BudgetSettled
 from promptproxy.extensions import db
 from promptproxy.models import BudgetUsage, RequestLog, utcnow
-from promptproxy.proxy.limits import period_start
-from promptproxy.proxy.resilience import Breakers, RetryPolicy
+from promptproxy.ratelimit.limiter import period_start
+from promptproxy.routing.resilience import Breakers, RetryPolicy
 
 from ..conftest import base_config, wait_for
 from ..limits.conftest import chat, set_limits

@@ -9,11 +9,11 @@ from flask_migrate import downgrade, upgrade
 
 from promptproxy import create_app
 from promptproxy.cli import cli
+from promptproxy.core.catalog import Principal
 from promptproxy.dialects import responses_store
 from promptproxy.dialects.responses_wire import chat_to_response, input_items
 from promptproxy.extensions import db
 from promptproxy.models import StoredResponse, utcnow
-from promptproxy.proxy.catalog import Principal
 
 from ..conftest import base_config
 

@@ -11,7 +11,7 @@ import requests
 
 from promptproxy import manage
 from promptproxy.extensions import db
-from promptproxy.proxy.limits import Limiter
+from promptproxy.ratelimit.limiter import Limiter
 
 from ..conftest import REDIS_URL, WORKER, flush_prefix
 

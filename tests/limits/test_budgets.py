@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from promptproxy import manage
+from promptproxy.core.usage import cost
 from promptproxy.extensions import db
 from promptproxy.models import BudgetUsage
-from promptproxy.proxy.limits import period_end, period_start
-from promptproxy.proxy.usage import cost
+from promptproxy.ratelimit.limiter import period_end, period_start
 
 from ..conftest import log_rows
 from ..upstream import chat_response

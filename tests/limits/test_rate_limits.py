@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import openai
 import pytest
 
-from promptproxy.proxy.limits import Limiter, duration
+from promptproxy.ratelimit.limiter import Limiter, duration
 
 from ..conftest import log_rows, rows_when
 from ..upstream import chunk

@@ -16,7 +16,7 @@ from promptproxy import manage
 from promptproxy.extensions import db
 from promptproxy.mcp.servers import create_server
 from promptproxy.models import BudgetUsage
-from promptproxy.proxy.limits import period_start
+from promptproxy.ratelimit.limiter import period_start
 
 from ..conftest import free_port, rows_when
 from .conftest import SECRET, with_session

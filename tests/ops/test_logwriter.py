@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from promptproxy.cli import cli
 from promptproxy.extensions import db
 from promptproxy.models import RequestLog, UsageRollup, utcnow
-from promptproxy.proxy.logwriter import LogWriter
+from promptproxy.observe.logwriter import LogWriter
 
 from ..conftest import flush_logs, log_rows, wait_for
 

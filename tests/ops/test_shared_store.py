@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from promptproxy.core.sharedstore import SharedCounters, SharedFile, SharedStorage, SharedThrottle
-from promptproxy.proxy.resilience import Breakers, SharedBreakers
+from promptproxy.routing.resilience import Breakers, SharedBreakers
 from promptproxy.workers import SHARED_STORE_ENV, Supervisor
 
 PROVIDER = SimpleNamespace(id=7, name="local")

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from promptproxy import manage
-from promptproxy.proxy import prompts as P
+from promptproxy.core import prompts as P
 
 from ..conftest import log_rows, rows_when
 from .conftest import chat, system_text

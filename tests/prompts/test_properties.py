@@ -4,8 +4,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptproxy.proxy.grammar import ModelRef, parse_model, valid_label, valid_slug
-from promptproxy.proxy.prompts import PromptError, render, variables_in
+from promptproxy.core.grammar import ModelRef, parse_model, valid_label, valid_slug
+from promptproxy.core.prompts import PromptError, render, variables_in
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 slugs = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._/\-]{0,40}\Z")

@@ -4,15 +4,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from promptproxy.core import prompts as P
+from promptproxy.core.catalog import ProviderInfo
 from promptproxy.core.errors import GatewayError
+from promptproxy.core.prompts import PromptError
+from promptproxy.core.sse import SSEParser
 from promptproxy.dialects.anthropic import AnthropicEncoder, PassthroughEncoder
 from promptproxy.providers import get_adapter
 from promptproxy.providers.anthropic import base_root
-from promptproxy.proxy import prompts as P
-from promptproxy.proxy.catalog import ProviderInfo
 from promptproxy.proxy.inject import ANTHROPIC_PARAMS, first_system_block, renamed
-from promptproxy.proxy.prompts import PromptError
-from promptproxy.proxy.sse import SSEParser
 from tests.anthropic_upstream import FIXTURES, fixture_json
 
 ADAPTER = get_adapter("anthropic")

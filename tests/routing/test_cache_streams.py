@@ -11,10 +11,10 @@ import requests
 import sqlalchemy as sa
 
 from promptproxy import manage
+from promptproxy.cache.assemble import ChatAssembler, MessageAssembler
+from promptproxy.cache.response_cache import ResponseCache, stream_events
 from promptproxy.extensions import db
 from promptproxy.models import ResponseCacheEntry
-from promptproxy.proxy.assemble import ChatAssembler, MessageAssembler
-from promptproxy.proxy.cache import ResponseCache, stream_events
 
 from ..conftest import REDIS_URL, rows_when
 from ..upstream import chunk

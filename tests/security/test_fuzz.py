@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptproxy.proxy.sse import SSEParser
+from promptproxy.core.sse import SSEParser
 
 ROOT = Path(__file__).resolve().parents[2]
 

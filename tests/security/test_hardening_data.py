@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from promptproxy import manage
+from promptproxy.core.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 from promptproxy.extensions import db
 from promptproxy.models import (
     ApiKey,
@@ -20,9 +21,8 @@ from promptproxy.models import (
     User,
     utcnow,
 )
-from promptproxy.proxy import logwriter
-from promptproxy.proxy.logwriter import LogWriter
-from promptproxy.proxy.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
+from promptproxy.observe import logwriter
+from promptproxy.observe.logwriter import LogWriter
 
 from ..admin.conftest import cheap_hash, login
 from ..conftest import log_rows, wait_for

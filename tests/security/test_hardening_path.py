@@ -9,10 +9,10 @@ import requests
 import sqlalchemy as sa
 
 from promptproxy import config, manage
+from promptproxy.core.catalog import ProviderInfo
 from promptproxy.extensions import db
-from promptproxy.proxy.catalog import ProviderInfo
-from promptproxy.proxy.resilience import Breakers, RetryPolicy
 from promptproxy.proxy.send import scrub
+from promptproxy.routing.resilience import Breakers, RetryPolicy
 
 from ..anthropic_upstream import fixture_sse
 from ..conftest import log_rows, rows_when
@@ -328,8 +328,8 @@ def test_n_100_with_a_small_budget_is_refused_before_the_upstream_is_called(app,
 
 
 def test_tools_and_images_count_towards_the_estimate(app, seeded):
-    from promptproxy.proxy.limits import IMAGE_TOKENS, image_tokens
-    from promptproxy.proxy.usage import estimate_input, prompt_tokens
+    from promptproxy.core.usage import estimate_input, prompt_tokens
+    from promptproxy.ratelimit.limiter import IMAGE_TOKENS, image_tokens
 
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, image, image]}],

@@ -25,7 +25,7 @@ from promptproxy.cli import cli
 from promptproxy.dialects.envelopes import ANTHROPIC_TYPES
 from promptproxy.extensions import db
 from promptproxy.providers import ADAPTERS, KINDS
-from promptproxy.proxy.resilience import RetryPolicy
+from promptproxy.routing.resilience import RetryPolicy
 
 from ..admin.conftest import MEMBER_PW, cheap_hash, login
 from ..anthropic_upstream import fixture_sse

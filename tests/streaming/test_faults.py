@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from promptproxy.proxy.usage import count_tokens
+from promptproxy.core.usage import count_tokens
 
 from ..faults import blackhole, refused_url
 from ..upstream import chunk

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from promptproxy.proxy.usage import count_tokens
+from promptproxy.core.usage import count_tokens
 
 from ..upstream import Upstream, chunk
 from .conftest import events, one_row, post, tune

@@ -5,7 +5,7 @@ import pytest
 
 from promptproxy import manage
 from promptproxy.extensions import db
-from promptproxy.proxy.resilience import Breakers, RetryPolicy, breaker_states, parse_retry_after
+from promptproxy.routing.resilience import Breakers, RetryPolicy, breaker_states, parse_retry_after
 
 from ..faults import refused_url
 from ..upstream import Upstream

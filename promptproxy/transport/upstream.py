@@ -12,11 +12,11 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
+from ..core.catalog import ProviderInfo
 from ..core.deadline import set_idle_timeout  # also imported from here by proxy.send
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
 from ..netguard import is_public
 from ..providers.base import UpstreamRequest
-from .catalog import ProviderInfo
 
 log = logging.getLogger("promptproxy.upstream")
 

@@ -18,10 +18,10 @@ from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from ..alerts.events import BudgetSettled
 from ..core.errors import ErrorCode, GatewayError
+from ..core.usage import prompt_tokens
 from ..extensions import db
 from ..models import BudgetUsage, utcnow
 from .admission import Admission
-from .usage import prompt_tokens
 
 log = logging.getLogger("promptproxy.limits")
 STORE_ERRORS = (StorageError, OSError)  # plus RedisError once Redis is configured (imported only then)

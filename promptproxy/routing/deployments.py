@@ -10,8 +10,8 @@ import random
 import threading
 import time
 
+from ..core.catalog import ModelInfo
 from ..core.errors import ErrorCode, Fault, GatewayError, UpstreamError
-from .catalog import ModelInfo
 
 log = logging.getLogger("promptproxy.deployments")
 FIELDS = ("fails", "ejections", "ejected_until", "busy_until", "served", "errors")

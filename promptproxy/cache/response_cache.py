@@ -4,7 +4,7 @@ Off unless the model, or the stored prompt the call uses, has a TTL: a prompt wi
 every call that uses it, whatever its model; otherwise the model's apply. The key covers the scope (the user unless
 shared), the dialect, the model and its upstream name, the stored prompt as injected (its id, mode and the version's
 number and whole content) and the whole body except `stream` and `user`. Only 2xx answers are stored: whole ones as
-rendered, streams once they finished cleanly, assembled into the same whole answer (proxy/assemble.py). Entries live
+rendered, streams once they finished cleanly, assembled into the same whole answer (cache/assemble.py). Entries live
 in the database (pruned as they expire and when the total passes its cap) or in Redis when REDIS_URL is set.
 """
 from __future__ import annotations

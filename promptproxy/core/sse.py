@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.errors import ErrorCode, GatewayError
+from .errors import ErrorCode, GatewayError
 
 MAX_EVENT_BYTES = 8 * 1024 * 1024  # one upstream event; real ones are kilobytes, a stuck line could grow forever
 

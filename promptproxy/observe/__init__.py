@@ -1,0 +1,1 @@
+"""What the gateway records: the request-log writer and tracing."""

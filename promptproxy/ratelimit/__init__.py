@@ -1,0 +1,1 @@
+"""Rate limits, concurrency caps and budgets: what the limiter admits and settles."""

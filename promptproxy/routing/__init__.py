@@ -1,0 +1,1 @@
+"""Which upstream serves a call: retries, fallbacks, deployments, breakers and health."""

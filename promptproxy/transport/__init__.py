@@ -1,0 +1,1 @@
+"""Upstream HTTP: pooled connections that reach only public hosts, bounded reads."""
