@@ -5,6 +5,7 @@ from ..alerts.worker import AlertWorker
 from ..cache.response_cache import ResponseCache
 from ..core.catalog import Catalog
 from ..core.sse import MAX_EVENT_BYTES
+from ..core.state import MemoryState
 from ..crypto import Box
 from ..observe.logwriter import LogWriter
 from ..observe.tracing import make_tracer
@@ -29,6 +30,8 @@ class Gateway:
     def __init__(self, app):
         cfg = app.config
         self.app = app  # streams settle in a fresh app context after the request has returned
+        # The shared state every feature counts in (core/state.py); one store, chosen once.
+        self.state = MemoryState()
         self.box = Box(cfg["ENCRYPTION_KEY"], tuple(k for k in cfg.get("OLD_ENCRYPTION_KEYS", ()) if k))
         self.catalog = Catalog(self.box, ttl=cfg["CACHE_TTL"])
         self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"],
