@@ -249,16 +249,23 @@ def test_splice_keeps_the_prose_and_refuses_a_file_without_markers():
         settings.splice("no markers here")
 
 
-def test_the_script_prints_the_table_and_leaves_up_to_date_docs_unchanged(capsys):
+def test_the_script_prints_the_table_and_rewrites_a_stale_one(capsys, monkeypatch, tmp_path):
     spec = importlib.util.spec_from_file_location("docs_config", ROOT / "scripts" / "docs_config.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main(["--print"]) == 0
     assert capsys.readouterr().out.strip() == settings.markdown_table()
-    before = DOCS.read_text(encoding="utf-8")
-    assert script.main([]) == 0  # the committed docs are current (the test above), so nothing is written
+    stale = tmp_path / "docs" / "configuration.md"  # a copy: the test never writes the checkout's docs
+    stale.parent.mkdir()
+    stale.write_text(f"# Title\n\nprose\n{settings.BEGIN}\n| old |\n{settings.END}\n\nmore prose\n")
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    monkeypatch.setattr(script, "DOCS", stale)
+    assert script.main([]) == 0
+    assert capsys.readouterr().out.strip() == "docs/configuration.md: updated"
+    assert stale.read_text() == (f"# Title\n\nprose\n{settings.BEGIN}\n{settings.markdown_table()}\n{settings.END}"
+                                 "\n\nmore prose\n")
+    assert script.main([]) == 0
     assert capsys.readouterr().out.strip() == "docs/configuration.md: unchanged"
-    assert DOCS.read_text(encoding="utf-8") == before
 
 
 def _documented_names() -> dict[str, str]:
