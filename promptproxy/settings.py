@@ -144,6 +144,9 @@ def shown_default(setting: Setting) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, float) and value.is_integer():
         return f"`{int(value)}`"
+    if setting.name.endswith(("_BYTES", "_WATERMARK")) and value >= 1024:
+        size, unit = (value / 1024**2, "MiB") if value >= 1024**2 else (value / 1024, "KiB")
+        return f"`{value}` ({size:g} {unit})"
     return f"`{value}`"
 
 
