@@ -6,6 +6,7 @@ supervisor exits; it holds only counters, never secrets or request data.
 """
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import sqlite3
@@ -13,7 +14,10 @@ import struct
 import threading
 import time
 
+from limits.errors import StorageError
 from limits.storage import MovingWindowSupport, Storage
+
+log = logging.getLogger("promptproxy.admin")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires REAL NOT NULL);
@@ -22,6 +26,8 @@ CREATE INDEX IF NOT EXISTS entries_key_at ON entries (key, at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS leases_key ON leases (key, expires);
+CREATE TABLE IF NOT EXISTS hashes (key TEXT NOT NULL, name TEXT NOT NULL, value, PRIMARY KEY (key, name));
+CREATE TABLE IF NOT EXISTS expiring (key TEXT PRIMARY KEY, value REAL NOT NULL, expires REAL NOT NULL);
 """
 
 
@@ -236,28 +242,53 @@ def shared_file(path: str) -> SharedFile:
 
 
 class SharedThrottle:
-    """The dashboard's login throttle (admin.auth.Throttle's interface) counted in a SharedFile for all workers."""
+    """The dashboard's login throttle (admin.auth.Throttle's interface) in a shared `limits` storage.
 
-    def __init__(self, shared: SharedFile, limit: int, window: float):
-        self.storage = SharedStorage(shared=shared)
-        self.limit, self.window = limit, int(window)
+    `shared` is the workers' SharedFile or the gateway state's `limits_storage()` (the file or Redis). With a
+    `fallback` throttle, a store error (one of `errors`) is logged and the fallback counts instead.
+    """
+
+    def __init__(self, shared, limit: int, window: float, errors: tuple = (), fallback=None):
+        self.storage = SharedStorage(shared=shared) if isinstance(shared, SharedFile) else shared
+        self.window, self.fallback = int(window), fallback
+        self.errors = (*errors, StorageError) if fallback is not None else ()
+        self.limit = limit
+
+    @property
+    def limit(self) -> int:
+        """Failures allowed per window (a change reaches the fallback too)."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = value
+        if self.fallback is not None:
+            self.fallback.limit = value
 
     @staticmethod
     def _key(key: tuple) -> str:
         return "login:" + "\x1f".join(str(part) for part in key)
 
+    def _run(self, name: str, key: tuple, shared):
+        try:
+            return shared()
+        except self.errors as exc:
+            log.warning("login throttle store unavailable (%s): counting in this process", type(exc).__name__)
+            return getattr(self.fallback, name)(key)
+
     def blocked(self, key: tuple) -> bool:
         """True when the key has used up its failures."""
-        return self.storage.get_moving_window(self._key(key), self.limit, self.window)[1] >= self.limit
+        return self._run("blocked", key, lambda: self.storage.get_moving_window(
+            self._key(key), self.limit, self.window)[1] >= self.limit)
 
     def attempt(self, key: tuple) -> bool:
         """Count an attempt; False when the key has used up its attempts (nothing counted)."""
-        return self.storage.acquire_entry(self._key(key), self.limit, self.window)
+        return self._run("attempt", key, lambda: self.storage.acquire_entry(self._key(key), self.limit, self.window))
 
     def fail(self, key: tuple) -> None:
         """Count one failure (a full window stays full)."""
-        self.storage.acquire_entry(self._key(key), self.limit, self.window)
+        self._run("fail", key, lambda: self.storage.acquire_entry(self._key(key), self.limit, self.window))
 
     def reset(self, key: tuple) -> None:
         """Forget a key after a success."""
-        self.storage.clear(self._key(key))
+        self._run("reset", key, lambda: self.storage.clear(self._key(key)))

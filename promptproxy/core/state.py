@@ -40,6 +40,9 @@ class State(Protocol):
     def take(self, key: str, limit: float, amount: float, ttl: float) -> bool:
         """Add `amount` to an expiring counter only if the result stays within `limit`: check-and-take in one step."""
 
+    def limits_storage(self):
+        """The `limits` library's storage on this store (rate-limit windows), made once and shared."""
+
 
 class MemoryState:
     """State for one process: dicts under one lock."""
@@ -52,6 +55,7 @@ class MemoryState:
         self._lock = threading.Lock()
         self._hashes: dict[str, dict] = {}
         self._counters: dict[str, list] = {}  # key -> [value, expires]
+        self._limits = None
 
     def read(self, keys: list[str]) -> list[dict]:
         """As State.read."""
@@ -111,3 +115,31 @@ class MemoryState:
             found = found or self._counters.setdefault(key, [0.0, now + ttl])
             found[0] += amount
             return True
+
+    def limits_storage(self):
+        """As State.limits_storage: the `limits` library's in-process storage."""
+        with self._lock:
+            if self._limits is None:
+                from limits.storage import MemoryStorage
+
+                self._limits = MemoryStorage()
+            return self._limits
+
+
+def make_state(app) -> State:
+    """The store for this app, chosen once at start: Redis (REDIS_URL), else the workers' file, else this process.
+
+    `app` is a Flask app or a config mapping. Redis is imported only when configured: redis-py alone adds ~8 MB to
+    every process.
+    """
+    cfg = getattr(app, "config", app)
+    if cfg.get("REDIS_URL"):
+        from .state_redis import RedisState
+
+        return RedisState(cfg["REDIS_URL"], cfg.get("REDIS_PREFIX") or "promptproxy")
+    if cfg.get("SHARED_STORE"):  # set by `serve --workers N` for its workers (workers.py)
+        from .sharedstore import shared_file
+        from .state_file import FileState
+
+        return FileState(shared_file(cfg["SHARED_STORE"]))
+    return MemoryState()
