@@ -15,6 +15,7 @@ from flask_login import current_user, login_user, logout_user
 from werkzeug.security import check_password_hash
 
 from .. import manage
+from ..core.state import make_state
 from ..crypto import hash_key
 from ..extensions import db, login
 from ..manage import ManageError
@@ -37,14 +38,22 @@ def _configure(state) -> None:
     """Session lifetimes (idle via the permanent cookie, absolute via login_at) and the login view."""
     app = state.app
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=app.config.get("SESSION_IDLE_MINUTES", 30))
-    limit = app.config.get("LOGIN_MAX_FAILURES", 10)
-    if app.config.get("SHARED_STORE"):  # `serve --workers N`: one count for all workers, not N
-        from ..core.sharedstore import SharedThrottle, shared_file
-
-        app.extensions["admin_login_throttle"] = SharedThrottle(shared_file(app.config["SHARED_STORE"]), limit, 15 * 60)
-    else:
-        app.extensions["admin_login_throttle"] = Throttle(limit, 15 * 60)
+    app.extensions["admin_login_throttle"] = throttle_for(app)
     app.extensions["admin_hash_slots"] = hash_slots_for(app.config)
+
+
+def throttle_for(app):
+    """The login throttle, counted in the gateway's shared state: one count for all workers and instances, not N."""
+    limit = app.config.get("LOGIN_MAX_FAILURES", 10)
+    gateway = app.extensions.get("promptproxy")
+    state = gateway.state if gateway is not None else make_state(app)
+    if state.kind == "memory":
+        return Throttle(limit, 15 * 60)
+    from ..core.sharedstore import SharedThrottle
+
+    # A store that fails falls back to this process's count: password login must not depend on Redis.
+    return SharedThrottle(state.limits_storage(), limit, 15 * 60, errors=state.errors,
+                          fallback=Throttle(limit, 15 * 60))
 
 
 class Throttle:

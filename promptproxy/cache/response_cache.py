@@ -18,6 +18,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..core.state import make_state
 from ..extensions import db
 from ..models import ResponseCacheEntry, utcnow
 
@@ -74,21 +75,17 @@ def injected(call) -> list | None:
 class ResponseCache:
     """Get and put cached answers, in the database or in Redis."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, state=None):
         self.max_entry = int(cfg.get("RESPONSE_CACHE_MAX_ENTRY_BYTES", 256 * 1024))
         self.max_total = int(cfg.get("RESPONSE_CACHE_MAX_BYTES", 64 * 1024 * 1024))
         self.prune_every = int(cfg.get("RESPONSE_CACHE_PRUNE_EVERY", 100))
         self._writes = 0
-        url = cfg.get("REDIS_URL")
-        self.redis = None
-        self.errors: tuple = (SQLAlchemyError, OSError)
-        if url:
-            import redis
-            from redis.exceptions import RedisError
-
-            self.redis = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-            self.prefix = f"{cfg.get('REDIS_PREFIX') or 'promptproxy'}:cache:"
-            self.errors = (*self.errors, RedisError)
+        # Entries go to Redis when the gateway's state is Redis (its client), else to the database.
+        state = state if state is not None else make_state(cfg)
+        self.redis = state.client if state.kind == "redis" else None
+        self.errors: tuple = (SQLAlchemyError, OSError, *state.errors)
+        if self.redis is not None:
+            self.prefix = f"{state.prefix}:cache:"
 
     def get(self, key: str) -> dict | None:
         """The cached entry ({answer, usage, cost}) or None; a store error is a miss."""

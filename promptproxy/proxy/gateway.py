@@ -5,7 +5,7 @@ from ..alerts.worker import AlertWorker
 from ..cache.response_cache import ResponseCache
 from ..core.catalog import Catalog
 from ..core.sse import MAX_EVENT_BYTES
-from ..core.state import MemoryState
+from ..core.state import make_state
 from ..crypto import Box
 from ..observe.logwriter import LogWriter
 from ..observe.tracing import make_tracer
@@ -15,13 +15,13 @@ from ..routing.resilience import Breakers, RetryPolicy
 from ..transport.upstream import Upstreams
 
 
-def make_limiter(app):
-    """The real limiter (memory, or Redis with PROMPTPROXY_REDIS_URL) unless LIMITS_ENABLED is off."""
+def make_limiter(app, state):
+    """The real limiter, counting in the gateway's shared state, unless LIMITS_ENABLED is off."""
     if not app.config.get("LIMITS_ENABLED", True):
         return NullLimiter()
     from ..ratelimit.limiter import Limiter
 
-    return Limiter(app)
+    return Limiter(app, state=state)
 
 
 class Gateway:
@@ -30,22 +30,22 @@ class Gateway:
     def __init__(self, app):
         cfg = app.config
         self.app = app  # streams settle in a fresh app context after the request has returned
-        # The shared state every feature counts in (core/state.py); one store, chosen once.
-        self.state = MemoryState()
+        # The shared state every feature counts in (core/state.py): one store, chosen once, one Redis client.
+        self.state = make_state(app)
         self.box = Box(cfg["ENCRYPTION_KEY"], tuple(k for k in cfg.get("OLD_ENCRYPTION_KEYS", ()) if k))
         self.catalog = Catalog(self.box, ttl=cfg["CACHE_TTL"])
         self.logs = LogWriter(app, interval=cfg["LOG_FLUSH_INTERVAL"], batch_size=cfg["LOG_BATCH_SIZE"],
                               max_queue=cfg.get("LOG_QUEUE_MAX", 50_000), retention_days=cfg["RETENTION_DAYS"])
         self.upstreams = Upstreams(pool_size=max(int(cfg["THREADS"]), 10),
                                    allow_private=bool(cfg["ALLOW_PRIVATE_UPSTREAMS"]))
-        self.limiter = make_limiter(app)
+        self.limiter = make_limiter(app, self.state)
         self.log_bodies = cfg["LOG_BODIES"]
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
         self.max_event_bytes = cfg.get("MAX_EVENT_BYTES", MAX_EVENT_BYTES)  # for SSEParser(gw.max_event_bytes)
         self.retry = RetryPolicy.from_config(cfg)
         self.breakers = Breakers.from_config(cfg)
         self.deployments = Deployments(cfg)
-        self.cache = ResponseCache(cfg)
+        self.cache = ResponseCache(cfg, self.state)
         self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
         # Alerts: the breakers and the limiter only put small events on this queue; its thread does the rest.
         self.alerts = AlertWorker(app, self.box)

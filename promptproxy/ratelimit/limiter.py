@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,18 +12,18 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from ..alerts.events import BudgetSettled
 from ..core.errors import ErrorCode, GatewayError
+from ..core.state import State, make_state
 from ..core.usage import prompt_tokens
 from ..extensions import db
 from ..models import BudgetUsage, utcnow
 from .admission import Admission
 
 log = logging.getLogger("promptproxy.limits")
-STORE_ERRORS = (StorageError, OSError)  # plus RedisError once Redis is configured (imported only then)
+STORE_ERRORS = (StorageError, OSError)  # plus the store's own errors (RedisError only once Redis is configured)
 EPSILON = 1e-9  # float slack so a request costing exactly the remaining budget still fits
 WHO = {"user": "your user", "key": "this API key"}
 
@@ -157,6 +156,17 @@ class RedisCounters:
         self._release([f"{self.prefix}:{key}"])
 
 
+def slot_counters(state: State):
+    """Concurrency slots in the state's own store: its Redis client, its shared file, or this process."""
+    if state.kind == "redis":
+        return RedisCounters(state.client, f"{state.prefix}:slots")
+    if state.kind == "file":
+        from ..core.sharedstore import SharedCounters
+
+        return SharedCounters(state.shared)
+    return MemoryCounters()
+
+
 # -- budgets ---------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Reservation:
@@ -241,33 +251,18 @@ class LimitAdmission(Admission):
 class Limiter:
     """RPM (moving window), TPM (fixed window of real usage), concurrency and budgets per user and per key."""
 
-    def __init__(self, app, now=utcnow):
+    def __init__(self, app, now=utcnow, state=None):
         cfg = app.config
         self.now = now  # injectable clock for budget periods
         self.fail_open = bool(cfg["LIMITS_FAIL_OPEN"])
         self.default_max_tokens = int(cfg["DEFAULT_MAX_TOKENS"])
         self.slot_ttl = int(cfg["TOTAL_TIMEOUT"]) + 60
         self.retry_seconds = float(cfg.get("LIMITS_RETRY_SECONDS", 5.0))
-        self.redis_url = cfg.get("REDIS_URL")
-        prefix = cfg.get("REDIS_PREFIX") or "promptproxy"
-        self.store_errors = STORE_ERRORS
-        if self.redis_url:
-            from redis.exceptions import RedisError  # only with Redis: redis-py alone adds ~8 MB to every process
-
-            self.store_errors = (*STORE_ERRORS, RedisError)
-            self.storage = storage_from_string(self.redis_url, key_prefix=f"{prefix}:limits", wrap_exceptions=True,
-                                               socket_connect_timeout=1.0, socket_timeout=1.0)
-            self.counters = RedisCounters(self.storage.get_connection(), f"{prefix}:slots")
-        elif cfg.get("SHARED_STORE"):  # workers of one `serve --workers N`: one file all of them count in
-            from ..core.sharedstore import SharedCounters, SharedStorage, shared_file
-
-            self.store_errors = (*STORE_ERRORS, sqlite3.Error)
-            shared = shared_file(cfg["SHARED_STORE"])
-            self.storage = SharedStorage(wrap_exceptions=True, shared=shared)
-            self.counters = SharedCounters(shared)
-        else:
-            self.storage = MemoryStorage()
-            self.counters = MemoryCounters()
+        # The gateway's one store (core/state.py); a limiter made alone (tests) picks its own from the config.
+        self.state = state if state is not None else make_state(app)
+        self.store_errors = (*STORE_ERRORS, *self.state.errors)
+        self.storage = self.state.limits_storage()
+        self.counters = slot_counters(self.state)
         self.requests = MovingWindowRateLimiter(self.storage)
         self.tokens = FixedWindowRateLimiter(self.storage)  # hit() always adds, so real usage is never dropped
         self.budgets = Budgets()
@@ -305,7 +300,7 @@ class Limiter:
 
     def _store(self, fn, *args, retry: bool = False, **kwargs):
         """Run one store operation; a failure marks the store down for a few seconds (checks skip it then)."""
-        if not retry and self.redis_url and time.monotonic() < self._down_until:
+        if not retry and self.state.kind == "redis" and time.monotonic() < self._down_until:
             raise LimitsUnavailable
         try:
             return fn(*args, **kwargs)
