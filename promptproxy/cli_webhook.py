@@ -8,7 +8,7 @@ from flask.cli import with_appcontext
 
 from .alerts import webhooks
 from .alerts.events import CATEGORIES
-from .cli import ACTOR, committed, emit, json_option, row, say
+from .cli_common import ACTOR, committed, emit, json_option, row, say
 from .extensions import db
 from .models import Webhook
 

@@ -1,6 +1,7 @@
 """Create and change resources; shared by the CLI and the dashboard, each change audited."""
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime
 
@@ -19,6 +20,7 @@ from .models import (
     ApiKey,
     AuditEvent,
     BudgetUsage,
+    McpServer,
     Model,
     ModelDeployment,
     Prompt,
@@ -42,6 +44,7 @@ PERIODS = ("day", "week", "month")
 STRATEGIES = ("weighted", "least-busy")
 CACHE_SCOPES = ("user", "shared")
 MAX_CACHE_TTL = 30 * 86400
+MCP_TOOL_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
 class ManageError(ValueError):
@@ -184,8 +187,6 @@ def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, peri
             setattr(obj, attr, current + [v for v in values if v not in current])
             changed[attr] = getattr(obj, attr)
     if allow_mcp:
-        from .mcp.servers import check_grant
-
         grants = list(obj.allowed_mcp or [])
         for grant in map(check_grant, allow_mcp):
             if grant not in grants:
@@ -193,6 +194,16 @@ def apply_limits(obj, rpm=None, tpm=None, max_concurrent=None, budget=None, peri
         obj.allowed_mcp = grants
         changed["allowed_mcp"] = obj.allowed_mcp
     return changed
+
+
+def check_grant(grant: str) -> str:
+    """An MCP grant, `SERVER` or `SERVER/TOOL`, naming an existing server."""
+    server, _, tool = str(grant).partition("/")
+    if tool and not MCP_TOOL_RE.match(tool):
+        raise ManageError(f"`{grant}`: a tool name is 1-128 letters, digits, '_', '.' or '-'")
+    if db.session.scalar(sa.select(McpServer.id).where(McpServer.name == server)) is None:
+        raise ManageError(f"no MCP server `{server}`")
+    return grant
 
 
 def update_user(actor: str, user: User, email=None, role=None, active=None, password=None, **limits) -> dict:

@@ -1,9 +1,10 @@
-"""Who an OpenID Connect sign-in is: verified email to user, allowed domains, groups and admin role from a claim."""
+"""Single sign-on: whether it is on, and who a sign-in is (verified email to user, domains, groups, admin role)."""
 from __future__ import annotations
 
 import logging
 import re
 import unicodedata
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -13,6 +14,16 @@ from .models import Group, User
 
 log = logging.getLogger("promptproxy.sso")
 ACTOR = "sso"
+
+
+def enabled(cfg) -> bool:
+    """True when issuer, client id and client secret are all configured."""
+    return bool(cfg.get("OIDC_ISSUER") and cfg.get("OIDC_CLIENT_ID") and cfg.get("OIDC_CLIENT_SECRET"))
+
+
+def button_name(cfg) -> str:
+    """What the login page's "Sign in with …" names."""
+    return cfg.get("OIDC_NAME") or urlsplit(cfg.get("OIDC_ISSUER", "")).hostname or "single sign-on"
 
 
 class Refused(Exception):

@@ -14,7 +14,7 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from flask_login import current_user, login_user, logout_user
 from werkzeug.security import check_password_hash
 
-from .. import manage
+from .. import manage, sso
 from ..core.state import make_state
 from ..crypto import hash_key
 from ..extensions import db, login
@@ -269,9 +269,7 @@ def login_page():
 
 def sso_button() -> str | None:
     """The "Sign in with …" name when single sign-on is configured."""
-    from .oidc import button_name, enabled
-
-    return button_name(current_app.config) if enabled(current_app.config) else None
+    return sso.button_name(current_app.config) if sso.enabled(current_app.config) else None
 
 
 def login_failed(form, status: int):

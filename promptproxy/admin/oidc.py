@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 import requests
 from flask import abort, current_app, redirect, render_template, request, session, url_for
@@ -18,20 +17,10 @@ KEY = "promptproxy_oidc"
 REQUIRED = ("authorization_endpoint", "token_endpoint", "jwks_uri")
 
 
-def enabled(cfg) -> bool:
-    """True when issuer, client id and client secret are all configured."""
-    return bool(cfg.get("OIDC_ISSUER") and cfg.get("OIDC_CLIENT_ID") and cfg.get("OIDC_CLIENT_SECRET"))
-
-
-def button_name(cfg) -> str:
-    """What the login page's "Sign in with …" names."""
-    return cfg.get("OIDC_NAME") or urlsplit(cfg.get("OIDC_ISSUER", "")).hostname or "single sign-on"
-
-
 def client():
     """This app's Authlib client, registered on first use from the configuration; 404 when SSO is off."""
     app = current_app._get_current_object()
-    if not enabled(app.config):
+    if not sso.enabled(app.config):
         abort(404)
     if KEY not in app.extensions:
         from authlib.integrations.flask_client import OAuth  # only with SSO on: most processes never need it

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 
 import orjson
-import sqlalchemy as sa
 from flask import current_app
 
 from ..crypto import hint
@@ -15,7 +14,6 @@ from ..netguard import drop_secrets_on_host_change
 
 # Tool names reach clients as SERVER__TOOL, so a server name holds no "__" (the split must be unambiguous).
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,47}$")
-TOOL_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 # Each secret of a server and the columns holding it (netguard.drop_secrets_on_host_change).
 SECRETS = {"api_key": ("api_key_encrypted", "api_key_hint"), "headers": ("headers_encrypted", "header_names")}
@@ -27,16 +25,6 @@ def check_name(name: str) -> str:
         raise ManageError("MCP server name must be 1-48 letters, digits, '-' or '_' (no '__', no leading or "
                           "trailing '_')")
     return name
-
-
-def check_grant(grant: str) -> str:
-    """`SERVER` or `SERVER/TOOL`, naming an existing server."""
-    server, _, tool = str(grant).partition("/")
-    if tool and not TOOL_RE.match(tool):
-        raise ManageError(f"`{grant}`: a tool name is 1-128 letters, digits, '_', '.' or '-'")
-    if db.session.scalar(sa.select(McpServer.id).where(McpServer.name == server)) is None:
-        raise ManageError(f"no MCP server `{server}`")
-    return grant
 
 
 def get_server(ref: str) -> McpServer:
