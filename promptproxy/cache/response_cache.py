@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 import orjson
 import sqlalchemy as sa
@@ -148,6 +150,19 @@ class ResponseCache:
 
 # -- the cache on the call lifecycle ---------------------------------------------------------------------
 FEATURE = "cache"  # this feature's key in call.features
+
+
+class CachingDialect(Protocol):
+    """What the cache asks of a dialect (proxy.pipeline.Dialect) beyond rendering: the dialect-shaped parts."""
+
+    def cacheable(self, streamed: bool) -> bool:
+        """May the cache answer (and store) a call in this dialect, streamed or not?"""
+
+    def replay(self, call, plan, answer: dict) -> Iterator[bytes]:
+        """A whole answer this dialect rendered, as the stream it would have sent."""
+
+    def assembler(self, plan, limit: int):
+        """A fold of this plan's stream into the whole answer `render` takes (cache/assemble.py), or None."""
 
 
 @dataclass(slots=True)

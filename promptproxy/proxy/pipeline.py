@@ -19,7 +19,7 @@ from .resolve import check_routing_keys, resolve
 class Plan:
     """What a dialect decided for one call once its model is known."""
 
-    endpoint: str  # the adapter endpoint: chat, completion, embedding, messages, responses, count_tokens
+    endpoint: str  # the adapter endpoint, one of an adapter's `endpoints` (chat, completion, messages, ...)
     body: dict  # what the provider adapter gets
     view: dict  # the call in OpenAI chat shape, for token and budget estimates
     native: bool = False  # the upstream speaks the client's dialect: answers pass through untouched
@@ -50,7 +50,10 @@ class TextReader(Protocol):
 
 
 class Dialect(Protocol):
-    """One inbound API shape: parse and check, plan for the resolved model, render answers."""
+    """One inbound API shape: parse and check, plan for the resolved model, render answers.
+
+    Features ask more of dialects where they need it (the stages' hooks get the dialect): see their modules.
+    """
 
     name: str  # recorded as the row's inbound format; chooses the error envelope
     kind: str  # the model kind it needs: chat, completion or embedding
@@ -69,15 +72,6 @@ class Dialect(Protocol):
 
     def text(self, plan: Plan) -> TextReader:
         """How to read the text of this plan's answers and chunks (token estimates when usage is missing)."""
-
-    def cacheable(self, streamed: bool) -> bool:
-        """May the response cache answer (and store) this call?"""
-
-    def replay(self, call, plan: Plan, answer: dict) -> Iterator[bytes]:
-        """A whole answer rendered by this dialect (a cached one) as the stream it would have sent."""
-
-    def assembler(self, plan: Plan, limit: int):
-        """A fold of this plan's stream into the whole answer `render` takes, or None when there is none."""
 
 
 def run(gw, call, dialect: Dialect, body: dict) -> dict | Iterator[bytes]:
