@@ -109,6 +109,19 @@ def test_an_error_before_the_first_byte_is_settled_and_recorded_once_and_answere
     assert spy.settled_status[request_id] == 400 and rows_when(app, 1)[0].status == 400
 
 
+def test_an_error_after_the_first_byte_is_settled_and_recorded_once_and_answered_never(spy, live, seeded, upstream,
+                                                                                       app):
+    events = [chunk("m", "", role=True), chunk("m", "Bon"), {"error": {"message": "overloaded", "type": "x"}}]
+    upstream.handler = lambda req: (200, {"Content-Type": "text/event-stream"},
+                                    iter(f"data: {json.dumps(e)}\n\n" for e in events))
+    resp = requests.post(live + "/v1/chat/completions", json={**ASKED, "stream": True},
+                         headers={"Authorization": f"Bearer {seeded.key}"}, timeout=10)
+    assert resp.status_code == 200 and "overloaded" in resp.text and resp.text.endswith("data: [DONE]\n\n")
+    request_id, counts = spy.only()
+    assert counts == once(*PIPELINE, "on_stream", *UPSTREAM, *END)
+    assert spy.settled_status[request_id] >= 500 and rows_when(app, 1)[0].status == spy.settled_status[request_id]
+
+
 def test_a_refusal_before_any_upstream_is_settled_and_recorded_once(spy, live, seeded, upstream, app):
     resp = requests.post(live + "/v1/chat/completions", json={"model": "no-such-model", "messages": HI},
                          headers={"Authorization": f"Bearer {seeded.key}"}, timeout=10)

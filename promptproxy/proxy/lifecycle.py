@@ -13,8 +13,9 @@ loop over an empty tuple. The pipeline (/v1) and the MCP hub (/mcp) run the same
 - `on_stream(call, dialect, plan, encoder) -> encoder`: a stream is about to be relayed. Cache fill.
 - `around_attempt(call, target, endpoint, request) -> context manager`: each upstream attempt, to a deployment
   or an MCP server. The trace's client span (which puts its context on the request).
-- `on_answered(call, answer or None)`: the whole answer is complete (rendered, or its stream's end encoded), in
-  an app context, before the client has its last bytes. Responses store (dialects/responses_store.py).
+- `on_answered(call, answer or None)`: the upstream's whole answer is complete (rendered, or its stream's end
+  encoded without an in-band error), in an app context, before the client has its last bytes; not for an answer
+  a before_send hook gave. Responses store (dialects/responses_store.py).
 - `on_settled(call, answer or None)`: the outcome is final, exactly once, in an app context, before the
   admission settles (streams: at their end). Deployment release (proxy/gateway.py), cache store.
 - `on_recorded(call)`: exactly once, when the row is queued. Log row (proxy/gateway.py), metrics and the access

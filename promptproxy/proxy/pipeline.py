@@ -125,8 +125,9 @@ def _stream(gw, call, dialect: Dialect, plan: Plan, admission) -> Iterator[bytes
         with gw.app.app_context():
             gw.lifecycle.answered(call, None)
 
-    encoder = _Answering(gw.lifecycle.stream(call, dialect, plan, dialect.encoder(call, plan)), answered)
-    events = send.relay(gw, call, plan.endpoint, plan.body, encoder, dialect.text(plan))
+    encoder = gw.lifecycle.stream(call, dialect, plan, dialect.encoder(call, plan))
+    events = send.relay(gw, call, plan.endpoint, plan.body, encoder, dialect.text(plan),
+                        answered if gw.lifecycle.on_answered else None)
 
     def owned():
         try:
@@ -150,29 +151,6 @@ def _stream(gw, call, dialect: Dialect, plan: Plan, admission) -> Iterator[bytes
         yield from gen
 
     return rest()
-
-
-class _Answering:
-    """An encoder that runs on_answered once the end of its stream is encoded."""
-
-    __slots__ = ("inner", "answered")
-
-    def __init__(self, inner: Encoder, answered):
-        self.inner, self.answered = inner, answered
-
-    def chunk(self, chunk: dict) -> bytes:
-        """One chunk, as the inner encoder frames it."""
-        return self.inner.chunk(chunk)
-
-    def error(self, err: GatewayError) -> bytes:
-        """An in-band error, as the inner encoder frames it."""
-        return self.inner.error(err)
-
-    def done(self, call) -> bytes:
-        """The end, framed first (a dialect finishes its answer there), then on_answered."""
-        out = self.inner.done(call)
-        self.answered()
-        return out
 
 
 def _note(call, exc: BaseException) -> None:

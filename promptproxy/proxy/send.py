@@ -320,11 +320,13 @@ def complete(gw, call, endpoint: str, body: dict, text) -> dict:
     return out
 
 
-def relay(gw, call, endpoint: str, body: dict, encoder, text):
+def relay(gw, call, endpoint: str, body: dict, encoder, text, answered=None):
     """Generator of encoded bytes for a streamed call; raises GatewayError only before its first byte.
 
     `encoder` frames the client's dialect: chunk(dict) -> bytes, done(call) -> bytes, error(err) -> bytes;
-    `text` (the dialect's TextReader) collects the chunks' text for an estimate when the upstream sends no usage.
+    `text` (the dialect's TextReader) collects the chunks' text for an estimate when the upstream sends no usage;
+    `answered()`, if given, runs once a clean end is encoded, before its bytes are yielded (the lifecycle's
+    on_answered stage).
     Usage and cost are settled on the call before `done` is encoded, so a closing event can carry them.
     """
     adapter, resp = open_upstream(gw, call, endpoint, body)
@@ -354,7 +356,10 @@ def relay(gw, call, endpoint: str, body: dict, encoder, text):
                     yield encoder.chunk(chunk)
                 if out.done:
                     _settle(call, translator, body, text_out)
-                    yield encoder.done(call)
+                    end = encoder.done(call)
+                    if answered is not None and call.status < 400:
+                        answered()
+                    yield end
                     drain(resp)
                     return
                 if event.comment is not None and sent:
