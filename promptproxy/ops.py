@@ -256,15 +256,15 @@ def configure_logging() -> None:
 
 # -- wiring ----------------------------------------------------------------------------------------
 def install(app: Flask) -> None:
-    """Routes /readyz and /metrics, the metrics record hook, access-log hooks."""
+    """Routes /readyz and /metrics; metrics and the access log on the lifecycle's on_recorded stage."""
     from .rollups import install_orm_hook
 
     install_orm_hook()
     gw = app.extensions["promptproxy"]
     metrics = Metrics(gw)
     app.extensions["promptproxy.metrics"] = metrics
-    gw.record_hooks.append(metrics.observe)
-    gw.record_hooks.append(_access_from_call)
+    gw.lifecycle.add("on_recorded", metrics.observe)
+    gw.lifecycle.add("on_recorded", _access_from_call)
     if not app.config.get("ACCESS_LOG", True):
         access_log.disabled = True
 

@@ -10,7 +10,6 @@ from ..core.call import Call
 from ..core.errors import GatewayError
 from ..errors import html_error
 from ..extensions import db
-from ..observe.tracing import TRACE_HEADERS
 from .errors import error_response
 
 log = logging.getLogger("promptproxy.api")
@@ -37,8 +36,6 @@ def start_call() -> None:
     """Open a Call for every /v1 request."""
     if is_api():
         g.call = Call(endpoint=request.path[:64], inbound=inbound(), client_ip=client_ip())
-        if current_app.extensions["promptproxy"].tracer is not None:
-            g.call.trace_headers = {name: request.headers[name] for name in TRACE_HEADERS if name in request.headers}
 
 
 def client_ip() -> str | None:

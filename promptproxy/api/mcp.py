@@ -11,6 +11,7 @@ from ..core.call import Call
 from ..core.errors import GatewayError
 from ..mcp.client import PROTOCOL_VERSIONS, McpError
 from ..mcp.hub import REFUSED, Hub, negotiate
+from ..proxy import tags
 from .auth import authenticate
 from .hooks import client_ip
 
@@ -180,5 +181,6 @@ def _dispatch(gw, principal, state, rid, method: str, params: dict) -> Response:
 
 
 def _call(principal, method: str) -> Call:
-    """The request-log row of a method that may reach upstream servers; the hub admits and records it if it does."""
-    return Call(endpoint=f"mcp/{method}", inbound="mcp", client_ip=client_ip(), principal=principal)
+    """The request-log row of a method that may reach upstream servers; the hub runs its lifecycle if it does."""
+    return Call(endpoint=f"mcp/{method}", inbound="mcp", client_ip=client_ip(), principal=principal,
+                tag_header=request.headers.get(tags.HEADER))

@@ -10,6 +10,12 @@ from .auth import authenticate
 from .routes import bp, gateway, json_response, serve
 
 
+@bp.record_once
+def _install(state) -> None:
+    """The Responses store saves kept responses when their answers are complete (a lifecycle feature)."""
+    store.install(state.app.extensions["promptproxy"].lifecycle)
+
+
 @bp.post("/responses")
 def create_response():
     """Create a model response, whole or streamed."""

@@ -1,8 +1,9 @@
 """Streams folded back into the whole answer, so a cleanly finished stream can fill the response cache.
 
-The inverse of cache.stream_events: OpenAI chat chunks become the chat.completion a non-streamed call returns,
+The inverse of a dialect's `replay`: OpenAI chat chunks become the chat.completion a non-streamed call returns,
 native Anthropic events the message. No existing translator builds these (responses_wire assembles Responses
-objects, the Anthropic translators emit events), so the two folds live here, next to nothing else.
+objects, the Anthropic translators emit events), so the two folds live here; each dialect's `assembler(plan)`
+chooses one for its stream.
 """
 from __future__ import annotations
 
@@ -136,15 +137,12 @@ class MessageAssembler(_Sized):
         return self.message if self.stopped and self.message is not None and not self.partial else None
 
 
-ASSEMBLERS = {"chat": ChatAssembler, "messages": MessageAssembler}
-
-
 class Filling:
     """An encoder that also folds what it frames into the whole answer; the answer is lost on any error."""
 
-    def __init__(self, inner, endpoint: str, limit: int):
+    def __init__(self, inner, assembler):
         self.inner = inner
-        self.assembler = ASSEMBLERS[endpoint](limit)
+        self.assembler = assembler  # the dialect's fold for this stream (Dialect.assembler)
         self.broken = False
 
     def chunk(self, chunk: dict) -> bytes:
@@ -182,8 +180,3 @@ def openai_usage(usage: dict | None) -> dict | None:
     if usage.get("cached_tokens"):
         out["prompt_tokens_details"] = {"cached_tokens": usage["cached_tokens"]}
     return out
-
-
-def supported(endpoint: str) -> bool:
-    """Can a stream to this adapter endpoint be assembled?"""
-    return endpoint in ASSEMBLERS

@@ -6,13 +6,19 @@ shared), the dialect, the model and its upstream name, the stored prompt as inje
 number and whole content) and the whole body except `stream` and `user`. Only 2xx answers are stored: whole ones as
 rendered, streams once they finished cleanly, assembled into the same whole answer (cache/assemble.py). Entries live
 in the database (pruned as they expire and when the total passes its cap) or in Redis when REDIS_URL is set.
+
+The cache works on the call lifecycle's stages (proxy/lifecycle.py), registered by `install`: the key before the body
+is planned, a hit before anything is sent (replayed by the dialect when streamed), a stream's fold, the store once
+the call settles. What is dialect-shaped (which calls may be cached, replaying, folding) the dialect answers.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 import orjson
 import sqlalchemy as sa
@@ -21,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..core.state import make_state
 from ..extensions import db
 from ..models import ResponseCacheEntry, utcnow
+from .assemble import Filling
 
 log = logging.getLogger("promptproxy.cache")
 TABLE = ResponseCacheEntry.__table__
@@ -36,12 +43,9 @@ def settings(call) -> tuple[int | None, str]:
     return (model.cache_ttl, model.cache_scope) if model is not None else (None, "user")
 
 
-def cacheable(call, dialect) -> bool:
-    """Is this call served from and stored in the cache? Chat, completions and embeddings; Anthropic messages."""
-    if not call.model or not settings(call)[0]:
-        return False
-    return (dialect.name == "openai" and dialect.kind in ("chat", "completion", "embedding")) or \
-        (dialect.name == "anthropic" and call.endpoint.endswith("/messages"))
+def cacheable(call, dialect, streamed: bool) -> bool:
+    """Is this call served from and stored in the cache? Its model or prompt has a TTL and its dialect allows it."""
+    return bool(call.model and settings(call)[0]) and dialect.cacheable(streamed)
 
 
 def directives(value: str | None) -> set[str]:
@@ -141,52 +145,92 @@ class ResponseCache:
         return dropped
 
 
-# -- replaying a whole answer as a stream ---------------------------------------------------------------
-def stream_events(dialect: str, answer: dict, include_usage: bool) -> list[dict]:
-    """A cached whole answer as the events its dialect streams: OpenAI chunks or Anthropic events."""
-    return _anthropic_events(answer) if dialect == "anthropic" else _openai_chunks(answer, include_usage)
+# -- the cache on the call lifecycle ---------------------------------------------------------------------
+FEATURE = "cache"  # this feature's key in call.features
 
 
-def _openai_chunks(answer: dict, include_usage: bool) -> list[dict]:
-    head = {"id": answer.get("id"), "object": "chat.completion.chunk",
-            "created": answer.get("created", int(time.time())), "model": answer.get("model")}
-    chunks = []
-    for choice in answer.get("choices") or ():
-        message = choice.get("message") or {}
-        delta = {"role": "assistant", "content": message.get("content")}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        chunks.append({**head, "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": None}]})
-        chunks.append({**head, "choices": [{"index": choice.get("index", 0), "delta": {},
-                                            "finish_reason": choice.get("finish_reason")}]})
-    if include_usage and answer.get("usage"):
-        chunks.append({**head, "choices": [], "usage": answer["usage"]})
-    return chunks
+class CachingDialect(Protocol):
+    """What the cache asks of a dialect (proxy.pipeline.Dialect) beyond rendering: the dialect-shaped parts."""
+
+    def cacheable(self, streamed: bool) -> bool:
+        """May the cache answer (and store) a call in this dialect, streamed or not?"""
+
+    def replay(self, call, plan, answer: dict) -> Iterator[bytes]:
+        """A whole answer this dialect rendered, as the stream it would have sent."""
+
+    def assembler(self, plan, limit: int):
+        """A fold of this plan's stream into the whole answer `render` takes (cache/assemble.py), or None."""
 
 
-def _anthropic_events(answer: dict) -> list[dict]:
-    usage = answer.get("usage") or {}
-    start = {**answer, "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": {**usage, "output_tokens": 1}}
-    events = [{"type": "message_start", "message": start}]
-    for index, block in enumerate(answer.get("content") or ()):
-        kind = block.get("type")
-        if kind == "text":
-            opened, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block.get("text", "")}
-        elif kind == "tool_use":
-            opened = {**block, "input": {}}
-            delta = {"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input", {})).decode()}
-        elif kind == "thinking":
-            opened, delta = {"type": "thinking", "thinking": ""}, {"type": "thinking_delta",
-                                                                    "thinking": block.get("thinking", "")}
-        else:
-            opened, delta = block, None
-        events.append({"type": "content_block_start", "index": index, "content_block": opened})
-        if delta is not None:
-            events.append({"type": "content_block_delta", "index": index, "delta": delta})
-        events.append({"type": "content_block_stop", "index": index})
-    events.append({"type": "message_delta", "delta": {"stop_reason": answer.get("stop_reason"),
-                                                      "stop_sequence": answer.get("stop_sequence")},
-                   "usage": {"output_tokens": usage.get("output_tokens", 0)}})
-    events.append({"type": "message_stop"})
-    return events
+@dataclass(slots=True)
+class _Entry:
+    """The cache's state for one call: its key, and what the client's Cache-Control allows."""
+
+    key: str
+    ttl: int
+    read: bool
+    store: bool
+    dialect: object = None
+    plan: object = None
+    filling: Filling | None = None
+
+
+def install(gw, lifecycle) -> None:
+    """Register the cache on the lifecycle's stages, reading and writing `gw.cache`."""
+    def keyed(call, dialect, body: dict) -> None:
+        """before_plan: the key of what the client asked (planning may change the body); x-cache: MISS."""
+        if not cacheable(call, dialect, bool(body.get("stream"))):
+            return
+        asked = directives(call.cache_control)
+        call.headers["x-cache"] = "MISS"
+        entry = _Entry(cache_key(call, dialect, body), settings(call)[0], not asked & {"no-cache", "no-store"},
+                       "no-store" not in asked, dialect)
+        call.features = {**(call.features or {}), FEATURE: entry}
+
+    def hit(call, dialect, plan):
+        """before_send: a stored answer, whole or replayed as the dialect's stream; nothing is charged."""
+        entry = _entry(call)
+        found = gw.cache.get(entry.key) if entry is not None and entry.read else None
+        if found is None:
+            return None
+        call.cache_hit, call.headers["x-cache"] = True, "HIT"
+        call.usage, call.cost, call.cost_saved = found.get("usage"), 0.0, found.get("cost") or 0.0
+        return dialect.replay(call, plan, found["answer"]) if call.stream else found["answer"]
+
+    def filling(call, dialect, plan, encoder):
+        """on_stream: fold the stream into the whole answer as it is relayed, when the dialect can."""
+        entry = _entry(call)
+        assembler = dialect.assembler(plan, gw.cache.max_entry) if entry is not None and entry.store else None
+        if assembler is None:
+            return encoder
+        entry.plan, entry.filling = plan, Filling(encoder, assembler)
+        return entry.filling
+
+    def stored(call, answer) -> None:
+        """on_settled: store a 2xx answer, whole as rendered or a clean stream rendered whole."""
+        entry = _entry(call)
+        if entry is None or not entry.store or call.cache_hit or call.status >= 300:
+            return
+        if answer is None and entry.filling is not None:
+            answer = _rendered(call, entry)
+        if answer is not None:
+            gw.cache.put(entry.key, entry.ttl, answer, call.usage, call.cost)
+
+    for stage, hook in (("before_plan", keyed), ("before_send", hit), ("on_stream", filling),
+                        ("on_settled", stored)):
+        lifecycle.add(stage, hook)
+
+
+def _entry(call) -> _Entry | None:
+    return call.features.get(FEATURE) if call.features else None
+
+
+def _rendered(call, entry: _Entry) -> dict | None:
+    """A stream that ended cleanly (no in-band error, every choice finished) as the dialect renders it whole."""
+    out = entry.filling.whole(call.usage)
+    if out is None:
+        return None
+    try:
+        return entry.dialect.render(call, entry.plan, out)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # an answer the dialect cannot render whole is not worth caching; the client already has it

@@ -40,6 +40,7 @@ class Call:
     response_body: str | None = None
     headers: dict = field(default_factory=dict)  # extra response headers (rate limits, upstream limits)
     in_pipeline: bool = False  # the pipeline records it; otherwise the edge does when the response leaves
+    settled: bool = False  # the lifecycle's on_settled stage ran (proxy/lifecycle.py)
     recorded: bool = False
     served: object = None  # the model that answered, once one did
     attempted: object = None  # the deployment tried last: a failed call's row names it
@@ -48,8 +49,8 @@ class Call:
     note: str | None = None  # e.g. which fallback served the call and why
     tags: tuple = ()  # the key's default tags and the client's (proxy/tags.py)
     tag_header: str | None = None  # the x-promptproxy-tags header as received
-    trace_headers: dict | None = None  # incoming W3C trace context, read only when tracing is on
     trace: object = None  # the tracer's spans for this call (observe/tracing.py); None when tracing is off
+    features: dict | None = None  # other features' per-call state, by feature (the response cache's: "cache")
     cache_control: str | None = None  # the client's Cache-Control request header
     cache_hit: bool = False  # answered from the exact response cache
     cost_saved: float | None = None  # on a hit: what the upstream call would have cost

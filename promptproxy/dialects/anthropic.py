@@ -4,6 +4,9 @@ from __future__ import annotations
 import copy
 import re
 
+import orjson
+
+from ..cache.assemble import ChatAssembler, MessageAssembler
 from ..core.errors import ErrorCode, GatewayError
 from ..core.usage import prompt_tokens
 from ..providers import get_adapter
@@ -13,6 +16,7 @@ from ..proxy.pipeline import Plan
 from ..proxy.resolve import positive_int, stream_flag, validate_messages
 from . import anthropic_wire as wire
 from .envelopes import anthropic_body, event_name, frame
+from .openai import TEXT as CHAT_TEXT
 
 COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", BETA_FIELD)
 BETA_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -65,6 +69,23 @@ class AnthropicDialect:
             return PassthroughEncoder()
         return AnthropicEncoder(call.public_model, "msg_" + call.request_id.removeprefix("req_"))
 
+    def text(self, plan: Plan):
+        """Native messages and events, or the chat answers they were translated from."""
+        return TEXT if plan.native else CHAT_TEXT
+
+    def cacheable(self, streamed: bool) -> bool:
+        """Messages, whole or streamed."""
+        return True
+
+    def replay(self, call, plan: Plan, answer: dict):
+        """A message as the events a stream of it would have sent."""
+        encoder = PassthroughEncoder()
+        return iter([*(encoder.chunk(event) for event in stream_events(answer)), encoder.done(call)])
+
+    def assembler(self, plan: Plan, limit: int):
+        """Native events fold into the message; translated streams are chat chunks until the encoder."""
+        return MessageAssembler(limit) if plan.native else ChatAssembler(limit)
+
 
 class AnthropicCountTokens(AnthropicDialect):
     """POST /v1/messages/count_tokens: counted upstream by Anthropic providers, estimated for the others."""
@@ -82,6 +103,10 @@ class AnthropicCountTokens(AnthropicDialect):
     def render(self, call, plan: Plan, out: dict) -> dict:
         """The count as it is."""
         return out
+
+    def cacheable(self, streamed: bool) -> bool:
+        """Counting is free and quick: never cached."""
+        return False
 
 
 def unsigned_thinking_dropped(body: dict) -> dict:
@@ -175,3 +200,59 @@ class PassthroughEncoder:
     def error(self, err: GatewayError) -> bytes:
         """An in-band error event."""
         return frame([("error", anthropic_body(err))])
+
+
+class AnthropicText:
+    """Text, thinking and tool input of native Anthropic messages and stream events."""
+
+    @staticmethod
+    def whole(out: dict, into: list[str]) -> None:
+        """A message's content blocks."""
+        for block in out.get("content") if isinstance(out.get("content"), list) else ():
+            if isinstance(block, dict):
+                for name in ("text", "thinking"):
+                    if isinstance(block.get(name), str):
+                        into.append(block[name])
+                if block.get("type") == "tool_use":
+                    into.append(orjson.dumps(block.get("input")).decode())
+
+    @staticmethod
+    def chunk(event: dict, into: list[str]) -> None:
+        """text_delta, input_json_delta and thinking_delta events."""
+        delta = event.get("delta")
+        if isinstance(delta, dict):
+            for name in ("text", "partial_json", "thinking"):
+                if isinstance(delta.get(name), str):
+                    into.append(delta[name])
+
+
+TEXT = AnthropicText()
+
+
+def stream_events(answer: dict) -> list[dict]:
+    """A whole message as the events that stream it (message_start ... message_stop)."""
+    usage = answer.get("usage") or {}
+    start = {**answer, "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {**usage, "output_tokens": 1}}
+    events = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(answer.get("content") or ()):
+        kind = block.get("type")
+        if kind == "text":
+            opened, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block.get("text", "")}
+        elif kind == "tool_use":
+            opened = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input", {})).decode()}
+        elif kind == "thinking":
+            opened, delta = {"type": "thinking", "thinking": ""}, {"type": "thinking_delta",
+                                                                    "thinking": block.get("thinking", "")}
+        else:
+            opened, delta = block, None
+        events.append({"type": "content_block_start", "index": index, "content_block": opened})
+        if delta is not None:
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        events.append({"type": "content_block_stop", "index": index})
+    events.append({"type": "message_delta", "delta": {"stop_reason": answer.get("stop_reason"),
+                                                      "stop_sequence": answer.get("stop_sequence")},
+                   "usage": {"output_tokens": usage.get("output_tokens", 0)}})
+    events.append({"type": "message_stop"})
+    return events

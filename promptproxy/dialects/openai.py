@@ -1,8 +1,11 @@
 """The OpenAI dialect: chat completions, legacy completions and embeddings, passed through."""
 from __future__ import annotations
 
+import time
+
 import orjson
 
+from ..cache.assemble import ChatAssembler
 from ..core.errors import GatewayError
 from ..proxy import inject
 from ..proxy.pipeline import Plan
@@ -43,6 +46,25 @@ class OpenAIDialect:
         """OpenAI's `data:` framing."""
         return OpenAIEncoder()
 
+    def text(self, plan: Plan) -> OpenAIText:
+        """Chat and completion answers."""
+        return TEXT
+
+    def cacheable(self, streamed: bool) -> bool:
+        """Every kind whole; streams of chat only (the one kind whose chunks fold back into an answer)."""
+        return not streamed or self.kind == "chat"
+
+    def replay(self, call, plan: Plan, answer: dict):
+        """A chat.completion as the chunks a stream of it would have sent, with usage when the client asked."""
+        options = plan.body.get("stream_options")
+        encoder = OpenAIEncoder()
+        chunks = stream_chunks(answer, isinstance(options, dict) and bool(options.get("include_usage")))
+        return iter([*(encoder.chunk(chunk) for chunk in chunks), encoder.done(call)])
+
+    def assembler(self, plan: Plan, limit: int) -> ChatAssembler | None:
+        """Chat chunks fold into a chat.completion."""
+        return ChatAssembler(limit) if plan.endpoint == "chat" else None
+
 
 class OpenAIEncoder:
     """SSE framing in OpenAI's dialect."""
@@ -59,3 +81,52 @@ class OpenAIEncoder:
         """An in-band error event."""
         return b"data: " + orjson.dumps({"error": {"message": err.message, "type": err.type, "param": None,
                                                    "code": err.code}}) + b"\n\n"
+
+
+class OpenAIText:
+    """Text and tool arguments of OpenAI chat and completion answers and chunks."""
+
+    @staticmethod
+    def whole(out: dict, into: list[str]) -> None:
+        """A chat.completion or text_completion."""
+        for choice in out.get("choices") or ():
+            if isinstance(choice, dict):
+                message = choice.get("message")
+                TEXT.chunk({"choices": [{"delta": message}]} if isinstance(message, dict) else {"choices": [choice]},
+                           into)
+
+    @staticmethod
+    def chunk(chunk: dict, into: list[str]) -> None:
+        """A chat.completion.chunk or a completion chunk."""
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str):
+                into.append(text)
+            for tool in (delta.get("tool_calls") or ()) if isinstance(delta, dict) else ():
+                function = tool.get("function") if isinstance(tool, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    into.append(function["arguments"])
+
+
+TEXT = OpenAIText()
+
+
+def stream_chunks(answer: dict, include_usage: bool) -> list[dict]:
+    """A whole chat.completion as the chunks that stream it: per choice, its message, then its finish reason."""
+    head = {"id": answer.get("id"), "object": "chat.completion.chunk",
+            "created": answer.get("created", int(time.time())), "model": answer.get("model")}
+    chunks = []
+    for choice in answer.get("choices") or ():
+        message = choice.get("message") or {}
+        delta = {"role": "assistant", "content": message.get("content")}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        chunks.append({**head, "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": None}]})
+        chunks.append({**head, "choices": [{"index": choice.get("index", 0), "delta": {},
+                                            "finish_reason": choice.get("finish_reason")}]})
+    if include_usage and answer.get("usage"):
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    return chunks

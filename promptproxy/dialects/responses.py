@@ -17,6 +17,7 @@ from ..proxy.resolve import positive_int, stream_flag
 from . import responses_store as store
 from . import responses_wire as wire
 from .envelopes import event_name, frame
+from .openai import TEXT as CHAT_TEXT
 
 # Hosted tools a client sends on every turn whether or not it needs them (Codex always lists web_search): for
 # a chat upstream they are left out while the model may choose freely; forced with tool_choice they are a 400.
@@ -33,7 +34,6 @@ class ResponsesDialect:
         self.request: dict = {}
         self.items: list = []
         self.history: list = []
-        self.gw = None
         self.created_at = int(time.time())
 
     def validate(self, body: dict) -> None:
@@ -48,7 +48,6 @@ class ResponsesDialect:
 
     def plan(self, gw, call, body: dict) -> Plan:
         """Native with the stored prompt in `instructions`, or translated to chat with it as the first message."""
-        self.gw = gw
         variables = body.pop("prompt_variables", None)
         self.request = _echoed(body)
         self.history = self._history(call, body.get("previous_response_id"))
@@ -97,10 +96,13 @@ class ResponsesDialect:
         return response
 
     def keep(self, call, response: dict) -> None:
-        """Store a finished response for previous_response_id and GET /v1/responses/{id} (unless store: false)."""
+        """Store a finished response for previous_response_id and GET /v1/responses/{id} (unless store: false).
+
+        Saved when the answer is complete (responses_store.install), before the client gets the end of it.
+        """
         if self.request.get("store", True) is False or call.principal is None:
             return
-        store.save(response=response, user_id=call.principal.user_id, key_id=call.principal.key_id,
+        store.keep(call, response=response, user_id=call.principal.user_id, key_id=call.principal.key_id,
                    model=call.public_model, input_items=self.items, context=self.history,
                    previous_response_id=self.request.get("previous_response_id"))
 
@@ -109,6 +111,22 @@ class ResponsesDialect:
         if plan.native:
             return NativeResponsesEncoder(self, call)
         return ResponsesEncoder(self, call)
+
+    def text(self, plan: Plan):
+        """Native Responses, or the chat answers they were translated from."""
+        return TEXT if plan.native else CHAT_TEXT
+
+    def cacheable(self, streamed: bool) -> bool:
+        """Never: a response has the gateway's own id and may be stored; a replay would reuse both."""
+        return False
+
+    def replay(self, call, plan: Plan, answer: dict):
+        """Not cacheable, so never replayed."""
+        raise NotImplementedError("Responses are not cached")
+
+    def assembler(self, plan: Plan, limit: int):
+        """Not cacheable, so never assembled."""
+        return None
 
 
 class ResponsesInputTokens(ResponsesDialect):
@@ -174,7 +192,7 @@ class ResponsesEncoder:
         if self.translator.response.get("status") == "failed":
             return b""
         events = self.translator.finish(call.usage)
-        _keep(self.dialect, call, self.translator.response)
+        self.dialect.keep(call, self.translator.response)
         return frame(events)
 
     def error(self, err: GatewayError) -> bytes:
@@ -208,7 +226,7 @@ class NativeResponsesEncoder:
     def done(self, call) -> bytes:
         """response.completed was the last event relayed; keep it."""
         if self.final is not None:
-            _keep(self.dialect, call, self.final)
+            self.dialect.keep(call, self.final)
         return b""
 
     def error(self, err: GatewayError) -> bytes:
@@ -221,8 +239,26 @@ class NativeResponsesEncoder:
                                             "response": response})])
 
 
-def _keep(dialect: ResponsesDialect, call, response: dict) -> None:
-    """Store from inside the stream, which runs after the request's app context is gone."""
-    with dialect.gw.app.app_context():
-        dialect.keep(call, response)
+class ResponsesText:
+    """Text and function arguments of native Responses objects and events."""
 
+    @staticmethod
+    def whole(out: dict, into: list[str]) -> None:
+        """A Response's output items."""
+        for item in out.get("output") if isinstance(out.get("output"), list) else ():
+            if isinstance(item, dict):
+                if isinstance(item.get("arguments"), str):
+                    into.append(item["arguments"])
+                for part in item.get("content") if isinstance(item.get("content"), list) else ():
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        into.append(part["text"])
+
+    @staticmethod
+    def chunk(event: dict, into: list[str]) -> None:
+        """Text and function-argument delta events."""
+        if event.get("type") in ("response.output_text.delta", "response.function_call_arguments.delta") and \
+                isinstance(event.get("delta"), str):
+            into.append(event["delta"])
+
+
+TEXT = ResponsesText()

@@ -1,4 +1,8 @@
-"""Stored Responses API answers: what `store`, `previous_response_id` and /v1/responses/{id} read and write."""
+"""Stored Responses API answers: what `store`, `previous_response_id` and /v1/responses/{id} read and write.
+
+The Responses dialect marks a finished response to keep (`keep`); the store saves it when the answer is complete
+(the lifecycle's on_answered stage, `install`): before the client has the end of it, so its next turn finds it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,25 @@ import sqlalchemy as sa
 from ..extensions import db
 from ..models import StoredResponse
 from .responses_wire import JSON, response_items_for_history
+
+FEATURE = "responses"  # this feature's key in call.features
+
+
+def install(lifecycle) -> None:
+    """Save kept responses when their answer is complete."""
+    lifecycle.add("on_answered", _save_kept)
+
+
+def keep(call, **fields) -> None:
+    """Mark a finished response to save (the arguments of `save`) once the answer is complete."""
+    call.features = {**(call.features or {}), FEATURE: fields}
+
+
+def _save_kept(call, answer) -> None:
+    """on_answered: save the response the dialect kept, if any."""
+    fields = call.features.get(FEATURE) if call.features else None
+    if fields is not None:
+        save(**fields)
 
 
 def save(

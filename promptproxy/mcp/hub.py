@@ -113,16 +113,18 @@ class Hub:
         with self._lock:
             return state.upstreams.setdefault((server.id, server.url), UpstreamSession())
 
-    def _request(self, state: SessionState, server: McpServerInfo, method: str, params: dict | None,
-                 deadline: float | None = None) -> dict:
-        """One upstream request with the server's credentials, within its timeout.
+    def _request(self, gw, call: Call, state: SessionState, server: McpServerInfo, method: str,
+                 params: dict | None, deadline: float | None = None) -> dict:
+        """One upstream request with the server's credentials, within its timeout: one attempt of the call.
 
         Whatever the server answers (results, descriptions, errors) is scrubbed of its secrets and URL: a caller
         granted one tool must never see the credential the administrator stored for the whole server.
         """
         deadline = deadline or time.perf_counter() + server.timeout
+        client = self._client(server)
         try:
-            result = self._client(server).request(self._upstream(state, server), method, params, deadline)
+            with gw.lifecycle.attempt(call, server, method, None):  # e.g. a span
+                result = client.request(self._upstream(state, server), method, params, deadline)
         except McpError as exc:
             exc.message = scrub(exc.message, server)
             exc.data = None if exc.data is None else scrub_value(exc.data, server)
@@ -133,30 +135,40 @@ class Hub:
             result["nextCursor"] = cursor
         return result
 
-    def _pages(self, state, server, method: str, key: str) -> list:
+    def _pages(self, gw, call: Call, state, server, method: str, key: str) -> list:
         """Every page of a list, all within the server's one timeout."""
         items, cursor = [], None
         deadline = time.perf_counter() + server.timeout
         for _ in range(MAX_PAGES):
-            result = self._request(state, server, method, {"cursor": cursor} if cursor else None, deadline)
+            result = self._request(gw, call, state, server, method, {"cursor": cursor} if cursor else None,
+                                   deadline)
             items.extend(i for i in result.get(key) or () if isinstance(i, dict) and isinstance(i.get("name"), str))
             cursor = result.get("nextCursor")
             if not cursor:
                 break
         return items
 
-    # -- limits and the log -------------------------------------------------------------------------
+    # -- the call lifecycle: limits, tags, traces and the log -----------------------------------------
     @staticmethod
     @contextmanager
     def _recorded(gw, call: Call):
-        """One request-log row for the call whatever happens (an McpError's outcome written on it)."""
+        """The call's lifecycle around a method that reaches servers (proxy/lifecycle.py): started (tags, a trace),
+        settled, and one request-log row whatever happens (an McpError's outcome written on it)."""
         try:
+            try:
+                gw.lifecycle.start(call, None)
+            except GatewayError as exc:  # a malformed x-promptproxy-tags header
+                raise McpError(INVALID_PARAMS, exc.message, {"status": exc.status, "type": exc.kind},
+                               status=exc.status, kind=exc.kind) from None
             yield
         except McpError as exc:
             call.status, call.error_type, call.error_message = exc.status, exc.kind, exc.message[:500]
             raise
         finally:
-            gw.record(call)
+            try:
+                gw.lifecycle.settle(call)  # unless admitted and settled already
+            finally:
+                gw.record(call)
 
     @staticmethod
     @contextmanager
@@ -171,7 +183,7 @@ class Hub:
             yield
         finally:
             call.usage, call.cost = {"input_tokens": 0, "output_tokens": 0}, 0.0  # the row says so, not "unknown"
-            admission.finish(call)
+            gw.lifecycle.settle(call, None, admission)
 
     def _fan_out(self, gw, call: Call, state: SessionState, method: str, key: str) -> list:
         """(server, items) of each permitted server that answered a list method; one admission and one row.
@@ -186,7 +198,7 @@ class Hub:
         with self._recorded(gw, call), self._admitted(gw, call):
             for server in servers:
                 try:
-                    answered.append((server, self._pages(state, server, method, key)))
+                    answered.append((server, self._pages(gw, call, state, server, method, key)))
                 except McpError as exc:  # many tool servers have no prompts (-32601): nothing to list there
                     quiet = exc.code == METHOD_NOT_FOUND
                     log.log(logging.INFO if quiet else logging.WARNING, "%s: MCP server %s skipped: %s", method,
@@ -212,7 +224,7 @@ class Hub:
         with self._recorded(gw, call):
             server, tool = self._target(gw, call.principal, params.get("name"), "tool")
             with self._admitted(gw, call):
-                result = self._request(state, server, "tools/call", {**params, "name": tool})
+                result = self._request(gw, call, state, server, "tools/call", {**params, "name": tool})
             if result.get("isError"):
                 call.error_type = "tool_error"
             return result
@@ -254,7 +266,7 @@ class Hub:
         with self._recorded(gw, call):
             server, upstream_name = self._target(gw, principal, name, "prompt")
             with self._admitted(gw, call):
-                return self._request(state, server, "prompts/get", {**params, "name": upstream_name})
+                return self._request(gw, call, state, server, "prompts/get", {**params, "name": upstream_name})
 
     def _target(self, gw, principal: Principal, name, what: str) -> tuple[McpServerInfo, str]:
         """The server and upstream name behind SERVER__NAME; unknown and forbidden look the same."""

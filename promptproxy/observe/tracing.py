@@ -1,19 +1,24 @@
 """OpenTelemetry traces of gateway calls (GenAI semantic conventions), exported over OTLP/HTTP when configured.
 
-`make_tracer()` returns None unless OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set; then, and only
-then, opentelemetry is imported. Callers test `gw.tracer is not None`, so with tracing off a call pays a few
-comparisons and nothing else. Spans are queued to a BatchSpanProcessor: exporting happens on its own thread.
+`install(gw)` registers the tracer on the call lifecycle's stages (proxy/lifecycle.py) only when
+OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set; then, and only then, opentelemetry is imported. With
+tracing off nothing of this module runs on a call. Spans are queued to a BatchSpanProcessor: exporting happens on
+its own thread.
 
-One call is one SERVER span (started when the pipeline takes the call, or at record time for calls the edge
-refused), with one CLIENT child span per upstream attempt; the incoming W3C `traceparent` is continued and the
-child's context is sent upstream. Bodies become attributes only when LOG_BODIES is on.
+One call is one SERVER span (started when the pipeline or the MCP hub takes the call, or at record time for calls
+the edge refused), with one CLIENT child span per upstream attempt (a provider or an MCP server); the incoming W3C
+`traceparent` is continued and the child's context is sent to providers. Bodies become attributes only when
+LOG_BODIES is on.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from contextlib import contextmanager
 from urllib.parse import urlsplit
+
+from flask import has_request_context, request
 
 log = logging.getLogger("promptproxy.tracing")
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -30,6 +35,17 @@ def enabled(environ=os.environ) -> bool:
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
         return False
     return bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def install(gw, lifecycle) -> None:
+    """When tracing is configured: gw.tracer, and its hooks on the stages (start, each attempt, record, close)."""
+    gw.tracer = tracer = make_tracer(gw.log_bodies)
+    if tracer is None:
+        return
+    lifecycle.add("on_start", lambda call, body: tracer.start(call))
+    lifecycle.add("around_attempt", tracer.attempt)
+    lifecycle.add("on_recorded", tracer.finish)
+    lifecycle.add("on_close", tracer.close)
 
 
 def make_tracer(log_bodies: bool = False) -> Tracer | None:
@@ -82,7 +98,7 @@ class Tracer:
         """Open the call's server span, continuing the caller's trace when it sent a `traceparent`."""
         if call.trace is not None:
             return
-        parent = self._propagate.extract(call.trace_headers) if call.trace_headers else None
+        parent = self._parent()
         operation = OPERATIONS.get(call.endpoint)
         span = self.tracer.start_span(operation or call.endpoint, context=parent, kind=self._kinds.SERVER,
                                       start_time=_epoch_ns(call.t0))
@@ -90,23 +106,54 @@ class Tracer:
             span.set_attribute("gen_ai.operation.name", operation)
         call.trace = _Trace(span)
 
-    def upstream(self, call, model, endpoint: str, req) -> object:
-        """Open a child span for one upstream attempt and put its trace context on the request's headers."""
+    def _parent(self):
+        """The caller's trace context from the request's W3C headers, if it sent one."""
+        if not has_request_context():
+            return None
+        carrier = {name: request.headers[name] for name in TRACE_HEADERS if name in request.headers}
+        return self._propagate.extract(carrier) if carrier else None
+
+    @contextmanager
+    def attempt(self, call, target, endpoint: str, req):
+        """around_attempt: a child span for the attempt; a failed one ends with its error, a served one at finish."""
+        span = self.upstream(call, target, endpoint, req)
+        try:
+            yield span
+        except BaseException as exc:
+            self.attempt_failed(call, span, exc)
+            raise
+
+    def upstream(self, call, target, endpoint: str, req) -> object:
+        """Open a child span for one upstream attempt and put its trace context on the request's headers.
+
+        `target` is the deployment (a ModelInfo) or an MCP server; `req` the upstream request (None: not sent on).
+        """
         if call.trace is None:
             self.start(call)
-        operation = OPERATIONS.get(call.endpoint, endpoint)
-        provider = model.provider
-        url = urlsplit(provider.base_url)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        attrs = {"gen_ai.operation.name": operation, "gen_ai.request.model": model.upstream_model,
-                 "gen_ai.provider.name": provider.kind, "gen_ai.system": provider.kind,
-                 "server.address": url.hostname or "", "server.port": port,
-                 "promptproxy.deployment": provider.name, "promptproxy.model": model.slug}
-        span = self.tracer.start_span(f"{operation} {model.upstream_model}", kind=self._kinds.CLIENT,
+        if call.trace.upstream is not None:  # an MCP list reaches several servers: the last one's ends at finish
+            call.trace.upstream.end()
+        provider = getattr(target, "provider", None)
+        if provider is None:  # an MCP server: the method is the operation, the server its peer
+            name, attrs = f"{endpoint} {target.name}", {"mcp.method.name": endpoint, "promptproxy.mcp_server":
+                                                        target.name}
+            if endpoint == "tools/call" and call.model_name:
+                attrs.update({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.model_name})
+            url = urlsplit(target.url)
+        else:
+            operation = OPERATIONS.get(call.endpoint, endpoint)
+            name = f"{operation} {target.upstream_model}"
+            attrs = {"gen_ai.operation.name": operation, "gen_ai.request.model": target.upstream_model,
+                     "gen_ai.provider.name": provider.kind, "gen_ai.system": provider.kind,
+                     "promptproxy.deployment": provider.name, "promptproxy.model": target.slug}
+            url = urlsplit(provider.base_url)
+        attrs.update({"server.address": url.hostname or "", "server.port": url.port or (443 if url.scheme == "https"
+                                                                                         else 80)})
+        span = self.tracer.start_span(name, kind=self._kinds.CLIENT,
                                       context=self._trace.set_span_in_context(call.trace.span), attributes=attrs)
-        carrier: dict = {}
-        self._propagate.inject(carrier, context=self._trace.set_span_in_context(span))
-        req.headers = {**req.headers, **carrier}
+        if req is not None:
+            carrier: dict = {}
+            self._propagate.inject(carrier, context=self._trace.set_span_in_context(span))
+            req.headers = {**req.headers, **carrier}
         call.trace.upstream = span
         return span
 

@@ -1,18 +1,21 @@
-"""Per-app gateway state: catalog, upstream pools, limiter, request-log writer."""
+"""Per-app gateway state: catalog, upstream pools, limiter, request-log writer, and the call lifecycle's features."""
 from __future__ import annotations
 
 from ..alerts.worker import AlertWorker
+from ..cache import response_cache
 from ..cache.response_cache import ResponseCache
 from ..core.catalog import Catalog
 from ..core.sse import MAX_EVENT_BYTES
 from ..core.state import make_state
 from ..crypto import Box
+from ..observe import tracing
 from ..observe.logwriter import LogWriter
-from ..observe.tracing import make_tracer
 from ..ratelimit.admission import NullLimiter
 from ..routing.deployments import Deployments
 from ..routing.resilience import Breakers, RetryPolicy
 from ..transport.upstream import Upstreams
+from . import tags
+from .lifecycle import Lifecycle
 
 
 def make_limiter(app, state):
@@ -46,28 +49,40 @@ class Gateway:
         self.breakers = Breakers.from_config(cfg)
         self.deployments = Deployments(cfg)
         self.cache = ResponseCache(cfg, self.state)
-        self.record_hooks: list = []  # callables(call) run when a call is recorded (metrics)
         # Alerts: the breakers and the limiter only put small events on this queue; its thread does the rest.
         self.alerts = AlertWorker(app, self.box)
         self.breakers.listener = self.alerts.events.put
         self.limiter.alerts = self.alerts.events
-        self.tracer = make_tracer(self.log_bodies)  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+        self.lifecycle = Lifecycle()
+        self._wire(self.lifecycle)
+
+    def _wire(self, lifecycle: Lifecycle) -> None:
+        """The features of every call, on the lifecycle's stages (others add theirs: ops.py, api/responses.py)."""
+        lifecycle.add("on_recorded", self._log_row)
+        lifecycle.add("on_settled", self._release)
+        tags.install(lifecycle)
+        response_cache.install(self, lifecycle)
+        tracing.install(self, lifecycle)  # registers nothing (gw.tracer None) unless OTEL_EXPORTER_OTLP_* is set
+
+    def _log_row(self, call) -> None:
+        """on_recorded: queue the request-log row."""
+        self.logs.submit(call.row())
+
+    def _release(self, call, answer) -> None:
+        """on_settled: free the in-flight slot of the deployment that served, counting its outcome."""
+        if call.served is not None:
+            self.deployments.release(call.served, call.usage, failed=call.status >= 500)
 
     def record(self, call) -> None:
-        """Queue the call's log row exactly once."""
+        """Run the on_recorded stage (the log row first) exactly once per call."""
         if call.recorded:
             return
         call.recorded = True
-        self.logs.submit(call.row())
-        for hook in self.record_hooks:
-            hook(call)
-        if self.tracer is not None:
-            self.tracer.finish(call)
+        self.lifecycle.recorded(call)
 
     def close(self) -> None:
         """Flush the log and the traces, stop the alerts thread and close upstream pools (graceful shutdown)."""
         self.logs.close()
         self.alerts.close()
-        if self.tracer is not None:
-            self.tracer.close()
+        self.lifecycle.close()
         self.upstreams.close()

@@ -9,11 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..cache import assemble
-from ..cache import response_cache as cache
 from ..core.errors import ErrorCode, GatewayError
 from ..extensions import db
-from . import send, tags
+from . import send
 from .resolve import check_routing_keys, resolve
 
 
@@ -21,7 +19,7 @@ from .resolve import check_routing_keys, resolve
 class Plan:
     """What a dialect decided for one call once its model is known."""
 
-    endpoint: str  # the adapter endpoint: chat, completion, embedding, messages, responses, count_tokens
+    endpoint: str  # the adapter endpoint, one of an adapter's `endpoints` (chat, completion, messages, ...)
     body: dict  # what the provider adapter gets
     view: dict  # the call in OpenAI chat shape, for token and budget estimates
     native: bool = False  # the upstream speaks the client's dialect: answers pass through untouched
@@ -41,8 +39,21 @@ class Encoder(Protocol):
         """An in-band error after the first byte."""
 
 
+class TextReader(Protocol):
+    """The text of answers in one wire shape: what token estimates count when the upstream sends no usage."""
+
+    def whole(self, out: dict, into: list[str]) -> None:
+        """Append the text and tool arguments of a whole answer."""
+
+    def chunk(self, chunk: dict, into: list[str]) -> None:
+        """Append the text and tool arguments of one stream chunk or event."""
+
+
 class Dialect(Protocol):
-    """One inbound API shape: parse and check, plan for the resolved model, render answers."""
+    """One inbound API shape: parse and check, plan for the resolved model, render answers.
+
+    Features ask more of dialects where they need it (the stages' hooks get the dialect): see their modules.
+    """
 
     name: str  # recorded as the row's inbound format; chooses the error envelope
     kind: str  # the model kind it needs: chat, completion or embedding
@@ -59,36 +70,40 @@ class Dialect(Protocol):
     def encoder(self, call, plan: Plan) -> Encoder:
         """The stream framing for this call."""
 
+    def text(self, plan: Plan) -> TextReader:
+        """How to read the text of this plan's answers and chunks (token estimates when usage is missing)."""
+
 
 def run(gw, call, dialect: Dialect, body: dict) -> dict | Iterator[bytes]:
     """Serve one call: a whole answer (dict) or a stream whose first bytes are already pulled.
 
-    Errors before the first byte raise GatewayError (recorded); later ones are encoded in the stream.
+    Errors before the first byte raise GatewayError (recorded); later ones are encoded in the stream. The features
+    run at the lifecycle's stages (proxy/lifecycle.py); this function names none of them.
     """
     call.in_pipeline = True
-    if gw.tracer is not None:
-        gw.tracer.start(call)
+    stages = gw.lifecycle
     admission, owner = None, True
     try:
-        tags.apply(call, body, call.tag_header)
+        stages.start(call, body)
         dialect.validate(body)
         check_routing_keys(body)
         resolve(gw, call, body, dialect.kind)
-        key, read, store = _cache_key(call, dialect, body)  # before plan: planning may change the body
+        stages.resolved(call, dialect, body)  # before plan: planning may change the body
         plan = dialect.plan(gw, call, body)
         call.stream = bool(plan.body.get("stream")) and plan.local is None
-        admission = gw.limiter.admit(call, plan.view)  # a hit counts against the limits like any request
+        admission = gw.limiter.admit(call, plan.view)  # an answer from before_send counts like any request
         call.headers.update(admission.headers)
-        hit = gw.cache.get(key) if read else None
-        if hit is not None:
-            return _replay(call, dialect, plan, hit)
+        early = stages.answer(call, dialect, plan)
+        if early is not None:
+            return early
         if call.stream:
             owner = False  # the stream settles and records, whether its first pull succeeds or not
-            return _stream(gw, call, dialect, plan, admission, key if store else None)
-        out = plan.local if plan.local is not None else send.complete(gw, call, plan.endpoint, plan.body)
+            return _stream(gw, call, dialect, plan, admission)
+        out = plan.local if plan.local is not None else send.complete(gw, call, plan.endpoint, plan.body,
+                                                                       dialect.text(plan))
         answer = dialect.render(call, plan, out)
-        if store and call.status < 300:
-            gw.cache.put(key, cache.settings(call)[0], answer, call.usage, call.cost)
+        stages.answered(call, answer)  # in the try: a hook that fails fails the call
+        stages.settle(call, answer, admission)
         return answer
     except BaseException as exc:
         _note(call, exc)
@@ -98,32 +113,31 @@ def run(gw, call, dialect: Dialect, body: dict) -> dict | Iterator[bytes]:
             _close(gw, call, admission)
 
 
-def _stream(gw, call, dialect: Dialect, plan: Plan, admission, key: str | None) -> Iterator[bytes]:
+def _stream(gw, call, dialect: Dialect, plan: Plan, admission) -> Iterator[bytes]:
     """Pull the first bytes now (retries and fallbacks happen inside), then relay the rest.
 
-    The database session is released before the stream runs (no connection is held for its length); settling
-    at the end gets a fresh app context. With a cache `key`, a stream that ends cleanly is stored whole.
+    The database session is released before the stream runs (no connection is held for its length). The answer
+    is complete when the stream's end is encoded (on_answered, before its last bytes go out: a client that saw the
+    end may rely on what was stored); the call settles at the stream's end (a client may still hang up before it),
+    both in a fresh app context.
     """
-    encoder = dialect.encoder(call, plan)
-    if key is not None and assemble.supported(plan.endpoint):
-        encoder = assemble.Filling(encoder, plan.endpoint, gw.cache.max_entry)
-    events = send.relay(gw, call, plan.endpoint, plan.body, encoder)
+    def answered():
+        with gw.app.app_context():
+            gw.lifecycle.answered(call, None)
+
+    encoder = gw.lifecycle.stream(call, dialect, plan, dialect.encoder(call, plan))
+    events = send.relay(gw, call, plan.endpoint, plan.body, encoder, dialect.text(plan),
+                        answered if gw.lifecycle.on_answered else None)
 
     def owned():
-        finished = False
         try:
             yield from events
-            finished = True  # not cut by the client (that raises GeneratorExit at a yield)
         except BaseException as exc:
             _note(call, exc)
             raise
         finally:
             with gw.app.app_context():
-                try:
-                    if finished and isinstance(encoder, assemble.Filling):
-                        _store_stream(gw, call, dialect, plan, key, encoder)
-                finally:
-                    _close(gw, call, admission)
+                _close(gw, call, admission)
 
     gen = owned()
     try:
@@ -139,41 +153,6 @@ def _stream(gw, call, dialect: Dialect, plan: Plan, admission, key: str | None) 
     return rest()
 
 
-def _store_stream(gw, call, dialect: Dialect, plan: Plan, key: str, filling) -> None:
-    """Cache a stream that ended cleanly (2xx, no in-band error, finished) as the whole answer it adds up to."""
-    out = filling.whole(call.usage) if call.status < 300 else None
-    if out is None:
-        return
-    try:
-        answer = dialect.render(call, plan, out)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return  # an answer the dialect cannot render whole is not worth caching; the client already has it
-    gw.cache.put(key, cache.settings(call)[0], answer, call.usage, call.cost)
-
-
-def _cache_key(call, dialect: Dialect, body: dict) -> tuple[str | None, bool, bool]:
-    """(key, read it, store the answer): `no-cache` skips the read, `no-store` both."""
-    streamed = bool(body.get("stream"))
-    if not cache.cacheable(call, dialect) or (streamed and dialect.kind != "chat"):
-        return None, False, False
-    asked = cache.directives(call.cache_control)
-    call.headers["x-cache"] = "MISS"
-    return cache.cache_key(call, dialect, body), not asked & {"no-cache", "no-store"}, "no-store" not in asked
-
-
-def _replay(call, dialect: Dialect, plan: Plan, hit: dict):
-    """A cache hit: the stored answer, whole or as a stream in the client's dialect; nothing is charged."""
-    call.cache_hit, call.headers["x-cache"] = True, "HIT"
-    call.usage, call.cost, call.cost_saved = hit.get("usage"), 0.0, hit.get("cost") or 0.0
-    if not call.stream:
-        return hit["answer"]
-    options = plan.body.get("stream_options")
-    events = cache.stream_events(dialect.name, hit["answer"], isinstance(options, dict)
-                                 and bool(options.get("include_usage")))
-    encoder = dialect.encoder(call, Plan(plan.endpoint, plan.body, plan.view, native=True))
-    return iter([*(encoder.chunk(event) for event in events), encoder.done(call)])
-
-
 def _note(call, exc: BaseException) -> None:
     """Note the outcome of an exception on the call (a client disconnect is noted where it happens)."""
     if isinstance(exc, GatewayError):
@@ -183,11 +162,8 @@ def _note(call, exc: BaseException) -> None:
 
 
 def _close(gw, call, admission) -> None:
-    """Settle the admission and record the call, each exactly once, whatever happened."""
+    """Settle the call (unless it already was) and record it, each exactly once, whatever happened."""
     try:
-        if call.served is not None:
-            gw.deployments.release(call.served, call.usage, failed=call.status >= 500)
-        if admission is not None:
-            admission.finish(call)
+        gw.lifecycle.settle(call, None, admission)
     finally:
         gw.record(call)

@@ -246,14 +246,8 @@ def _attempt(gw, call, model: ModelInfo, endpoint: str, body: dict, remaining: f
         req = adapter.build(provider, endpoint, sent)
     except TranslationError as exc:  # a request the provider's wire format cannot express
         raise GatewayError(400, exc.message, param=exc.param, code=ErrorCode.UNSUPPORTED_FOR_PROVIDER) from None
-    if gw.tracer is None:
+    with gw.lifecycle.attempt(call, model, endpoint, req):  # e.g. a span, whose context goes on req's headers
         return _exchange(gw, adapter, provider, req, sent, strip, remaining)
-    span = gw.tracer.upstream(call, model, endpoint, req)  # adds the traceparent header
-    try:
-        return _exchange(gw, adapter, provider, req, sent, strip, remaining)
-    except BaseException as exc:
-        gw.tracer.attempt_failed(call, span, exc)
-        raise
 
 
 def _exchange(gw, adapter, provider, req, sent: dict, strip: bool, remaining: float):
@@ -284,8 +278,11 @@ def _is_event_stream(resp: UpstreamResponse) -> bool:
     return resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
 
 
-def complete(gw, call, endpoint: str, body: dict) -> dict:
-    """A non-streamed call: the adapter's parsed response body (OpenAI-shaped, or native for native endpoints)."""
+def complete(gw, call, endpoint: str, body: dict, text) -> dict:
+    """A non-streamed call: the adapter's parsed response body (OpenAI-shaped, or native for native endpoints).
+
+    `text` reads the answer's text (the dialect's TextReader for this plan) when usage must be estimated.
+    """
     adapter, resp = open_upstream(gw, call, endpoint, body)
     try:
         raw = read_body(resp, gw.max_response_bytes, call.deadline)
@@ -312,9 +309,9 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
     elif call.model.kind != "embedding" and (not usage or usage.get("input_tokens") is None
                                            or usage.get("output_tokens") is None):
         # No usage in the answer: estimate it (and flag the row), as streams do, so it is not free.
-        text: list[str] = []
-        _answer_text(out, text)
-        _settle_estimate(call, body, text)
+        found: list[str] = []
+        text.whole(out, found)
+        _settle_estimate(call, body, found)
     elif call.model.kind == "embedding" and not (usage or {}).get("input_tokens"):
         call.usage, call.usage_estimated = {"input_tokens": estimate_input(body), "output_tokens": 0}, True
     call.cost = cost(call.serving, call.usage)
@@ -323,10 +320,13 @@ def complete(gw, call, endpoint: str, body: dict) -> dict:
     return out
 
 
-def relay(gw, call, endpoint: str, body: dict, encoder):
+def relay(gw, call, endpoint: str, body: dict, encoder, text, answered=None):
     """Generator of encoded bytes for a streamed call; raises GatewayError only before its first byte.
 
-    `encoder` frames the client's dialect: chunk(dict) -> bytes, done(call) -> bytes, error(err) -> bytes.
+    `encoder` frames the client's dialect: chunk(dict) -> bytes, done(call) -> bytes, error(err) -> bytes;
+    `text` (the dialect's TextReader) collects the chunks' text for an estimate when the upstream sends no usage;
+    `answered()`, if given, runs once a clean end is encoded, before its bytes are yielded (the lifecycle's
+    on_answered stage).
     Usage and cost are settled on the call before `done` is encoded, so a closing event can carry them.
     """
     adapter, resp = open_upstream(gw, call, endpoint, body)
@@ -349,14 +349,17 @@ def relay(gw, call, endpoint: str, body: dict, encoder):
                 out = translator.feed(event)
                 for chunk in out.chunks:
                     scrub_reports(chunk, provider)  # a relayed response.failed, an error next to choices
-                    _collect_text(chunk, text_out)
+                    text.chunk(chunk, text_out)
                     if call.ttft_ms is None:
                         call.ttft_ms = round((time.perf_counter() - call.t0) * 1000, 3)
                     sent = True
                     yield encoder.chunk(chunk)
                 if out.done:
                     _settle(call, translator, body, text_out)
-                    yield encoder.done(call)
+                    end = encoder.done(call)
+                    if answered is not None and call.status < 400:
+                        answered()
+                    yield end
                     drain(resp)
                     return
                 if event.comment is not None and sent:
@@ -409,29 +412,6 @@ def _settle_estimate(call, body: dict, text_out: list[str]) -> None:
     call.usage, call.usage_estimated = usage, True
 
 
-def _answer_text(out: dict, text: list[str]) -> None:
-    """Text and tool arguments of a whole answer (chat, completion, Anthropic message, Responses)."""
-    for choice in out.get("choices") or ():
-        if isinstance(choice, dict):
-            message = choice.get("message")
-            _collect_text({"choices": [{"delta": message}]} if isinstance(message, dict) else {"choices": [choice]},
-                          text)
-    for block in out.get("content") if isinstance(out.get("content"), list) else ():
-        if isinstance(block, dict):
-            for name in ("text", "thinking"):
-                if isinstance(block.get(name), str):
-                    text.append(block[name])
-            if block.get("type") == "tool_use":
-                text.append(orjson.dumps(block.get("input")).decode())
-    for item in out.get("output") if isinstance(out.get("output"), list) else ():
-        if isinstance(item, dict):
-            if isinstance(item.get("arguments"), str):
-                text.append(item["arguments"])
-            for part in item.get("content") if isinstance(item.get("content"), list) else ():
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    text.append(part["text"])
-
-
 def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
     if isinstance(exc, GatewayError):
         return exc
@@ -451,26 +431,3 @@ def _stream_error(exc: Exception, provider, deadline: float) -> GatewayError:
                             code=ErrorCode.UPSTREAM_DISCONNECT, type="server_error")
     return GatewayError(502, "The upstream sent a stream the gateway could not understand.",
                         code=ErrorCode.BAD_UPSTREAM_RESPONSE, type="server_error")
-
-
-def _collect_text(chunk: dict, out: list[str]) -> None:
-    """Text and tool arguments of one chunk, for estimating output tokens when the upstream sends no usage."""
-    for choice in chunk.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(text, str):
-            out.append(text)
-        for tool in (delta.get("tool_calls") or ()) if isinstance(delta, dict) else ():
-            function = tool.get("function") if isinstance(tool, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                out.append(function["arguments"])
-    delta = chunk.get("delta")  # native Anthropic events: text_delta / input_json_delta
-    if isinstance(delta, dict):
-        for name in ("text", "partial_json", "thinking"):
-            if isinstance(delta.get(name), str):
-                out.append(delta[name])
-    if chunk.get("type") in ("response.output_text.delta", "response.function_call_arguments.delta") and \
-            isinstance(chunk.get("delta"), str):  # native Responses events
-        out.append(chunk["delta"])

@@ -66,10 +66,20 @@ def _refused(exc: TagError, param: str) -> GatewayError:
     return GatewayError(400, str(exc), param=param, code=ErrorCode.INVALID_TAGS)
 
 
-def apply(call, body: dict, header: str | None) -> None:
+def install(lifecycle) -> None:
+    """Tag every call when the gateway takes it (/v1 and /mcp alike)."""
+    lifecycle.add("on_start", _on_start)
+
+
+def _on_start(call, body: dict | None) -> None:
+    """on_start: the call's tags from the key, its `x-promptproxy-tags` header and (on /v1) its body."""
+    apply(call, body, call.tag_header)
+
+
+def apply(call, body: dict | None, header: str | None) -> None:
     """Set call.tags from the key's defaults, the header and the body (body edited in place); 400 when refused."""
     try:
-        from_body = check(_from_body(body))
+        from_body = check(_from_body(body)) if body is not None else []
     except TagError as exc:
         raise _refused(exc, "metadata.tags") from None
     try:

@@ -12,7 +12,9 @@ import sqlalchemy as sa
 
 from promptproxy import manage
 from promptproxy.cache.assemble import ChatAssembler, MessageAssembler
-from promptproxy.cache.response_cache import ResponseCache, stream_events
+from promptproxy.cache.response_cache import ResponseCache
+from promptproxy.dialects import anthropic as anthropic_dialect
+from promptproxy.dialects import openai as openai_dialect
 from promptproxy.extensions import db
 from promptproxy.models import ResponseCacheEntry
 
@@ -179,7 +181,9 @@ OPENAI_ANSWER = {
                                                                ("anthropic", ANTHROPIC_ANSWER, MessageAssembler)])
 def test_a_replayed_answer_assembles_back_into_itself(dialect, answer, assembler):
     folded = assembler(10_000)
-    for event in stream_events(dialect, answer, include_usage=True):
+    replayed = openai_dialect.stream_chunks(answer, include_usage=True) if dialect == "openai" else \
+        anthropic_dialect.stream_events(answer)
+    for event in replayed:
         folded.feed(event)
     assert folded.answer(None) == answer
 
