@@ -35,8 +35,8 @@ def provider_options(form) -> dict:
 
 @bp.app_context_processor
 def breaker_helper() -> dict:
-    """`breaker(provider_id)`: this process's circuit-breaker state for a provider row."""
-    from ..routing.resilience import breaker_states
+    """`breaker(provider_id)`: the circuit-breaker state for a provider row."""
+    from ..routing.breakers import breaker_states
 
     return {"breaker": lambda provider_id: breaker_states().get(provider_id)}
 

@@ -47,6 +47,10 @@ class ErrorCode(StrEnum):
     REQUEST_TOO_LARGE = "request_too_large"
 
 
+# Upstream answers worth asking again: timeouts, rate limits, server errors (529: Anthropic's "overloaded").
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+
+
 class Fault(StrEnum):
     """How one upstream attempt failed, for retries, fallbacks and the circuit breaker."""
 
@@ -85,6 +89,44 @@ class UpstreamError(GatewayError):
         self.fault = fault
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+
+    @classmethod
+    def mid_stream(cls, err: GatewayError) -> UpstreamError:
+        """A stream's failure after its first byte, judged as an upstream answer with the error's status."""
+        if isinstance(err, UpstreamError):
+            return err
+        return cls(err.status, err.message, fault=Fault.STATUS, upstream_status=err.status, code=err.code,
+                   type=err.type)
+
+    @property
+    def retryable(self) -> bool:
+        """May the same deployment be asked again? Connect failures and retryable statuses, never client errors."""
+        if self.fault is Fault.CONNECT:
+            return True
+        return self.fault is Fault.STATUS and self.upstream_status in RETRYABLE_STATUSES
+
+    @property
+    def fallback_worthy(self) -> bool:
+        """May the next target (another deployment, a fallback model) be tried? Also after a first-byte timeout."""
+        return self.retryable or self.fault is Fault.FIRST_BYTE
+
+    @property
+    def throttled(self) -> bool:
+        """An upstream 429: this deployment is up but busy; it waits out Retry-After and counts as no failure."""
+        return self.fault is Fault.STATUS and self.upstream_status == 429
+
+    @property
+    def counts_against_health(self) -> bool:
+        """The upstream's fault: connect failures, timeouts, unusable answers, 5xx and 408 (client 4xx never)."""
+        if self.fault in (Fault.CONNECT, Fault.FIRST_BYTE, Fault.BAD):
+            return True
+        status = self.upstream_status or 0
+        return self.fault is Fault.STATUS and (status >= 500 or status == 408)
+
+    @property
+    def host_down(self) -> bool:
+        """A failure whatever was asked (connect failure, timeout): it counts for the whole provider, no quorum."""
+        return self.fault in (Fault.CONNECT, Fault.FIRST_BYTE)
 
 
 def model_not_found(name: str) -> GatewayError:

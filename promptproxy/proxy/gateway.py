@@ -11,8 +11,9 @@ from ..crypto import Box
 from ..observe import tracing
 from ..observe.logwriter import LogWriter
 from ..ratelimit.admission import NullLimiter
+from ..routing.breakers import Breakers
 from ..routing.deployments import Deployments
-from ..routing.resilience import Breakers, RetryPolicy
+from ..routing.resilience import RetryPolicy
 from ..transport.upstream import Upstreams
 from . import tags
 from .lifecycle import Lifecycle
@@ -46,8 +47,9 @@ class Gateway:
         self.max_response_bytes = cfg.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
         self.max_event_bytes = cfg.get("MAX_EVENT_BYTES", MAX_EVENT_BYTES)  # for SSEParser(gw.max_event_bytes)
         self.retry = RetryPolicy.from_config(cfg)
-        self.breakers = Breakers.from_config(cfg)
-        self.deployments = Deployments(cfg)
+        # Health lives in the shared state, so every worker sees one breaker and one rpm count per deployment.
+        self.breakers = Breakers.from_config(cfg, self.state)
+        self.deployments = Deployments(cfg, self.state)
         self.cache = ResponseCache(cfg, self.state)
         # Alerts: the breakers and the limiter only put small events on this queue; its thread does the rest.
         self.alerts = AlertWorker(app, self.box)

@@ -16,7 +16,7 @@ from ..providers.base import UpstreamText
 from ..providers.openai import UpstreamStreamError
 from ..providers.wire_common import TranslationError
 from ..providers.wire_common import UpstreamStreamError as WireStreamError
-from ..routing import deployments, resilience
+from ..routing import resilience, route
 from ..transport.upstream import UpstreamResponse, drain, iter_raw, read_body, set_idle_timeout
 
 PASS_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
@@ -206,33 +206,31 @@ def _supports(endpoint: str):
 
 
 def open_upstream(gw, call, endpoint: str, body: dict):
-    """Send to the model, retrying and then falling back; returns (adapter, response) with a 2xx status.
+    """Send to the model's targets (its deployments, then its fallbacks'); returns (adapter, response), a 2xx.
 
-    On success call.served is the model that served (call.model stays the one asked for).
+    On success call.served is the deployment that served (call.model stays the one asked for).
     """
     primary = call.model
     if call.deadline is None:
         call.deadline = call.t0 + primary.provider.total_timeout
-    models = resilience.candidates(gw, primary, primary.kind, _supports(endpoint))
+    models = route.candidates(gw, primary, _supports(endpoint))
     if not models:
         if not primary.provider.broken and endpoint not in get_adapter(primary.provider.kind).endpoints:
             raise GatewayError(400, f"The model `{primary.slug}` cannot serve this endpoint.", param="model",
                                code=ErrorCode.UNSUPPORTED_FOR_PROVIDER)
         raise GatewayError(502, "This provider's stored secret cannot be used; an administrator must re-enter it.",
                            code=ErrorCode.PROVIDER_MISCONFIGURED, type="server_error")
-    siblings = {m.id: m.deployments for m in models}
-    model, (adapter, resp, headers, strip), failures = resilience.send_with_fallbacks(
-        gw, deployments.expand(gw.deployments, models), call.deadline,
-        lambda model, remaining: gw.deployments.attempt(
-            model, siblings[model.id], lambda: _attempt(gw, call, model, endpoint, body, remaining)))
+    target, (adapter, resp, headers, strip), failures = route.walk(
+        gw, call, route.targets(gw, models),
+        lambda target, remaining: _attempt(gw, call, target.dep, endpoint, body, remaining))
     for name, value in headers.items():
         # Our own limit headers win; the upstream's same-named ones stay visible as x-upstream-*.
         call.headers["x-upstream-" + name[2:] if name in call.headers and name.startswith("x-") else name] = value
     call.strip_usage = strip
-    call.served = model  # the deployment that answered; pipeline._close releases its in-flight slot
-    if model.id != primary.id:
+    call.served = target.dep  # the deployment that answered; pipeline._close releases its in-flight slot
+    if target.model.id != primary.id:
         tried = ", ".join(f"{slug} {kind}" for slug, kind in failures)
-        call.note = f"served by fallback `{model.slug}` after: {tried}"
+        call.note = f"served by fallback `{target.model.slug}` after: {tried}"
     return adapter, resp
 
 
@@ -381,8 +379,10 @@ def relay(gw, call, endpoint: str, body: dict, encoder, text, answered=None):
         if isinstance(err, UpstreamText):  # an upstream's in-band error, in its own words
             err = in_band_error(err, provider)
         call.fail(err)
-        if err.status >= 500 or err.status == 408:  # an in-band client error says nothing about health
-            gw.breakers.failure(provider, err.kind)
+        fault = UpstreamError.mid_stream(err)
+        if fault.counts_against_health:  # an in-band client error says nothing about health
+            gw.breakers.failure(provider, fault, call.principal.key_id if call.principal else None,
+                                after_success=True)
         if not sent:
             raise err from None
         _settle(call, translator, body, text_out)

@@ -5,7 +5,7 @@ import json
 
 from promptproxy import manage
 from promptproxy.extensions import db
-from promptproxy.routing.resilience import Breakers
+from promptproxy.routing.breakers import Breakers
 
 JSON = {"Content-Type": "application/json"}
 
