@@ -323,18 +323,20 @@ def test_audit_page_lists_dashboard_changes(admin_web):
 
 def test_open_circuit_breaker_is_shown_on_the_providers_page(app, admin_web):
     from promptproxy import manage
+    from promptproxy.core.errors import Fault, UpstreamError
     from promptproxy.extensions import db
-    from promptproxy.routing.resilience import Breakers
+    from promptproxy.routing.breakers import Breakers
 
     with app.app_context():
         provider = manage.create_provider("t", "flaky", "openai", "http://127.0.0.1:9/v1")
         db.session.commit()
         pid = provider.id
     gw = app.extensions["promptproxy"]
-    gw.breakers = Breakers(threshold=2, cooldown=30.0)
+    gw.breakers = Breakers(threshold=2, cooldown=30.0, state=gw.state)
     page = admin_web.get("/admin/providers").get_data(as_text=True)
     assert "circuit open" not in page
     for _ in range(2):
-        gw.breakers.failure(type("P", (), {"id": pid, "name": "flaky"})())
+        gw.breakers.failure(type("P", (), {"id": pid, "name": "flaky"})(),
+                            UpstreamError(502, "refused", fault=Fault.CONNECT))
     page = admin_web.get("/admin/providers").get_data(as_text=True)
     assert "circuit open, retry in 30 s" in page

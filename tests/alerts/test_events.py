@@ -10,7 +10,8 @@ from promptproxy.alerts.events import BudgetSettled
 from promptproxy.extensions import db
 from promptproxy.models import BudgetUsage, RequestLog, utcnow
 from promptproxy.ratelimit.limiter import period_start
-from promptproxy.routing.resilience import Breakers, RetryPolicy
+from promptproxy.routing.breakers import Breakers
+from promptproxy.routing.resilience import RetryPolicy
 
 from ..conftest import base_config, wait_for
 from ..limits.conftest import chat, set_limits
@@ -67,17 +68,19 @@ def test_circuit_open_and_close_are_sent(app, live, seeded, upstream, receiver):
     make_hook(app, receiver.url, events="provider")
     gw = app.extensions["promptproxy"]
     gw.retry = RetryPolicy(max_retries=1, backoff=0.01, backoff_max=0.01)
-    gw.breakers = Breakers(min_requests=2, cooldown=0.0, window=60.0)
+    gw.breakers = Breakers(min_requests=2, cooldown=0.0, window=60.0, state=gw.state)
     gw.breakers.listener = gw.alerts.events.put
     answer = upstream.handler
     upstream.handler = lambda req: (500, {"Content-Type": "application/json"}, b'{"error": {"message": "boom"}}')
-    assert chat(live, seeded.key).status_code >= 500  # two failed attempts open the circuit
+    # Two failed requests from two keys open the circuit (one key's alone would not; nor would retry attempts).
+    assert chat(live, seeded.key).status_code >= 500
+    assert chat(live, seeded.other_key).status_code >= 500
     upstream.handler = answer
     assert chat(live, seeded.key).status_code == 200  # the half-open probe succeeds and closes it
     assert wait_for(lambda: len(receiver.requests) == 2)
     opened, closed = receiver.events()
     assert opened["event"] == "provider.circuit_open" and opened["data"]["provider"] == "local"
-    assert "opened" in opened["text"] and opened["data"]["reason"].startswith("2 of 2 answers failed")
+    assert "opened" in opened["text"] and opened["data"]["reason"].startswith("2 of 2 requests failed")
     assert closed["event"] == "provider.circuit_closed" and closed["data"]["state"] == "closed"
 
 

@@ -6,15 +6,11 @@ import os
 import signal
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 
 from promptproxy.core.sharedstore import SharedCounters, SharedFile, SharedStorage, SharedThrottle
-from promptproxy.routing.resilience import Breakers, SharedBreakers
 from promptproxy.workers import SHARED_STORE_ENV, Supervisor
-
-PROVIDER = SimpleNamespace(id=7, name="local")
 
 
 @pytest.fixture
@@ -57,62 +53,6 @@ def test_the_login_throttle_counts_failures_of_all_workers(path):
     assert b.blocked(key) and not b.attempt(key)
     a.reset(key)
     assert not b.blocked(key)
-
-
-def breakers(path, clock, **kwargs):
-    return SharedBreakers(SharedFile(path), 4, 10.0, clock=lambda: clock[0], failure_rate=0.5, window=30.0, **kwargs)
-
-
-def test_failures_on_two_workers_open_one_breaker_for_both(path):
-    clock = [1000.0]
-    one, two = breakers(path, clock), breakers(path, clock)
-    one.failure(PROVIDER, "connect")
-    two.failure(PROVIDER, "connect")
-    one.failure(PROVIDER, "connect")
-    assert one.allow(PROVIDER) and two.allow(PROVIDER)  # 3 answers: below the volume of 4
-    two.failure(PROVIDER, "timeout")
-    assert not one.allow(PROVIDER) and not two.allow(PROVIDER)
-    assert one.states()[PROVIDER.id]["state"] == "open"
-    assert one.states()[PROVIDER.id]["last_error"] == "timeout"
-    clock[0] += 10.0  # cool-down over: exactly one probe among all workers
-    assert [one.allow(PROVIDER), two.allow(PROVIDER), one.allow(PROVIDER)] == [True, False, False]
-    two.success(PROVIDER)  # the probe's answer, reported by another worker than sent it
-    assert one.allow(PROVIDER) and two.allow(PROVIDER)
-    assert one.states()[PROVIDER.id] == {"name": "local", "state": "closed", "failures": 0, "retry_in": 0.0,
-                                         "last_error": "timeout"}
-
-
-def test_successes_on_another_worker_keep_the_breaker_closed(path):
-    clock = [1000.0]
-    one, two = breakers(path, clock), breakers(path, clock)
-    for _ in range(6):
-        two.success(PROVIDER)
-    clock[0] += 1.0
-    two.success(PROVIDER)  # a new second: this worker's successes reach the file
-    for _ in range(4):
-        one.failure(PROVIDER, "connect")
-    assert one.allow(PROVIDER)  # 4 failures of 11 answers: under the 50 % rate
-    for _ in range(4):
-        one.failure(PROVIDER, "connect")
-    assert not two.allow(PROVIDER)  # 8 of 15
-
-
-def test_an_upstream_retry_after_pauses_the_provider_on_every_worker(path):
-    clock = [1000.0]
-    one, two = breakers(path, clock), breakers(path, clock)
-    one.throttle(PROVIDER, 5.0)
-    assert two.busy(PROVIDER) and not two.allow(PROVIDER)
-    assert two.retry_after(PROVIDER) == pytest.approx(5.0)
-    clock[0] += 5.0
-    assert two.allow(PROVIDER) and not one.busy(PROVIDER)
-
-
-def test_shared_breakers_only_with_a_shared_store(path):
-    assert type(Breakers.from_config({})) is Breakers
-    assert type(Breakers.from_config({"SHARED_STORE": path})) is SharedBreakers
-    off = Breakers.from_config({"SHARED_STORE": path, "BREAKER_MIN_REQUESTS": 0})
-    off.failure(PROVIDER, "connect")
-    assert off.allow(PROVIDER)
 
 
 def _open_store(path: str, barrier) -> None:

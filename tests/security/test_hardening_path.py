@@ -12,7 +12,8 @@ from promptproxy import config, manage
 from promptproxy.core.catalog import ProviderInfo
 from promptproxy.extensions import db
 from promptproxy.proxy.send import scrub
-from promptproxy.routing.resilience import Breakers, RetryPolicy
+from promptproxy.routing.breakers import Breakers
+from promptproxy.routing.resilience import RetryPolicy
 
 from ..anthropic_upstream import fixture_sse
 from ..conftest import log_rows, rows_when
@@ -54,7 +55,7 @@ def boom(text="boom"):
 
 
 def test_six_500s_from_one_key_do_not_pause_the_provider_for_others(live, seeded, upstream, gw):
-    gw.breakers = Breakers.from_config(config.DEFAULTS)  # the shipped defaults, breakers on
+    gw.breakers = Breakers.from_config(config.DEFAULTS, gw.state)  # the shipped defaults, breakers on
     upstream.handler = boom_or_ok
     assert [post(live, seeded.key, boom()).status_code for _ in range(6)] == [500] * 6
     resp = post(live, seeded.other_key, CHAT)
@@ -65,7 +66,7 @@ def test_six_500s_from_one_key_do_not_pause_the_provider_for_others(live, seeded
 
 
 def test_client_400s_never_count(live, seeded, upstream, gw):
-    gw.breakers = Breakers(2, 30.0)
+    gw.breakers = Breakers(2, 30.0, state=gw.state)
     upstream.handler = json_answer(400, {"error": {"message": "bad field", "type": "invalid_request_error"}})
     assert [post(live, seeded.key, CHAT).status_code for _ in range(5)] == [400] * 5
     upstream.handler = upstream.default
@@ -75,12 +76,12 @@ def test_client_400s_never_count(live, seeded, upstream, gw):
 
 
 def test_the_rate_rule_opens_the_breaker_across_callers(live, seeded, upstream, gw):
-    gw.breakers = Breakers(10, 30.0, failure_rate=0.5, window=30.0, clock=lambda: 1000.0)
+    gw.breakers = Breakers(10, 30.0, failure_rate=0.5, window=30.0, clock=lambda: 1000.0, state=gw.state)
     upstream.handler = boom_or_ok
     for _ in range(5):
         assert post(live, seeded.other_key, CHAT).status_code == 200
-    for _ in range(4):
-        assert post(live, seeded.key, boom()).status_code == 500
+    for key in [seeded.key, seeded.other_key] * 2:  # failures from two keys (one key's alone never open it)
+        assert post(live, key, boom()).status_code == 500
     assert post(live, seeded.other_key, CHAT).status_code == 200  # 9 answers: under the volume, still closed
     assert post(live, seeded.key, boom()).status_code == 500  # 11 answers, 5 failed: under 50 %
     assert post(live, seeded.key, boom()).status_code == 500  # 12 answers, 6 failed: 50 %, open
@@ -93,9 +94,9 @@ def test_the_rate_rule_opens_the_breaker_across_callers(live, seeded, upstream, 
 
 def test_half_open_lets_one_probe_through_and_its_success_closes(live, seeded, upstream, gw):
     clock = [1000.0]
-    gw.breakers = Breakers(2, 30.0, clock=lambda: clock[0])
+    gw.breakers = Breakers(2, 30.0, clock=lambda: clock[0], state=gw.state)
     upstream.handler = json_answer(503, {"error": {"message": "down"}})
-    assert [post(live, seeded.key, CHAT).status_code for _ in range(2)] == [503, 503]
+    assert [post(live, key, CHAT).status_code for key in (seeded.key, seeded.other_key)] == [503, 503]
     assert post(live, seeded.key, CHAT).json()["error"]["code"] == "upstream_unavailable"
     assert len(upstream.requests) == 2
 
@@ -124,7 +125,8 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(live, seeded, u
 
 def test_a_429_only_makes_the_provider_honour_retry_after(live, seeded, upstream, gw):
     clock = [1000.0]
-    gw.breakers = Breakers(2, 30.0, clock=lambda: clock[0])
+    gw.breakers = Breakers(2, 30.0, clock=lambda: clock[0], state=gw.state)
+    gw.deployments.clock = gw.breakers.clock  # the 429 pauses the deployment (issue 27), on the same clock
     upstream.handler = json_answer(429, {"error": {"message": "slow down", "type": "requests"}},
                                    {"Retry-After": "5"})
     assert post(live, seeded.key, CHAT).status_code == 429

@@ -4,13 +4,16 @@ from __future__ import annotations
 import pytest
 
 from promptproxy import manage
+from promptproxy.core.errors import Fault, UpstreamError
 from promptproxy.extensions import db
-from promptproxy.routing.resilience import Breakers, RetryPolicy, breaker_states, parse_retry_after
+from promptproxy.routing.breakers import Breakers, breaker_states
+from promptproxy.routing.resilience import RetryPolicy, parse_retry_after
 
 from ..faults import refused_url
 from ..upstream import Upstream
 from .conftest import events, one_row, post, tune
 
+REFUSED = UpstreamError(502, "refused", fault=Fault.CONNECT)
 STREAM = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
@@ -90,9 +93,11 @@ def test_breaker_opens_after_three_failures_then_answers_503_without_calling(liv
     clock = [1000.0]
     gw = app.extensions["promptproxy"]
     gw.retry = RetryPolicy(max_retries=0)
-    gw.breakers = Breakers(threshold=3, cooldown=30.0, clock=lambda: clock[0])
+    gw.breakers = Breakers(threshold=3, cooldown=30.0, clock=lambda: clock[0], state=gw.state)
     upstream.handler = lambda req: (503, {"Content-Type": "application/json"}, '{"error": {"message": "down"}}')
-    assert [post(live, seeded.key, STREAM).status_code for _ in range(3)] == [503, 503, 503]
+    # 5xx count once they come from two keys (issue 27: one caller cannot pause a provider for everyone).
+    keys = [seeded.key, seeded.other_key, seeded.key]
+    assert [post(live, key, STREAM).status_code for key in keys] == [503, 503, 503]
     with app.test_request_context():
         [state] = breaker_states().values()
     assert (state["name"], state["state"], state["failures"], state["retry_in"]) == ("local", "open", 3, 30.0)
@@ -126,12 +131,12 @@ def one_row_status(app):
 
 def test_open_breaker_skips_to_the_fallback(live, seeded, upstream, backup, app):
     gw = app.extensions["promptproxy"]
-    gw.breakers = Breakers(threshold=3, cooldown=30.0)
+    gw.breakers = Breakers(threshold=3, cooldown=30.0, state=gw.state)
     add_backup(app, backup.url)
     with app.app_context():
         pid = manage.get_provider("local").id
     for _ in range(3):
-        gw.breakers.failure(type("P", (), {"id": pid, "name": "local"})())
+        gw.breakers.failure(type("P", (), {"id": pid, "name": "local"})(), REFUSED)
     resp = post(live, seeded.key, STREAM)
     assert resp.status_code == 200
     assert upstream.requests == [] and len(backup.requests) == 1
@@ -141,9 +146,9 @@ def test_half_open_lets_one_probe_through():
     clock = [0.0]
     provider = type("P", (), {"id": 7, "name": "p"})()
     breakers = Breakers(threshold=2, cooldown=5.0, clock=lambda: clock[0])
-    breakers.failure(provider)
+    breakers.failure(provider, REFUSED)
     assert breakers.allow(provider)
-    breakers.failure(provider)
+    breakers.failure(provider, REFUSED)
     assert not breakers.allow(provider)
     clock[0] = 5.0
     assert breakers.allow(provider) and not breakers.allow(provider)  # one probe at a time
@@ -157,7 +162,7 @@ def test_breaker_threshold_zero_disables_it():
     provider = type("P", (), {"id": 1, "name": "p"})()
     breakers = Breakers(threshold=0)
     for _ in range(10):
-        breakers.failure(provider)
+        breakers.failure(provider, REFUSED)
     assert breakers.allow(provider)
 
 
