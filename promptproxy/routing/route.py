@@ -117,9 +117,9 @@ def _try(gw, call, route, index: int, target: Target, breakers: dict, seen: _Wal
                 raise
             seen.last = err
             seen.failures.append((target.model.slug, err.kind))
-            if gate == "probe" or not err.retryable or (err.throttled and err.retry_after) \
-                    or retry == policy.max_retries or _sibling_next(route, index):
-                return None  # a throttled deployment now waits; another of the same model goes before a retry
+            if gate == "probe" or not err.retryable or retry == policy.max_retries or _sibling_next(route, index):
+                return None  # another deployment of the same model goes before a retry
+            # A 429's Retry-After up to RETRY_AFTER_CAP is waited out here; others pass over the deployment.
             wait = policy.delay(retry + 1, err.retry_after)
             if wait is None or time.perf_counter() + wait >= call.deadline:
                 return None
