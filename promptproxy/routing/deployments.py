@@ -52,23 +52,26 @@ class Deployments:
             log.warning("deployment state unavailable (%s): choosing by weight only", type(exc).__name__)
             return [{} for _ in deps]
 
-    def order(self, model: ModelInfo, deps: list[ModelInfo], states: list[dict]) -> list[tuple[ModelInfo, dict]]:
-        """A model's deployments in the order to try them: healthy ones by priority and weight (or least busy).
+    def order(self, model: ModelInfo, deps: list[ModelInfo], states: list[dict]) -> list[tuple]:
+        """A model's deployments in the order to try them, as (deployment, state, spare).
 
-        Ejected ones are left out while a healthy one remains; when none does, they are tried in weight order
-        (never ejecting the last one means a model always has somewhere to go). Throttled and token-full ones
-        come last: the walk passes over them, and they decide its answer when nothing else was tried.
+        Healthy ones first, by priority and weight (or least busy). Spares (ejected or drained ones) follow: the
+        walk tries them only when no healthy one of the model was tried (all passed over for their limits, or
+        none left), so a model always has somewhere to go. Throttled and token-full ones come last: the walk
+        passes over them, and they decide its answer when nothing else was tried.
         """
         now = self.clock()
         pairs = list(zip(deps, states, strict=True))
-        waiting = [(d, st) for d, st in pairs if self.waiting(d, st, now)]
+        waiting = [(d, st, False) for d, st in pairs if self.waiting(d, st, now)]
         usable = [(d, st) for d, st in pairs if not self.waiting(d, st, now)]
         ready = [(d, st) for d, st in usable if d.weight > 0 and st.get("ejected_until", 0) <= now]
-        if ready and model.strategy == "least-busy":
+        spares = [(d, st, True) for d, st in _weighted_order([p for p in usable if p not in ready])]
+        if model.strategy == "least-busy":
             # Random tie-break: equal counts must not always favour the first deployment.
             ready.sort(key=lambda p: (p[0].priority, p[1].get("inflight", 0), random.random()))  # nosec B311
-            return ready + waiting
-        return _weighted_order(ready or usable) + waiting
+        else:
+            ready = _weighted_order(ready)
+        return [(d, st, False) for d, st in ready] + spares + waiting
 
     def waiting(self, dep: ModelInfo, st: dict, now: float) -> str | None:
         """"throttled" (a 429's Retry-After runs) or "limited" (its tpm is spent this minute), else None."""

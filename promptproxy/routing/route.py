@@ -24,6 +24,7 @@ class Target:
     dep: ModelInfo  # the deployment: the model with its provider and upstream model name
     model: ModelInfo  # the model it belongs to
     state: dict  # its health when the list was made
+    spare: bool = False  # ejected or drained: tried only if no healthy deployment of its model was
 
 
 def candidates(gw, model: ModelInfo, supports) -> list[ModelInfo]:
@@ -45,7 +46,7 @@ def targets(gw, models: list[ModelInfo]) -> list[Target]:
     out = []
     for model, deps in groups:
         ordered = gw.deployments.order(model, deps, [next(states) for _ in deps])
-        out.extend(Target(dep, model, st) for dep, st in ordered)
+        out.extend(Target(dep, model, st, spare) for dep, st, spare in ordered)
     return out
 
 
@@ -57,9 +58,10 @@ class _Walk:
     failures: list = None  # (model slug, error kind) of each failed attempt
     skipped: list = None  # (reason, seconds until it may be tried)
     outcomes: dict = None  # provider id -> (provider, error or None for success, probe)
+    tried: set = None  # ids of the models one of whose healthy deployments was tried
 
     def __post_init__(self):
-        self.failures, self.skipped, self.outcomes = [], [], {}
+        self.failures, self.skipped, self.outcomes, self.tried = [], [], {}, set()
 
 
 def walk(gw, call, route: list[Target], attempt):
@@ -90,6 +92,8 @@ def walk(gw, call, route: list[Target], attempt):
 def _try(gw, call, route, index: int, target: Target, breakers: dict, seen: _Walk, attempt) -> tuple | None:
     """Attempts on one target, retried per the policy: (result,) or None to go on to the next target."""
     policy, dep, provider = gw.retry, target.dep, target.dep.provider
+    if target.spare and target.model.id in seen.tried:
+        return None
     now = gw.deployments.clock()
     for retry in range(policy.max_retries + 1):
         remaining = call.deadline - time.perf_counter()
@@ -108,6 +112,8 @@ def _try(gw, call, route, index: int, target: Target, breakers: dict, seen: _Wal
         if not gw.deployments.begin(dep):
             seen.skipped.append(("limited", gw.deployments.minute_left()))
             return None
+        if not target.spare:
+            seen.tried.add(target.model.id)
         try:
             result = attempt(target, remaining)
         except UpstreamError as err:
