@@ -23,7 +23,7 @@ class BudgetSettled:
 
 @dataclass(frozen=True, slots=True)
 class CircuitChanged:
-    """A provider's circuit breaker opened or closed in this process."""
+    """A provider's circuit breaker opened or closed (sent by the worker that changed it)."""
 
     provider_id: int
     provider: str
