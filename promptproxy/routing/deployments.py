@@ -3,10 +3,11 @@
 A deployment is where a model runs: each row of `model deploy`, or the model's own provider and upstream name
 when it has none (an implicit deployment). Its state is keyed `dep:<provider id>:<upstream model>`, so two models
 on the same upstream model share it, as they share the upstream's limits. It holds a 429's Retry-After
-(`busy_until`), passive ejection (`fails`, `ejections`, `ejected_until`), and, for deployment rows, in-flight,
-served and failed counts; rpm is an atomic take on `<key>:rpm:<minute>`, so it is exact across workers and
-instances, and tokens are counted into `<key>:tpm:<minute>` once the call ends. A store that cannot be reached
-never fails a call: routing falls back to weights.
+(`busy_until`) and passive ejection (`fails`, `ejections`, `ejected_until`). A deployment row's own traffic and
+limits are keyed `deploy:<row id>`: in-flight, served and failed counts; its rpm is an atomic take on
+`deploy:<id>:rpm:<minute>`, so it is exact across workers and instances, and tokens are counted into
+`deploy:<id>:tpm:<minute>` once the call ends. A store that cannot be reached never fails a call: routing
+falls back to weights.
 """
 from __future__ import annotations
 
@@ -22,8 +23,13 @@ log = logging.getLogger("promptproxy.deployments")
 
 
 def health_key(dep: ModelInfo) -> str:
-    """The state key of a deployment: its provider and upstream model."""
+    """The state key of a deployment's health: its provider and upstream model."""
     return f"dep:{dep.provider.id}:{dep.upstream_model}"
+
+
+def traffic_key(dep: ModelInfo) -> str:
+    """The state key of a deployment row's own traffic and limits (in flight, served, errors, rpm, tpm)."""
+    return f"deploy:{dep.deployment_id}"
 
 
 class Deployments:
@@ -38,13 +44,17 @@ class Deployments:
 
     # -- reading and choosing --------------------------------------------------------------------------
     def read(self, deps: list[ModelInfo]) -> list[dict]:
-        """Each deployment's state hash, with `tpm_used` this minute for those with a tpm limit."""
+        """Each deployment's health, with its row's traffic and `tpm_used` this minute where it has a tpm limit."""
+        rows = [i for i, d in enumerate(deps) if d.deployment_id is not None]
         try:
-            states = self.state.read([health_key(d) for d in deps])
+            found = self.state.read([health_key(d) for d in deps] + [traffic_key(deps[i]) for i in rows])
+            states = found[:len(deps)]
+            for i, traffic in zip(rows, found[len(deps):], strict=True):
+                states[i] = {**states[i], **traffic}
             limited = [i for i, d in enumerate(deps) if d.tpm]
             if limited:
                 minute = int(self.clock() // 60)
-                used = self.state.counts([f"{health_key(deps[i])}:tpm:{minute}" for i in limited])
+                used = self.state.counts([f"{traffic_key(deps[i])}:tpm:{minute}" for i in limited])
                 for i, value in zip(limited, used, strict=True):
                     states[i]["tpm_used"] = value
             return states
@@ -89,11 +99,11 @@ class Deployments:
     def begin(self, dep: ModelInfo) -> bool:
         """An attempt is about to go to `dep`: take one of its rpm (False when none is left), count it in flight."""
         try:
-            if dep.rpm and not self.state.take(f"{health_key(dep)}:rpm:{int(self.clock() // 60)}", dep.rpm, 1,
+            if dep.rpm and not self.state.take(f"{traffic_key(dep)}:rpm:{int(self.clock() // 60)}", dep.rpm, 1,
                                                120):
                 return False
             if dep.deployment_id is not None:
-                self.state.add(health_key(dep), "inflight", 1)
+                self.state.add(traffic_key(dep), "inflight", 1)
         except self.state.errors as exc:
             log.warning("deployment state not updated (%s)", type(exc).__name__)
         return True
@@ -106,7 +116,7 @@ class Deployments:
     def abandoned(self, dep: ModelInfo) -> None:
         """The attempt ended without an upstream answer to judge (the gateway's own error): out of flight."""
         if dep.deployment_id is not None:
-            self._safe(self.state.add, health_key(dep), "inflight", -1)
+            self._safe(self.state.add, traffic_key(dep), "inflight", -1)
 
     def failed(self, dep: ModelInfo, siblings: tuple, err: UpstreamError) -> None:
         """The attempt failed: out of flight; a 429 pauses the deployment, the upstream's faults may eject it."""
@@ -115,15 +125,14 @@ class Deployments:
 
     def release(self, dep: ModelInfo, usage: dict | None, failed: bool = False) -> None:
         """The call a deployment served has ended: out of flight; its tokens count toward its TPM."""
-        if dep is None:
-            return
+        if dep is None or dep.deployment_id is None:
+            return  # an implicit deployment has no row to count traffic on
         self._safe(self._release, dep, usage or {}, failed)
 
     def _release(self, dep: ModelInfo, usage: dict, failed: bool) -> None:
-        key = health_key(dep)
-        if dep.deployment_id is not None:
-            self.state.add(key, "inflight", -1)
-            self.state.add(key, "errors" if failed else "served", 1)
+        key = traffic_key(dep)
+        self.state.add(key, "inflight", -1)
+        self.state.add(key, "errors" if failed else "served", 1)
         tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
         if tokens and dep.tpm:
             self.state.count(f"{key}:tpm:{int(self.clock() // 60)}", tokens, 120)
@@ -137,7 +146,7 @@ class Deployments:
         if not err.counts_against_health:
             return
         if dep.deployment_id is not None:
-            self.state.add(key, "errors", 1)
+            self.state.add(traffic_key(dep), "errors", 1)
         others = [d for d in siblings if health_key(d) != key and d.weight > 0]
         if not others or self.state.add(key, "fails", 1) < self.eject_after:
             return
