@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 
 from flask import current_app
@@ -44,6 +45,11 @@ class Breakers:
         self.state = state if state is not None else MemoryState()
         self.listener = None  # callable(CircuitChanged) on open and close (the alerts queue: no I/O)
         self._seen: set[int] = set()
+        # Successes are written at most once a second per process (one write per request would double the
+        # shared store's writes); a worker deciding to open sees the others' successes up to a second late.
+        self._lock = threading.Lock()
+        self._pending: dict[str, float] = {}
+        self._flushed = 0.0
 
     @classmethod
     def from_config(cls, cfg, state=None) -> Breakers:
@@ -123,9 +129,23 @@ class Breakers:
 
     def _success(self, provider, st: dict | None) -> None:
         st = self._current(provider, st)
-        self.state.count(self._counter(provider.id, st, "ok"), 1, self.window + self.bucket + 1)
         if st.get("state", "closed") != "closed":
+            self.state.count(self._counter(provider.id, st, "ok"), 1, self.window + self.bucket + 1)
             self._close(provider)
+            return
+        key = self._counter(provider.id, st, "ok")
+        with self._lock:
+            self._pending[key] = self._pending.get(key, 0) + 1
+            due = self.clock() - self._flushed >= 1.0
+        if due:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write this process's pending successes."""
+        with self._lock:
+            pending, self._pending, self._flushed = self._pending, {}, self.clock()
+        for key, amount in pending.items():
+            self.state.count(key, amount, self.window + self.bucket + 1)
 
     def _neutral(self, provider, st: dict | None) -> None:
         if self._current(provider, st).get("state", "closed") == "half_open":
@@ -150,6 +170,7 @@ class Breakers:
             self._maybe_open(provider, st, err.kind, now)
 
     def _maybe_open(self, provider, st: dict, kind: str, now: float) -> None:
+        self._flush()
         ok, soft, hard = self._window(provider.id, st, now)
         keys = self._keys(provider.id, now)
         total = ok + soft + hard
@@ -218,6 +239,7 @@ class Breakers:
     def states(self) -> dict:
         """{provider_id: {name, state, failures, retry_in, last_error}} for every provider counted."""
         try:
+            self._flush()
             [names] = self.state.read(["breakers"])
             ids = sorted(int(pid) for pid in names)
             found = self.state.read([f"breaker:{pid}" for pid in ids])
