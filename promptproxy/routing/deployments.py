@@ -71,6 +71,10 @@ class Deployments:
         passes over them, and they decide its answer when nothing else was tried.
         """
         now = self.clock()
+        if len(deps) == 1:  # the common case, without the sorting
+            dep, st = deps[0], states[0]
+            waits = self.waiting(dep, st, now) is not None
+            return [(dep, st, not waits and (dep.weight <= 0 or st.get("ejected_until", 0) > now))]
         pairs = list(zip(deps, states, strict=True))
         waiting = [(d, st, False) for d, st in pairs if self.waiting(d, st, now)]
         usable = [(d, st) for d, st in pairs if not self.waiting(d, st, now)]
