@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from promptproxy import create_app
@@ -13,7 +14,7 @@ from promptproxy.cache import response_cache
 from promptproxy.extensions import db
 from promptproxy.models import ResponseCacheEntry, utcnow
 
-from ..conftest import base_config
+from ..conftest import REDIS_URL, base_config
 from ..upstream import chat_response
 from .conftest import CHAT, chat
 from .test_cache import set_cache
@@ -135,6 +136,23 @@ def test_another_app_on_the_same_database_sees_what_the_first_stored(client, cac
         with other.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def test_with_redis_memory_never_outlives_the_keys_ttl(client, cached, upstream, app, clock, redis_prefix):
+    """redis_prefix (tests/routing/conftest.py) skips without PROMPTPROXY_TEST_REDIS_URL."""
+    gw = app.extensions["promptproxy"]
+    gw.cache = response_cache.ResponseCache({"REDIS_URL": REDIS_URL, "REDIS_PREFIX": redis_prefix,
+                                             "CACHE_TTL": FRESH})
+    chat(client, cached.key)
+    store = redis.Redis.from_url(REDIS_URL)
+    (key,) = store.scan_iter(match=f"{redis_prefix}:cache:*")
+    store.expire(key, 5)  # someone shortened it: the next read from Redis learns the new TTL
+    gw.cache.front.discard()
+    assert chat(client, cached.key).headers["x-cache"] == "HIT"
+    clock.offset += 6
+    store.delete(key)  # what Redis does at the TTL
+    assert chat(client, cached.key).headers["x-cache"] == "MISS" and len(upstream.requests) == 2
+    store.close()
 
 
 def test_memory_keeps_the_most_recently_used_entries_within_its_byte_cap():
