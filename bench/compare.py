@@ -39,6 +39,8 @@ TREE = HERE.parent
 # (label, model, concurrency): the proxied call reaches the mock; the hit is answered from the cache
 SCENARIOS = (("proxied c=1", "bench-chat", 1), ("proxied c=32", "bench-chat", 32),
              ("cache hit c=1", "bench-cached", 1), ("cache hit c=32", "bench-cached", 32))
+# -P: no current directory on sys.path, so the repository root (the gateway's cwd) cannot shadow PYTHONPATH
+PYTHON = (sys.executable, "-P")
 METRICS = (("req/s", "rps"), ("p50 ms", "p50"), ("p99 ms", "p99"), ("CPU ms/req", "cpu_ms"))
 
 
@@ -57,8 +59,9 @@ class Side:
     def start(self, fast_port: int, long_port: int) -> None:
         """Set up the instance with the side's own CLI, start it and fill the cache with one miss."""
         self.bench.fast_port, self.bench.long_port = fast_port, long_port
-        where = subprocess.run([sys.executable, "-c", "import promptproxy; print(promptproxy.__file__)"],
-                               env=self.bench.base_env, cwd=self.bench.workdir, capture_output=True, text=True,
+        # From the repository root, where the gateway is started: without -P its cwd would come first.
+        where = subprocess.run([*PYTHON, "-c", "import promptproxy; print(promptproxy.__file__)"],
+                               env=self.bench.base_env, cwd=TREE, capture_output=True, text=True,
                                check=True).stdout.strip()
         if not Path(where).resolve().is_relative_to(self.tree.resolve()):
             raise RuntimeError(f"{self.name}: promptproxy imports from {where}, not from {self.tree}")
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     # serve's defaults (threads, workers), SQLite; the Bench options compare does not vary
     bench_args = run.build_parser().parse_args(["--threads", "0", "--no-responses", "--no-routing",
                                                 *(["--quick"] if args.quick else [])])
-    bench_args.promptproxy = f"{sys.executable} -m promptproxy.cli"  # the module from PYTHONPATH, not the script
+    bench_args.promptproxy = " ".join([*PYTHON, "-m", "promptproxy.cli"])  # the package on PYTHONPATH
     signal.signal(signal.SIGTERM, run._raise_exit)
     workdir = Path(tempfile.mkdtemp(prefix="promptproxy-bench-compare-"))
     t0 = time.perf_counter()
