@@ -85,6 +85,7 @@ class Gateway:
     def close(self) -> None:
         """Flush the log and the traces, stop the alerts thread and close upstream pools (graceful shutdown)."""
         self.logs.close()
+        self.deployments.close()
         self.alerts.close()
         self.lifecycle.close()
         self.upstreams.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 
 from ..core.catalog import ModelInfo
@@ -20,6 +21,17 @@ from ..core.errors import UpstreamError
 from ..core.state import MemoryState
 
 log = logging.getLogger("promptproxy.deployments")
+
+
+# A row's traffic is counters, not a hash: writing one does not make every process re-read the health hashes
+# (core/state_file.py keeps a copy of those while no hash changes), so a call costs no health read from the file.
+TRAFFIC = ("inflight", "served", "errors")
+FOREVER = 10 * 365 * 86400  # counters of a row's life (ttl of the store's expiring counters)
+
+
+def _counts_flight(dep: ModelInfo) -> bool:
+    """In-flight calls are counted in the shared state for least-busy rows only: the only routing that reads them."""
+    return dep.deployment_id is not None and dep.strategy == "least-busy"
 
 
 def health_key(dep: ModelInfo) -> str:
@@ -41,22 +53,26 @@ class Deployments:
         self.eject_after = int(cfg.get("DEPLOYMENT_EJECT_AFTER", 3))  # consecutive failures
         self.eject_base = float(cfg.get("DEPLOYMENT_EJECT_SECONDS", 10.0))  # doubled on each ejection in a row
         self.eject_max = float(cfg.get("DEPLOYMENT_EJECT_MAX_SECONDS", 300.0))  # also the longest Retry-After kept
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}  # served/errors counters not yet written (see _tally)
+        self._timer: threading.Timer | None = None
 
     # -- reading and choosing --------------------------------------------------------------------------
-    def read(self, deps: list[ModelInfo]) -> list[dict]:
-        """Each deployment's health, with its row's traffic and `tpm_used` this minute where it has a tpm limit."""
-        rows = [i for i, d in enumerate(deps) if d.deployment_id is not None]
+    def read(self, deps: list[ModelInfo], traffic: bool = False) -> list[dict]:
+        """Each deployment's health, with `tpm_used` this minute where it has a tpm limit, and its row's counted
+        traffic (`inflight`, `served`, `errors`) with `traffic` — in flight always for least-busy rows (routing
+        reads it)."""
         try:
-            found = self.state.read([health_key(d) for d in deps] + [traffic_key(deps[i]) for i in rows])
-            states = found[:len(deps)]
-            for i, traffic in zip(rows, found[len(deps):], strict=True):
-                states[i] = {**states[i], **traffic}
-            limited = [i for i, d in enumerate(deps) if d.tpm]
-            if limited:
-                minute = int(self.clock() // 60)
-                used = self.state.counts([f"{traffic_key(deps[i])}:tpm:{minute}" for i in limited])
-                for i, value in zip(limited, used, strict=True):
-                    states[i]["tpm_used"] = value
+            states = self.state.read([health_key(d) for d in deps])
+            minute = int(self.clock() // 60)
+            wanted = [(i, name) for i, d in enumerate(deps) if d.deployment_id is not None
+                      for name in (TRAFFIC if traffic else ("inflight",) if d.strategy == "least-busy" else ())]
+            wanted += [(i, "tpm_used") for i, d in enumerate(deps) if d.tpm]
+            if wanted:
+                values = self.state.counts([f"{traffic_key(deps[i])}:tpm:{minute}" if name == "tpm_used"
+                                            else f"{traffic_key(deps[i])}:{name}" for i, name in wanted])
+                for (i, name), value in zip(wanted, values, strict=True):
+                    states[i][name] = value
             return states
         except self.state.errors as exc:
             log.warning("deployment state unavailable (%s): choosing by weight only", type(exc).__name__)
@@ -106,8 +122,8 @@ class Deployments:
             if dep.rpm and not self.state.take(f"{traffic_key(dep)}:rpm:{int(self.clock() // 60)}", dep.rpm, 1,
                                                120):
                 return False
-            if dep.deployment_id is not None:
-                self.state.add(traffic_key(dep), "inflight", 1)
+            if _counts_flight(dep):
+                self.state.count(f"{traffic_key(dep)}:inflight", 1, FOREVER)
         except self.state.errors as exc:
             log.warning("deployment state not updated (%s)", type(exc).__name__)
         return True
@@ -119,8 +135,8 @@ class Deployments:
 
     def abandoned(self, dep: ModelInfo) -> None:
         """The attempt ended without an upstream answer to judge (the gateway's own error): out of flight."""
-        if dep.deployment_id is not None:
-            self._safe(self.state.add, traffic_key(dep), "inflight", -1)
+        if _counts_flight(dep):
+            self._safe(self.state.count, f"{traffic_key(dep)}:inflight", -1, FOREVER)
 
     def failed(self, dep: ModelInfo, siblings: tuple, err: UpstreamError) -> None:
         """The attempt failed: out of flight; a 429 pauses the deployment, the upstream's faults may eject it."""
@@ -135,11 +151,41 @@ class Deployments:
 
     def _release(self, dep: ModelInfo, usage: dict, failed: bool) -> None:
         key = traffic_key(dep)
-        self.state.add(key, "inflight", -1)
-        self.state.add(key, "errors" if failed else "served", 1)
+        if _counts_flight(dep):
+            self.state.count(f"{key}:inflight", -1, FOREVER)
+        self._tally(f"{key}:{'errors' if failed else 'served'}")
         tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
         if tokens and dep.tpm:
             self.state.count(f"{key}:tpm:{int(self.clock() // 60)}", tokens, 120)
+
+    def _tally(self, key: str) -> None:
+        """Count one served or failed call, written with this process's others within a second.
+
+        One write per call to the workers' file made every worker wait on its lock at c=32 (p99 ×5); the counts are
+        for `model show` and the dashboard, which may be a second behind.
+        """
+        with self._lock:
+            self._pending[key] = self._pending.get(key, 0) + 1
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(1.0, self._flush)
+            self._timer.daemon = True
+        self._timer.start()
+
+    def _flush(self) -> None:
+        """Write the counts tallied since the last flush."""
+        with self._lock:
+            pending, self._pending, self._timer = self._pending, {}, None
+        for key, amount in pending.items():
+            self._safe(self.state.count, key, amount, FOREVER)
+
+    def close(self) -> None:
+        """Write what is still tallied (graceful shutdown)."""
+        with self._lock:
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
+        self._flush()
 
     def _failed(self, dep: ModelInfo, siblings: tuple, err: UpstreamError) -> None:
         key = health_key(dep)
@@ -150,7 +196,7 @@ class Deployments:
         if not err.counts_against_health:
             return
         if dep.deployment_id is not None:
-            self.state.add(traffic_key(dep), "errors", 1)
+            self.state.count(f"{traffic_key(dep)}:errors", 1, FOREVER)
         others = [d for d in siblings if health_key(d) != key and d.weight > 0]
         if not others or self.state.add(key, "fails", 1) < self.eject_after:
             return
@@ -173,7 +219,8 @@ class Deployments:
     def states(self, model: ModelInfo) -> list[dict]:
         """Health and traffic of each deployment row of a model."""
         deps = [d for d in model.deployments if d.deployment_id is not None]
-        states = self.read(deps)
+        self._flush()  # this process's own tallies are shown at once
+        states = self.read(deps, traffic=True)
         now = self.clock()
         out = []
         for dep, st in zip(deps, states, strict=True):
