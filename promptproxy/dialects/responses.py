@@ -86,6 +86,8 @@ class ResponsesDialect:
     def render(self, call, plan: Plan, out: dict) -> dict:
         """A Response object (the upstream's own, renamed, when native), stored unless `store` is false."""
         if plan.native:
+            if out.get("status") == "failed":  # relayed as it is, but the row records the failure
+                call.fail(failure(out))
             response = {**out, "id": self.response_id(call), "model": call.public_model,
                         "store": self.request.get("store", True),
                         "previous_response_id": self.request.get("previous_response_id")}
@@ -221,6 +223,8 @@ class NativeResponsesEncoder:
             self.latest = response
             if event.get("type") == "response.completed":
                 self.final = response
+        if event.get("type") == "response.failed":  # relayed as it is, but the row records the failure
+            self.call.fail(failure(response))
         return frame([(event_name(event.get("type") or "message"), event)])
 
     def done(self, call) -> bytes:
@@ -237,6 +241,18 @@ class NativeResponsesEncoder:
         self.sequence += 1
         return frame([("response.failed", {"type": "response.failed", "sequence_number": self.sequence,
                                             "response": response})])
+
+
+def failure(response) -> GatewayError:
+    """The error a failed native Response reported, for its row (send.scrub_reports already made it safe).
+
+    The translated path records an upstream's error mid-answer as a 502; a native failure is recorded the same.
+    """
+    report = response.get("error") if isinstance(response, dict) else None
+    message, code = (report.get("message"), report.get("code")) if isinstance(report, dict) else (report, None)
+    return GatewayError(502, message if isinstance(message, str) and message else "The upstream reported that the "
+                        "response failed.", code=code if isinstance(code, str) and code else ErrorCode.UPSTREAM_ERROR,
+                        type="server_error")
 
 
 class ResponsesText:
