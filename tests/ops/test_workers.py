@@ -67,6 +67,17 @@ def chat(base: str, key: str, **extra) -> requests.Response:
                          json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **extra})
 
 
+def on_both_workers(server: Server, key: str, rounds: int) -> list[int]:
+    """Statuses of rounds of 12 parallel chats, until both workers have answered some (at most `rounds`)."""
+    statuses = []
+    for _ in range(rounds):
+        with ThreadPoolExecutor(12) as pool:
+            statuses += [r.status_code for r in pool.map(lambda i: chat(server.url, key), range(12))]
+        if wait_for(lambda: set(served_by(server)) == {1, 2}, 2):
+            break
+    return statuses
+
+
 @pytest.fixture
 def pair(app, seeded, db_url, tmp_path):
     server = start(db_url, tmp_path)
@@ -77,12 +88,7 @@ def pair(app, seeded, db_url, tmp_path):
 @pytest.mark.slow
 def test_rpm_is_exact_across_workers(app, seeded, upstream, pair):
     set_user_limits(app, rpm=9)
-    statuses = []
-    for _ in range(6):  # rounds of parallel requests until both workers have answered some
-        with ThreadPoolExecutor(12) as pool:
-            statuses += [r.status_code for r in pool.map(lambda i: chat(pair.url, seeded.key), range(12))]
-        if wait_for(lambda: set(served_by(pair)) == {1, 2}, 2):
-            break
+    statuses = on_both_workers(pair, seeded.key, 6)
     assert set(served_by(pair)) == {1, 2}, "all requests landed on one worker"
     assert statuses.count(200) == 9  # not 9 per worker
     assert statuses.count(429) == len(statuses) - 9

@@ -9,8 +9,7 @@ import pytest
 from promptproxy import manage
 from promptproxy.extensions import db
 
-from ..conftest import wait_for
-from .test_workers import chat, served_by, start
+from .test_workers import chat, on_both_workers, served_by, start
 
 
 @pytest.fixture
@@ -27,12 +26,7 @@ def test_a_deployment_rpm_of_5_serves_exactly_5_across_workers(app, seeded, upst
         m = manage.get_model("gpt-4o-mini")
         manage.deploy("t", m, m.provider, m.upstream_model, rpm=5)
         db.session.commit()
-    statuses = []
-    for _ in range(4):  # rounds of parallel requests until both workers have answered some
-        with ThreadPoolExecutor(12) as pool:
-            statuses += [r.status_code for r in pool.map(lambda i: chat(pair.url, seeded.key), range(12))]
-        if wait_for(lambda: set(served_by(pair)) == {1, 2}, 2):
-            break
+    statuses = on_both_workers(pair, seeded.key, 4)
     assert set(served_by(pair)) == {1, 2}, "all requests landed on one worker"
     assert statuses.count(200) == 5  # not 5 per worker
     assert statuses.count(429) == len(statuses) - 5
